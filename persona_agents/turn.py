@@ -1,0 +1,175 @@
+"""The values that flow through a pipeline: small frozen dataclasses.
+
+A `Turn` starts from the request, the persona, a snapshot of the NPC's state and the
+conversation history; each stage returns a new `Turn` with its part filled in
+(`dataclasses.replace`), so a step can never corrupt what an earlier one produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .persona import Persona
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True)
+class NpcState:
+    trust: float
+    relationship: float
+    mood: str
+    quest_stage: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GameContext:
+    """What the game tells us about this turn; it overrides stored state where given."""
+
+    quest_stage: str | None = None
+    location: str | None = None
+    items: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+    game_state: Mapping[str, Any] = field(default_factory=lambda: _frozen_mapping(None))
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One earlier turn of the conversation."""
+
+    player: str
+    npc: str
+
+
+@dataclass(frozen=True)
+class LoreChunk:
+    id: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a prompt step hands to the generate step.
+
+    `format` is "chat" (a list of role/content messages the generator renders with the
+    model's chat template) or "sectioned" (the seed's marker format, already rendered
+    as `text`). Stop markers end the NPC's reply if the model writes them.
+    """
+
+    format: str
+    text: str | None = None
+    messages: tuple[Mapping[str, str], ...] = ()
+    stop_markers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Deltas:
+    trust: float = 0.0
+    relationship: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"trust": self.trust, "relationship": self.relationship}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generate step's result. `deltas` and `flag_probs` are None without state heads."""
+
+    text: str
+    model: str
+    new_tokens: int
+    finished: bool
+    deltas: Deltas | None = None
+    flag_probs: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class FiredFlag:
+    name: str
+    payload: Mapping[str, Any] = field(default_factory=lambda: _frozen_mapping(None))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "payload": dict(self.payload)}
+
+
+@dataclass(frozen=True)
+class RejectedFlag:
+    name: str
+    reason: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Everything one turn knows. Stages fill `lore`, `prompt`, `generation`, then the
+    outcome fields (`reply`, `deltas`, `flags`, ...) that postprocess steps refine."""
+
+    npc_id: str
+    player_id: str
+    utterance: str
+    persona: Persona
+    state: NpcState
+    context: GameContext = field(default_factory=GameContext)
+    history: tuple[Exchange, ...] = ()
+    turn_number: int = 1
+    seed: int | None = None
+    lore: tuple[LoreChunk, ...] = ()
+    prompt: Prompt | None = None
+    generation: Generation | None = None
+    reply: str = ""
+    deltas: Deltas = field(default_factory=Deltas)
+    flags: tuple[FiredFlag, ...] = ()
+    flags_rejected: tuple[RejectedFlag, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=lambda: _frozen_mapping(None))
+
+    def replace(self, **changes: Any) -> "Turn":
+        return dataclasses.replace(self, **changes)
+
+    def with_meta(self, **entries: Any) -> "Turn":
+        """A copy with `entries` added to `meta` (steps report what they did here)."""
+        merged = dict(self.meta)
+        merged.update(entries)
+        return dataclasses.replace(self, meta=_frozen_mapping(merged))
+
+
+@dataclass(frozen=True)
+class TurnResponse:
+    text: str
+    deltas: Deltas
+    flags: tuple[FiredFlag, ...]
+    flag_probs: Mapping[str, float] | None
+    flags_rejected: tuple[RejectedFlag, ...]
+    state: NpcState
+    meta: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "deltas": self.deltas.to_dict(),
+            "flags": [f.to_dict() for f in self.flags],
+            "flag_probs": dict(self.flag_probs) if self.flag_probs is not None else None,
+            "flags_rejected": [f.to_dict() for f in self.flags_rejected],
+            "state": self.state.to_dict(),
+            "meta": _plain(self.meta),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and tuples as JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
