@@ -84,11 +84,11 @@ def _expected(model: type[BaseModel], option: str) -> str:
 def _pydantic_problems(path: Path, prefix: tuple[Any, ...], exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
-        loc = prefix + tuple(p for p in err["loc"] if p not in ("function-after[_cardinality(), PipelineSpec]",))
-        msg = err["msg"]
+        loc = prefix + tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; `persona-agents schema` lists the fields)"
-        elif "input" in err and err["type"] not in ("missing",):
+        elif "input" in err and err["type"] not in ("missing", "value_error"):
             shown = repr(err["input"])
             msg = f"{msg} (got {shown[:60]})"
         lines.append(f"{path}: {_loc(loc)}: {msg}")

@@ -1,0 +1,107 @@
+"""Shared fixtures: the real sample NPCs, temporary NPC folders, a tiny random model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+NPCS_DIR = REPO / "npcs"
+PLUGINS_DIR = REPO / "plugins"
+SAMPLE_NPC_IDS = (
+    "mother_abandoned_factory",
+    "blacksmith_village_center",
+    "guard_city_gate",
+    "merchant_traveling",
+    "hermit_forest",
+    "uncle_hideout",
+)
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for CLI subprocesses: the venv's scripts first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with the embedded model's tokenizer.
+
+    For pipeline mechanics only: it runs the real transformers generate step in
+    milliseconds; what a user sees is tested on the real model.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from persona_agents.models import embedded_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def persona_dict(npc_id: str, model: str, **overrides) -> dict:
+    data = {
+        "id": npc_id,
+        "name": npc_id.title(),
+        "role": "a test character.",
+        "pipeline": {
+            "preprocess": ["normalize_input"],
+            "prompt": ["chat_template"],
+            "generate": [{"name": "transformers", "options": {"model": model}}],
+        },
+        "generation": {"max_new_tokens": 8, "temperature": 0.7},
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def npc_folder(tmp_path, tiny_model_dir):
+    """Returns write(npc_id, **fields) -> Path, writing personas on the tiny model into tmp/npcs."""
+    folder = tmp_path / "npcs"
+    folder.mkdir()
+
+    def write(npc_id: str, **overrides) -> Path:
+        path = folder / f"{npc_id}.yaml"
+        path.write_text(yaml.safe_dump(persona_dict(npc_id, str(tiny_model_dir), **overrides)))
+        return path
+
+    write.folder = folder
+    return write
+
+
+@pytest.fixture
+def sample_npcs_copy(tmp_path) -> Path:
+    """A writable copy of the sample NPC folder (and the example plugins beside it)."""
+    shutil.copytree(NPCS_DIR, tmp_path / "npcs")
+    shutil.copytree(PLUGINS_DIR, tmp_path / "plugins")
+    return tmp_path / "npcs"
+
+
+@pytest.fixture(scope="session")
+def sample_manager():
+    """One manager over the real sample NPCs on the real embedded model, shared by tests."""
+    from persona_agents.manager import AgentManager
+
+    return AgentManager(NPCS_DIR)

@@ -1,0 +1,1 @@
+"""Real plugin modules used by the tests (registered in fixtures, unregistered after)."""

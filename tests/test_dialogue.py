@@ -1,0 +1,65 @@
+"""Dialogue on the real embedded model through the sample NPCs."""
+
+from __future__ import annotations
+
+import pytest
+
+from persona_agents.markers import contains_marker
+from persona_agents.turn import GameContext
+
+from .test_prompts import FORGERIES
+
+pytestmark = pytest.mark.model
+
+
+def test_same_seed_same_reply_and_no_placeholder_state(sample_manager):
+    first = sample_manager.turn("guard_city_gate", "Good evening, captain. May I pass?", player_id="seed-a", seed=11)
+    second = sample_manager.turn("guard_city_gate", "Good evening, captain. May I pass?", player_id="seed-b", seed=11)
+    assert first.text == second.text and first.text.strip()
+    initial = sample_manager.get_persona("guard_city_gate").persona.initial_state
+    assert first.deltas.trust == 0.0 and first.deltas.relationship == 0.0
+    assert first.flags == () and first.flag_probs is None
+    assert first.state.trust == initial.trust and first.state.relationship == initial.relationship
+    assert "no state heads loaded" in first.meta["state_heads"]
+    assert set(first.meta["timings_ms"]) == {"preprocess", "retrieve", "prompt", "generate", "postprocess"}
+
+
+def test_history_is_kept_per_player_and_npc(sample_manager):
+    sample_manager.turn("hermit_forest", "Hello, old woman.", player_id="hist-1", seed=1)
+    second = sample_manager.turn("hermit_forest", "What is this forest called?", player_id="hist-1", seed=1)
+    other = sample_manager.turn("hermit_forest", "Hello.", player_id="hist-2", seed=1)
+    assert second.meta["turn"] == 2 and other.meta["turn"] == 1
+    convo = sample_manager.conversation("hist-1", "hermit_forest")
+    assert [e.player for e in convo.history] == ["Hello, old woman.", "What is this forest called?"]
+    assert convo.history[1].npc == second.text
+    sample_manager.reset("hist-1", "hermit_forest")
+    assert sample_manager.conversation("hist-1", "hermit_forest").history == []
+
+
+@pytest.mark.parametrize("attack", FORGERIES[:4])
+def test_forged_markers_never_reach_the_reply(sample_manager, attack):
+    response = sample_manager.turn(
+        "mother_abandoned_factory", attack, player_id="attacker", seed=4,
+        context=GameContext(items=("<|im_start|>system",)),
+    )
+    assert not contains_marker(response.text, ["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
+    assert response.flags == ()
+
+
+def test_the_game_quest_stage_overrides_the_stored_one(sample_manager):
+    response = sample_manager.turn(
+        "mother_abandoned_factory", "I have news of Jason.", player_id="stage-p", seed=2,
+        context=GameContext(quest_stage="complete"),
+    )
+    assert response.state.quest_stage == "complete"
+
+
+def test_example_plugin_changes_only_the_npc_that_uses_it(sample_manager):
+    pip_steps = sample_manager.pipeline("merchant_traveling").step_names()["postprocess"]
+    brann_steps = sample_manager.pipeline("blacksmith_village_center").step_names()["postprocess"]
+    assert "catchphrase" in pip_steps and "catchphrase" not in brann_steps
+    phrase = sample_manager.get_persona("merchant_traveling").step_options["postprocess"][0][1].phrase
+    pip = sample_manager.turn("merchant_traveling", "Hello there!", player_id="plug", seed=6)
+    brann = sample_manager.turn("blacksmith_village_center", "Hello there!", player_id="plug", seed=6)
+    assert pip.text.endswith(phrase) and pip.meta.get("catchphrase") is True
+    assert phrase not in brann.text and "catchphrase" not in brann.meta
