@@ -10,6 +10,8 @@ import click
 from . import __version__
 from .cli_common import friendly_errors, npcs_dir_option, plugins_dir_option
 from .cli_dialogue import run_dialogue
+from .cli_lore import index_lore, lore
+from .cli_state import state
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +21,9 @@ def main():
 
 
 main.add_command(run_dialogue)
+main.add_command(index_lore)
+main.add_command(lore)
+main.add_command(state)
 
 
 @main.command()

@@ -73,7 +73,22 @@ def setup_logging() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def make_manager(npcs_dir: Path, plugins_dir: Path | None):
+db_option = click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="State database URL (default: $PERSONA_AGENTS_DB, else sqlite:///<cache>/state.db). "
+    "PostgreSQL works by URL: postgresql+psycopg://user@host/db.",
+)
+
+
+def open_store(db_url: str | None):
+    from .store import StateStore
+
+    return StateStore(db_url)
+
+
+def make_manager(npcs_dir: Path, plugins_dir: Path | None, store=None):
     from .manager import AgentManager
 
-    return AgentManager(npcs_dir=npcs_dir, plugins_dir=plugins_dir)
+    return AgentManager(npcs_dir=npcs_dir, plugins_dir=plugins_dir, store=store)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import friendly_errors, make_manager, npcs_dir_option, plugins_dir_option, setup_logging
+from .cli_common import db_option, friendly_errors, make_manager, npcs_dir_option, open_store, plugins_dir_option, setup_logging
 from .errors import PersonaAgentsError
 from .turn import GameContext, TurnResponse
 
@@ -54,7 +54,10 @@ def format_turn(name: str, response: TurnResponse) -> str:
 @click.option("--npc", "npc_id", required=True, help="The NPC's id (see `persona-agents npcs list`).")
 @npcs_dir_option
 @plugins_dir_option
-@click.option("--player", "player_id", default="player", show_default=True, help="The player's id.")
+@click.option("--player", "player_id", default=None,
+              help="The player's id: the conversation is stored and continues across runs. "
+              "Without it the conversation lasts as long as this command.")
+@db_option
 @click.option("--say", "say", multiple=True, help="Say this line and exit (repeat for several turns).")
 @click.option("--script", "script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A file of player lines, one per line.")
@@ -65,10 +68,12 @@ def format_turn(name: str, response: TurnResponse) -> str:
 @click.option("--action", "actions", multiple=True, help="An action the player has done (repeatable).")
 @click.option("--location", default=None, help="Where the conversation happens.")
 @friendly_errors
-def run_dialogue(npc_id, npcs_dir, plugins_dir, player_id, say, script, as_json, seed, quest_stage, items, actions, location):
+def run_dialogue(npc_id, npcs_dir, plugins_dir, player_id, db_url, say, script, as_json, seed, quest_stage, items, actions, location):
     """Talk to an NPC: interactively, or with --say / --script."""
     setup_logging()
-    manager = make_manager(npcs_dir, plugins_dir)
+    store = open_store(db_url) if player_id is not None else None
+    player_id = player_id or "player"
+    manager = make_manager(npcs_dir, plugins_dir, store)
     persona = manager.get_persona(npc_id).persona
     click.echo(f"Loading {persona.name} ({npc_id})...", err=True)
     manager.warm_up(npc_id)

@@ -1,15 +1,16 @@
 """The agent manager: personas, pipelines and conversations for one process.
 
 It loads and validates every persona of a folder up front, builds each NPC's pipeline
-on first use (sharing loaded models between NPCs), keeps each conversation's history
-and state per (player, NPC), and turns a request into a TurnResponse. Plugins see each
-turn through the `run_turn` wrapper hook and the `turn_completed` observer.
+on first use (sharing loaded models between NPCs), and runs turns: it loads the
+conversation from the state store, runs the pipeline through the `run_turn` hook, and
+commits the result as one transaction. Nothing is written before the pipeline has
+finished, so a failing turn leaves the store as it was. Turns for the same (player,
+NPC) are ordered by a lock; turns for different players run in parallel.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,14 @@ from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
 from .plugins import PluginHost, load_plugins
 from .runtime import Runtime
-from .turn import Exchange, GameContext, NpcState, Turn, TurnResponse
+from .store import ConcurrentTurnError, StateStore, StoredConversation
+from .store.store import DuplicateRequestError
+from .turn import Exchange, GameContext, NpcState, Turn, TurnResponse, response_from_dict
 
-
-@dataclass
-class Conversation:
-    state: NpcState
-    history: list[Exchange] = field(default_factory=list)
-    turns: int = 0
+#: Attempts when another process commits a turn for the same (player, NPC) first.
+MAX_TURN_ATTEMPTS = 5
+#: Quest stage a fired flag moves the stored stage to (the game's own stage still wins).
+STAGE_AFTER_FLAG = {"quest_start": "in_progress", "quest_complete": "complete"}
 
 
 def initial_state(loaded: LoadedPersona) -> NpcState:
@@ -33,13 +34,26 @@ def initial_state(loaded: LoadedPersona) -> NpcState:
     return NpcState(trust=s.trust, relationship=s.relationship, mood=s.mood, quest_stage=s.quest_stage)
 
 
-def clamp_state(state: NpcState, trust_delta: float, relationship_delta: float) -> NpcState:
+def next_state(state: NpcState, turn: Turn) -> NpcState:
+    """The state after a turn: deltas applied within range, stage moved by quest flags."""
+    stage = state.quest_stage
+    for flag in turn.flags:
+        stage = STAGE_AFTER_FLAG.get(flag.name, stage)
     return NpcState(
-        trust=min(1.0, max(0.0, state.trust + trust_delta)),
-        relationship=min(1.0, max(-1.0, state.relationship + relationship_delta)),
+        trust=round(min(1.0, max(0.0, state.trust + turn.deltas.trust)), 6),
+        relationship=round(min(1.0, max(-1.0, state.relationship + turn.deltas.relationship)), 6),
         mood=state.mood,
-        quest_stage=state.quest_stage,
+        quest_stage=stage,
     )
+
+
+def request_record(turn: Turn, request_id: str | None) -> dict[str, Any]:
+    ctx = turn.context
+    return {
+        "utterance": turn.utterance, "request_id": request_id, "seed": turn.seed,
+        "context": {"quest_stage": ctx.quest_stage, "location": ctx.location, "items": list(ctx.items),
+                    "actions": list(ctx.actions), "game_state": dict(ctx.game_state)},
+    }
 
 
 class AgentManager:
@@ -49,6 +63,7 @@ class AgentManager:
         plugins_dir: str | Path | None = None,
         host: PluginHost | None = None,
         runtime: Runtime | None = None,
+        store: StateStore | None = None,
     ):
         self.npcs_dir = Path(npcs_dir)
         # A studio's local plugins live beside its NPC folder unless told otherwise.
@@ -56,9 +71,11 @@ class AgentManager:
         self.host = host or load_plugins(self.plugins_dir)
         self.runtime = runtime or Runtime(npcs_dir=self.npcs_dir)
         self.personas: dict[str, LoadedPersona] = load_personas(self.npcs_dir, self.host.registry)
+        # Without a store, conversations live as long as this process.
+        self.store = store or StateStore.in_memory()
         self._pipelines: dict[str, Pipeline] = {}
-        self._conversations: dict[tuple[str, str], Conversation] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._turn_locks: dict[tuple[str, str], threading.Lock] = {}
 
     # -- personas and pipelines ------------------------------------------------------
     def npc_ids(self) -> list[str]:
@@ -71,9 +88,9 @@ class AgentManager:
             raise UnknownNpcError(npc_id, self.npc_ids(), str(self.npcs_dir)) from None
 
     def pipeline(self, npc_id: str) -> Pipeline:
+        loaded = self.get_persona(npc_id)
         with self._lock:
             if npc_id not in self._pipelines:
-                loaded = self.get_persona(npc_id)
                 steps = {
                     stage: [self.host.registry.get(name).cls(options, loaded.persona, self.runtime) for name, options in entries]
                     for stage, entries in loaded.step_options.items()
@@ -85,17 +102,18 @@ class AgentManager:
         self.pipeline(npc_id).warm_up()
 
     # -- conversations ---------------------------------------------------------------
-    def conversation(self, player_id: str, npc_id: str) -> Conversation:
-        key = (player_id, npc_id)
-        with self._lock:
-            if key not in self._conversations:
-                self._conversations[key] = Conversation(state=initial_state(self.get_persona(npc_id)))
-            return self._conversations[key]
+    def conversation(self, player_id: str, npc_id: str) -> StoredConversation:
+        return self.store.load(player_id, npc_id, initial_state(self.get_persona(npc_id)))
 
     def reset(self, player_id: str, npc_id: str) -> NpcState:
+        self.get_persona(npc_id)
+        with self._turn_lock(player_id, npc_id):
+            self.store.reset(player_id, npc_id)
+        return self.conversation(player_id, npc_id).state
+
+    def _turn_lock(self, player_id: str, npc_id: str) -> threading.Lock:
         with self._lock:
-            self._conversations.pop((player_id, npc_id), None)
-            return self.conversation(player_id, npc_id).state
+            return self._turn_locks.setdefault((player_id, npc_id), threading.Lock())
 
     # -- turns -----------------------------------------------------------------------
     def turn(
@@ -105,11 +123,29 @@ class AgentManager:
         player_id: str = "player",
         context: GameContext | None = None,
         seed: int | None = None,
+        request_id: str | None = None,
     ) -> TurnResponse:
+        """Run one turn and commit it; a repeated `request_id` returns the stored response."""
         pipeline = self.pipeline(npc_id)
         loaded = self.get_persona(npc_id)
-        convo = self.conversation(player_id, npc_id)
         context = context or GameContext()
+        with self._turn_lock(player_id, npc_id):
+            for attempt in range(MAX_TURN_ATTEMPTS):
+                if request_id is not None:
+                    stored = self.store.find_response(player_id, npc_id, request_id)
+                    if stored is not None:
+                        return response_from_dict(stored)
+                convo = self.store.load(player_id, npc_id, initial_state(loaded))
+                try:
+                    return self._run_and_commit(pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id)
+                except DuplicateRequestError:
+                    continue  # another process answered this request: return its response
+                except ConcurrentTurnError:
+                    if attempt == MAX_TURN_ATTEMPTS - 1:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_and_commit(self, pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id):
         state = convo.state
         if context.quest_stage:  # the game's own state wins over what we stored
             state = NpcState(state.trust, state.relationship, state.mood, context.quest_stage)
@@ -120,16 +156,13 @@ class AgentManager:
             persona=loaded.persona,
             state=state,
             context=context,
-            history=tuple(convo.history),
+            history=convo.history,
             turn_number=convo.turns + 1,
             seed=None if seed is None else seed + convo.turns,
+            flag_history=convo.flag_history,
         )
         done: Turn = self.host.hook.run_turn(turn=turn, pipeline=pipeline)
-        new_state = clamp_state(state, done.deltas.trust, done.deltas.relationship)
-        with self._lock:
-            convo.state = new_state
-            convo.history.append(Exchange(player=done.utterance, npc=done.reply))
-            convo.turns += 1
+        new_state = next_state(state, done)
         generation = done.generation
         response = TurnResponse(
             text=done.reply,
@@ -139,6 +172,13 @@ class AgentManager:
             flags_rejected=done.flags_rejected,
             state=new_state,
             meta={**done.meta, "npc_id": npc_id, "player_id": player_id, "turn": done.turn_number},
+        )
+        body = response.to_dict()
+        self.store.commit_turn(
+            player_id, npc_id, convo.version, new_state, done.turn_number,
+            Exchange(player=done.utterance, npc=done.reply),
+            [(f.name, f.payload) for f in done.flags],
+            request_record(done, request_id), body, request_id,
         )
         self.host.hook.turn_completed(turn=done, response=response)
         return response

@@ -12,7 +12,7 @@ import time
 from .errors import PersonaAgentsError, StepError
 from .persona import STAGES, Persona
 from .steps import Step
-from .turn import Deltas, Turn
+from .turn import Deltas, FiredFlag, Turn
 
 
 class Pipeline:
@@ -64,4 +64,8 @@ class Pipeline:
         """Seed the outcome that postprocess steps refine from the generation."""
         generation = turn.generation
         assert generation is not None  # checked in _run_step
-        return turn.replace(reply=generation.text, deltas=generation.deltas or Deltas())
+        return turn.replace(
+            reply=generation.text,
+            deltas=generation.deltas or Deltas(),
+            flags=tuple(FiredFlag(name) for name in generation.flags),
+        )

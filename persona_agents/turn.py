@@ -82,7 +82,8 @@ class Deltas:
 
 @dataclass(frozen=True)
 class Generation:
-    """The generate step's result. `deltas` and `flag_probs` are None without state heads."""
+    """The generate step's result. `deltas` and `flag_probs` are None without state heads;
+    `flags` are the flags whose probability reached their calibrated threshold."""
 
     text: str
     model: str
@@ -90,6 +91,7 @@ class Generation:
     finished: bool
     deltas: Deltas | None = None
     flag_probs: Mapping[str, float] | None = None
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class Turn:
     history: tuple[Exchange, ...] = ()
     turn_number: int = 1
     seed: int | None = None
+    #: flag name -> turn numbers at which it fired before, for once-only and cooldown rules.
+    flag_history: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: _frozen_mapping(None))
     lore: tuple[LoreChunk, ...] = ()
     prompt: Prompt | None = None
     generation: Generation | None = None
@@ -164,6 +168,19 @@ class TurnResponse:
             "state": self.state.to_dict(),
             "meta": _plain(self.meta),
         }
+
+
+def response_from_dict(data: Mapping[str, Any]) -> TurnResponse:
+    """A TurnResponse back from its `to_dict()` form (stored responses, replays)."""
+    return TurnResponse(
+        text=data["text"],
+        deltas=Deltas(**data["deltas"]),
+        flags=tuple(FiredFlag(f["name"], _frozen_mapping(f.get("payload"))) for f in data["flags"]),
+        flag_probs=data.get("flag_probs"),
+        flags_rejected=tuple(RejectedFlag(**f) for f in data.get("flags_rejected", [])),
+        state=NpcState(**data["state"]),
+        meta=_frozen_mapping(data.get("meta")),
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -33,7 +33,7 @@ def test_history_is_kept_per_player_and_npc(sample_manager):
     assert [e.player for e in convo.history] == ["Hello, old woman.", "What is this forest called?"]
     assert convo.history[1].npc == second.text
     sample_manager.reset("hist-1", "hermit_forest")
-    assert sample_manager.conversation("hist-1", "hermit_forest").history == []
+    assert sample_manager.conversation("hist-1", "hermit_forest").history == ()
 
 
 @pytest.mark.parametrize("attack", FORGERIES[:4])

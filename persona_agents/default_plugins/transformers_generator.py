@@ -46,6 +46,17 @@ class TransformersGenerator(Step):
         tok = self.loaded.tokenizer
         self._special = tuple(dict.fromkeys([*tok.all_special_tokens, *tok.get_added_vocab()]))
         self._eos_ids = self._end_of_turn_ids(tok, self.loaded.model)
+        # Building stop-string tables scans the whole vocabulary (about 40 ms here), so
+        # build them once per set of markers rather than on every generate call.
+        self._stop_criteria: dict[tuple[str, ...], object] = {}
+
+    def _stopping_criteria(self, markers: tuple[str, ...]):
+        from transformers import StoppingCriteriaList
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        if markers not in self._stop_criteria:
+            self._stop_criteria[markers] = StopStringCriteria(self.loaded.tokenizer, list(markers))
+        return StoppingCriteriaList([self._stop_criteria[markers]])
 
     @staticmethod
     def _end_of_turn_ids(tok, model) -> list[int]:
@@ -91,7 +102,7 @@ class TransformersGenerator(Step):
         if sample:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
         if turn.prompt.stop_markers:
-            kwargs.update(stop_strings=list(turn.prompt.stop_markers), tokenizer=tok)
+            kwargs.update(stopping_criteria=self._stopping_criteria(tuple(turn.prompt.stop_markers)))
         with self.loaded.lock, torch.inference_mode():
             torch.manual_seed(seed)
             output = model.generate(**inputs, **kwargs)

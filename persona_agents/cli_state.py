@@ -1,0 +1,54 @@
+"""`persona-agents state show|reset|export`: what the state store holds for a player."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .cli_common import db_option, friendly_errors, open_store
+
+
+@click.group()
+def state():
+    """Show, reset or export a player's stored conversations."""
+
+
+def _player_options(func):
+    func = click.option("--npc", "npc_id", default=None, help="Only this NPC.")(func)
+    func = click.option("--player", "player_id", required=True, help="The player's id.")(func)
+    return db_option(func)
+
+
+@state.command("show")
+@_player_options
+@friendly_errors
+def state_show(player_id, npc_id, db_url):
+    """Each NPC's state towards the player, and the flags fired so far."""
+    store = open_store(db_url)
+    data = store.export(player_id, npc_id)
+    if not data["npcs"]:
+        click.echo(f"No stored conversation for player '{player_id}'" + (f" with '{npc_id}'" if npc_id else "") + f" in {store.url}.")
+        return
+    for npc, entry in data["npcs"].items():
+        s = entry["state"]
+        flags = ", ".join(f"{f['flag']}@{f['turn']}" for f in entry["flags_fired"]) or "none"
+        click.echo(f"{npc}: trust {s['trust']:.2f}, relationship {s['relationship']:+.2f}, mood {s['mood']}, "
+                   f"quest {s['quest_stage']}, turns {s['turns']}, flags fired: {flags}")
+
+
+@state.command("reset")
+@_player_options
+@friendly_errors
+def state_reset(player_id, npc_id, db_url):
+    """Forget the player's conversations (with one NPC, or all)."""
+    removed = open_store(db_url).reset(player_id, npc_id)
+    click.echo(f"Reset {removed} conversation(s) of player '{player_id}'.")
+
+
+@state.command("export")
+@_player_options
+@friendly_errors
+def state_export(player_id, npc_id, db_url):
+    """Everything stored for the player as JSON: state, flags, history, turn records."""
+    click.echo(json.dumps(open_store(db_url).export(player_id, npc_id), indent=2, ensure_ascii=False))

@@ -1,0 +1,100 @@
+"""Game rules: may this flag fire now, and how far may the state move in one turn?
+
+Pure functions over a persona's `flag_rules` and `delta_policy` and the turn's facts,
+used by the `game_rules` postprocess step. The model proposes; these decide. Every
+refusal carries a machine-readable reason:
+
+    not_allowed, stage, trust_below, relationship_below, missing_item, missing_action,
+    once_only, cooldown
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .persona import AxisPolicy, DeltaPolicy, FlagRule
+
+REASONS: tuple[str, ...] = (
+    "not_allowed", "stage", "trust_below", "relationship_below",
+    "missing_item", "missing_action", "once_only", "cooldown",
+)
+
+
+@dataclass(frozen=True)
+class RuleFacts:
+    """What the rules look at: the state before the turn and the game's context."""
+
+    quest_stage: str
+    trust: float
+    relationship: float
+    items: frozenset[str]
+    actions: frozenset[str]
+    turn_number: int
+    fired_at: tuple[int, ...]  # earlier turns at which this flag fired
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    detail: str
+
+
+def _conditions(rule: FlagRule, facts: RuleFacts) -> Refusal | None:
+    """The state conditions of one rule (stage, thresholds, items, actions)."""
+    if rule.stages is not None and facts.quest_stage not in rule.stages:
+        return Refusal("stage", f"quest stage is {facts.quest_stage!r}; allowed in {', '.join(rule.stages)}")
+    if rule.min_trust is not None and facts.trust < rule.min_trust:
+        return Refusal("trust_below", f"trust {facts.trust:.2f} < {rule.min_trust:.2f}")
+    if rule.min_relationship is not None and facts.relationship < rule.min_relationship:
+        return Refusal("relationship_below", f"relationship {facts.relationship:+.2f} < {rule.min_relationship:+.2f}")
+    missing = [i for i in rule.requires_items if i not in facts.items]
+    if missing:
+        return Refusal("missing_item", "player lacks " + ", ".join(missing))
+    missing = [a for a in rule.requires_actions if a not in facts.actions]
+    if missing:
+        return Refusal("missing_action", "player has not done " + ", ".join(missing))
+    return None
+
+
+def check_flag(rule: FlagRule | None, facts: RuleFacts, unlisted_allowed: bool = False) -> Refusal | None:
+    """None if the flag may fire now, else why not."""
+    if rule is None:
+        return None if unlisted_allowed else Refusal("not_allowed", "no rule allows this flag for this NPC")
+    if not rule.allowed:
+        return Refusal("not_allowed", "this NPC never fires this flag")
+    refusal = _conditions(rule, facts)
+    if refusal:
+        return refusal
+    if rule.any_of:
+        refusals = [_conditions(alt, facts) for alt in rule.any_of]
+        if all(refusals):
+            first = refusals[0]
+            return Refusal(first.reason, " or ".join(r.detail for r in refusals if r))
+    if rule.once and facts.fired_at:
+        return Refusal("once_only", f"already fired on turn {facts.fired_at[0]}")
+    if rule.cooldown_turns and facts.fired_at:
+        since = facts.turn_number - facts.fired_at[-1]
+        if since < rule.cooldown_turns:
+            return Refusal("cooldown", f"fired {since} turn(s) ago; cooldown is {rule.cooldown_turns}")
+    return None
+
+
+def _limit_axis(delta: float, current: float, axis: AxisPolicy, low: float, high: float) -> float:
+    delta = max(-axis.max_down, min(axis.max_up, delta))
+    floor = max(low, axis.min) if axis.min is not None else low
+    ceiling = min(high, axis.max) if axis.max is not None else high
+    target = max(floor, min(ceiling, current + delta))
+    return round(target - current, 6)
+
+
+def limit_deltas(policy: DeltaPolicy, trust: float, relationship: float, d_trust: float, d_rel: float) -> tuple[float, float]:
+    """Deltas capped per turn and bounded so the state stays in range."""
+    return (
+        _limit_axis(d_trust, trust, policy.trust, 0.0, 1.0),
+        _limit_axis(d_rel, relationship, policy.relationship, -1.0, 1.0),
+    )
+
+
+def payload_for(rule: FlagRule | None) -> Mapping[str, object]:
+    return dict(rule.payload) if rule else {}

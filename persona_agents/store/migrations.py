@@ -1,0 +1,62 @@
+"""Schema migrations: an ordered list of steps, applied once each, recorded in
+`pa_schema_version`. A database newer than this code is refused rather than guessed at.
+
+To change the schema: edit schema.py, then append a function here that brings a
+database from the previous version to the new one (ALTER TABLE ... through
+`connection.execute(text(...))`, or `Table.create` for new tables).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Connection, Engine, inspect, select
+
+from ..errors import PersonaAgentsError
+from .schema import Base, FlagEventRow, HistoryRow, NpcStateRow, SchemaVersion, TurnRecordRow
+
+
+def _v1_initial(connection: Connection) -> None:
+    for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow):
+        table.__table__.create(connection, checkfirst=True)
+
+
+#: (version, what it does, how). Append only.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial tables: state, history, flag events, turn records", _v1_initial),
+]
+CURRENT_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaVersionError(PersonaAgentsError):
+    pass
+
+
+def current_version(connection: Connection) -> int:
+    if not inspect(connection).has_table(SchemaVersion.__tablename__):
+        return 0
+    row = connection.execute(select(SchemaVersion.version).where(SchemaVersion.id == 1)).first()
+    return row[0] if row else 0
+
+
+def upgrade(engine: Engine, url_for_messages: str) -> int:
+    """Bring the database to CURRENT_VERSION in one transaction; returns the version."""
+    with engine.begin() as connection:
+        SchemaVersion.__table__.create(connection, checkfirst=True)
+        version = current_version(connection)
+        if version > CURRENT_VERSION:
+            raise SchemaVersionError(
+                f"The state database {url_for_messages} has schema version {version}, newer than this "
+                f"persona-agents understands ({CURRENT_VERSION}). Upgrade persona-agents, or use another --db."
+            )
+        for number, _, apply in MIGRATIONS:
+            if number > version:
+                apply(connection)
+        if version == 0:
+            connection.execute(SchemaVersion.__table__.insert().values(id=1, version=CURRENT_VERSION))
+        elif version < CURRENT_VERSION:
+            connection.execute(SchemaVersion.__table__.update().where(SchemaVersion.id == 1).values(version=CURRENT_VERSION))
+    return CURRENT_VERSION
+
+
+__all__ = ["Base", "CURRENT_VERSION", "MIGRATIONS", "SchemaVersionError", "upgrade"]

@@ -1,0 +1,82 @@
+"""The tables. Changing them means adding a migration in migrations.py."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "pa_schema_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class NpcStateRow(Base):
+    """Current state of one NPC towards one player. `version` guards against lost
+    updates between processes (optimistic concurrency)."""
+
+    __tablename__ = "pa_npc_state"
+    player_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    npc_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    trust: Mapped[float] = mapped_column(Float, nullable=False)
+    relationship: Mapped[float] = mapped_column(Float, nullable=False)
+    mood: Mapped[str] = mapped_column(String(100), nullable=False)
+    quest_stage: Mapped[str] = mapped_column(String(100), nullable=False)
+    turns: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HistoryRow(Base):
+    __tablename__ = "pa_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    player_id: Mapped[str] = mapped_column(String(200), index=True)
+    npc_id: Mapped[str] = mapped_column(String(200), index=True)
+    turn_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    player_text: Mapped[str] = mapped_column(Text, nullable=False)
+    npc_text: Mapped[str] = mapped_column(Text, nullable=False)
+    __table_args__ = (UniqueConstraint("player_id", "npc_id", "turn_number", name="uq_history_turn"),)
+
+
+class FlagEventRow(Base):
+    __tablename__ = "pa_flag_event"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    player_id: Mapped[str] = mapped_column(String(200), index=True)
+    npc_id: Mapped[str] = mapped_column(String(200), index=True)
+    flag: Mapped[str] = mapped_column(String(100), nullable=False)
+    turn_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class TurnRecordRow(Base):
+    """Every committed turn: what was asked, what was answered, and what it changed."""
+
+    __tablename__ = "pa_turn_record"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    player_id: Mapped[str] = mapped_column(String(200), index=True)
+    npc_id: Mapped[str] = mapped_column(String(200), index=True)
+    turn_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request: Mapped[dict] = mapped_column(JSON, nullable=False)
+    response: Mapped[dict] = mapped_column(JSON, nullable=False)
+    delta_trust: Mapped[float] = mapped_column(Float, nullable=False)
+    delta_relationship: Mapped[float] = mapped_column(Float, nullable=False)
+    flags: Mapped[list] = mapped_column(JSON, default=list)
+    flags_rejected: Mapped[list] = mapped_column(JSON, default=list)
+    timings_ms: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (
+        UniqueConstraint("player_id", "npc_id", "request_id", name="uq_turn_request"),
+        UniqueConstraint("player_id", "npc_id", "turn_number", name="uq_turn_number"),
+    )

@@ -1,0 +1,242 @@
+"""The state store: load a conversation, commit a turn atomically, replay a request.
+
+One turn is one transaction: the state row, the history line, the fired flags and the
+turn record are written together or not at all. The state row carries a version; a
+commit names the version it started from, so two processes (server replicas on one
+PostgreSQL) can never both apply a turn on the same state: the loser gets
+ConcurrentTurnError and re-runs its turn on the new state. Within one process the
+manager orders turns per (player, NPC) with a lock, so that never costs a model run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from ..errors import PersonaAgentsError
+from ..models import cache_dir
+from ..turn import Exchange, NpcState
+from .migrations import upgrade
+from .schema import FlagEventRow, HistoryRow, NpcStateRow, TurnRecordRow
+
+DB_ENV = "PERSONA_AGENTS_DB"
+
+
+def default_db_url() -> str:
+    """$PERSONA_AGENTS_DB, else a SQLite file in the cache folder."""
+    import os
+
+    return os.environ.get(DB_ENV) or f"sqlite:///{cache_dir() / 'state.db'}"
+
+
+class ConcurrentTurnError(PersonaAgentsError):
+    """Another process committed a turn for this (player, NPC) first."""
+
+
+class DuplicateRequestError(PersonaAgentsError):
+    """A turn with this request_id was committed meanwhile."""
+
+
+class StoreError(PersonaAgentsError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredConversation:
+    state: NpcState
+    history: tuple[Exchange, ...]
+    #: flag name -> turn numbers at which it fired, oldest first.
+    flag_history: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    turns: int = 0
+    version: int = 0
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe in WAL mode
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class StateStore:
+    def __init__(self, url: str | None = None):
+        self.url = url or default_db_url()
+        try:
+            parsed = make_url(self.url)
+        except Exception as exc:
+            raise StoreError(f"Invalid database URL {self.url!r}: {exc}. Use sqlite:///path/to/state.db or postgresql+psycopg://...") from exc
+        self._memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+        self._serial = threading.Lock() if self._memory else contextlib.nullcontext()
+        self.engine = self._make_engine(parsed)
+        try:
+            upgrade(self.engine, self.url)
+        except OperationalError as exc:
+            raise StoreError(f"Cannot open the state database {self.url}: {exc.orig}") from exc
+
+    @classmethod
+    def in_memory(cls) -> "StateStore":
+        """A store that lives as long as the process (conversations without --player)."""
+        return cls("sqlite://")
+
+    def _make_engine(self, parsed) -> Engine:
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(parsed, pool_pre_ping=True)
+        if self._memory:
+            engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    # -- reading -----------------------------------------------------------------------
+    def load(self, player_id: str, npc_id: str, initial: NpcState, history_limit: int | None = 50) -> StoredConversation:
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(
+                select(NpcStateRow.__table__).where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id == npc_id)
+            ).mappings().first()
+            if row is None:
+                return StoredConversation(state=initial, history=())
+            query = (
+                select(HistoryRow.player_text, HistoryRow.npc_text)
+                .where(HistoryRow.player_id == player_id, HistoryRow.npc_id == npc_id)
+                .order_by(HistoryRow.turn_number.desc())
+            )
+            if history_limit is not None:
+                query = query.limit(history_limit)
+            history = tuple(Exchange(p, n) for p, n in reversed(conn.execute(query).all()))
+            flags: dict[str, list[int]] = {}
+            for flag, number in conn.execute(
+                select(FlagEventRow.flag, FlagEventRow.turn_number)
+                .where(FlagEventRow.player_id == player_id, FlagEventRow.npc_id == npc_id)
+                .order_by(FlagEventRow.turn_number)
+            ):
+                flags.setdefault(flag, []).append(number)
+        state = NpcState(row["trust"], row["relationship"], row["mood"], row["quest_stage"])
+        return StoredConversation(
+            state=state,
+            history=history,
+            flag_history=MappingProxyType({k: tuple(v) for k, v in flags.items()}),
+            turns=row["turns"],
+            version=row["version"],
+        )
+
+    def find_response(self, player_id: str, npc_id: str, request_id: str) -> dict[str, Any] | None:
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(
+                select(TurnRecordRow.response).where(
+                    TurnRecordRow.player_id == player_id,
+                    TurnRecordRow.npc_id == npc_id,
+                    TurnRecordRow.request_id == request_id,
+                )
+            ).first()
+        return row[0] if row else None
+
+    # -- writing -----------------------------------------------------------------------
+    def commit_turn(
+        self,
+        player_id: str,
+        npc_id: str,
+        expected_version: int,
+        state: NpcState,
+        turn_number: int,
+        exchange: Exchange,
+        fired: Iterable[tuple[str, Mapping[str, Any]]],
+        request: Mapping[str, Any],
+        response: Mapping[str, Any],
+        request_id: str | None = None,
+    ) -> None:
+        """Write one turn in one transaction, or nothing at all."""
+        values = dict(trust=state.trust, relationship=state.relationship, mood=state.mood,
+                      quest_stage=state.quest_stage, turns=turn_number, version=expected_version + 1)
+        try:
+            with self._serial, self.engine.begin() as conn:
+                # The state write comes first so that it takes the database's write lock
+                # before anything is read inside this transaction.
+                if expected_version == 0:
+                    conn.execute(insert(NpcStateRow).values(player_id=player_id, npc_id=npc_id, **values))
+                else:
+                    changed = conn.execute(
+                        update(NpcStateRow)
+                        .where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id == npc_id,
+                               NpcStateRow.version == expected_version)
+                        .values(**values)
+                    ).rowcount
+                    if changed != 1:
+                        raise ConcurrentTurnError(f"state of ({player_id}, {npc_id}) changed during the turn")
+                conn.execute(insert(HistoryRow).values(player_id=player_id, npc_id=npc_id, turn_number=turn_number,
+                                                       player_text=exchange.player, npc_text=exchange.npc))
+                for flag, payload in fired:
+                    conn.execute(insert(FlagEventRow).values(player_id=player_id, npc_id=npc_id, flag=flag,
+                                                             turn_number=turn_number, payload=dict(payload)))
+                conn.execute(insert(TurnRecordRow).values(
+                    player_id=player_id, npc_id=npc_id, turn_number=turn_number, request_id=request_id,
+                    request=dict(request), response=dict(response),
+                    delta_trust=response["deltas"]["trust"], delta_relationship=response["deltas"]["relationship"],
+                    flags=response["flags"], flags_rejected=response["flags_rejected"],
+                    timings_ms=dict(response.get("meta", {}).get("timings_ms", {})),
+                ))
+        except IntegrityError as exc:
+            if request_id is not None and self.find_response(player_id, npc_id, request_id) is not None:
+                raise DuplicateRequestError(f"request_id {request_id!r} was committed meanwhile") from exc
+            raise ConcurrentTurnError(f"another turn for ({player_id}, {npc_id}) was committed first") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"Could not save the turn in {self.url}: {exc}") from exc
+
+    def reset(self, player_id: str, npc_id: str | None = None) -> int:
+        """Forget a player's conversations (with one NPC, or all); returns states removed."""
+        with self._serial, self.engine.begin() as conn:
+            removed = 0
+            for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow):
+                cond = [table.player_id == player_id] + ([table.npc_id == npc_id] if npc_id else [])
+                result = conn.execute(delete(table).where(*cond))
+                if table is NpcStateRow:
+                    removed = result.rowcount
+        return removed
+
+    # -- inspection --------------------------------------------------------------------
+    def export(self, player_id: str, npc_id: str | None = None) -> dict[str, Any]:
+        """Everything stored for a player (and NPC), JSON-ready."""
+        def where(table):
+            return [table.player_id == player_id] + ([table.npc_id == npc_id] if npc_id else [])
+
+        def rows(table, *cond, order):
+            return conn.execute(select(table.__table__).where(*cond).order_by(order)).mappings().all()
+
+        with self._serial, self.engine.connect() as conn:
+            out: dict[str, Any] = {"player_id": player_id, "npcs": {}}
+            for s in rows(NpcStateRow, *where(NpcStateRow), order=NpcStateRow.npc_id):
+                mine = (player_id, s["npc_id"])
+                history = rows(HistoryRow, HistoryRow.player_id == mine[0], HistoryRow.npc_id == mine[1], order=HistoryRow.turn_number)
+                flags = rows(FlagEventRow, FlagEventRow.player_id == mine[0], FlagEventRow.npc_id == mine[1], order=FlagEventRow.turn_number)
+                records = rows(TurnRecordRow, TurnRecordRow.player_id == mine[0], TurnRecordRow.npc_id == mine[1], order=TurnRecordRow.turn_number)
+                out["npcs"][s["npc_id"]] = {
+                    "state": {k: s[k] for k in ("trust", "relationship", "mood", "quest_stage", "turns")},
+                    "flags_fired": [{"flag": f["flag"], "turn": f["turn_number"], "payload": f["payload"]} for f in flags],
+                    "history": [{"turn": h["turn_number"], "player": h["player_text"], "npc": h["npc_text"]} for h in history],
+                    "turn_records": [
+                        {"turn": r["turn_number"], "request_id": r["request_id"], "request": r["request"],
+                         "response": r["response"], "created_at": r["created_at"].isoformat() if r["created_at"] else None}
+                        for r in records
+                    ],
+                }
+        return out
+
+    def count(self, table: str, player_id: str | None = None, npc_id: str | None = None) -> int:
+        model = {"turn_records": TurnRecordRow, "history": HistoryRow, "flag_events": FlagEventRow, "states": NpcStateRow}[table]
+        cond = ([model.player_id == player_id] if player_id else []) + ([model.npc_id == npc_id] if npc_id else [])
+        with self._serial, self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(model).where(*cond)).scalar_one()
+
+    def close(self) -> None:
+        self.engine.dispose()
