@@ -71,6 +71,9 @@ def setup_logging() -> None:
     # Our own messages and the progress bars are enough; library warnings about
     # generation flags confuse writers.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing;
+    # we never download kernels, and the built-in CPU path works.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 db_option = click.option(

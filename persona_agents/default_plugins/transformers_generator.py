@@ -18,6 +18,7 @@ from persona_agents.hookspecs import hookimpl
 from persona_agents.markers import neutralize, strip_markers
 from persona_agents.models import EMBEDDED_MODEL
 from persona_agents.steps import Step, StepOptions
+from persona_agents.streaming import MarkerSafeStreamer, current_sink
 from persona_agents.turn import Generation
 
 NO_HEADS_NOTE = "no state heads loaded: deltas are zero and no flags fire"
@@ -82,32 +83,49 @@ class TransformersGenerator(Step):
             return tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
         return tok(prompt.text, return_tensors="pt")
 
-    def run(self, turn):
-        import torch
-
-        settings = self.persona.generation
-        seed = turn.seed if turn.seed is not None else settings.seed
-        if seed is None:
-            seed = random.SystemRandom().randrange(2**31)
-        inputs = self._encode(turn.prompt)
-        tok, model = self.loaded.tokenizer, self.loaded.model
-        sample = settings.temperature > 0
+    def generation_kwargs(self, turn) -> dict:
+        """generate() arguments from the persona's settings (shared with subclasses)."""
+        settings, prompt = self.persona.generation, turn.prompt
+        tok = self.loaded.tokenizer
         kwargs = dict(
             max_new_tokens=settings.max_new_tokens,
-            do_sample=sample,
+            do_sample=settings.temperature > 0,
             repetition_penalty=settings.repetition_penalty,
             eos_token_id=self._eos_ids,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids[0],
         )
-        if sample:
+        if settings.temperature > 0:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        if turn.prompt.stop_markers:
-            kwargs.update(stopping_criteria=self._stopping_criteria(tuple(turn.prompt.stop_markers)))
+        if prompt.stop_markers:
+            kwargs.update(stopping_criteria=self._stopping_criteria(tuple(prompt.stop_markers)))
+        return kwargs
+
+    def turn_seed(self, turn) -> int:
+        seed = turn.seed if turn.seed is not None else self.persona.generation.seed
+        return seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+    def generate_ids(self, turn, inputs, seed: int, **extra) -> list[int]:
+        """Run generate for one turn (seeded, streamed when a sink is set); the new token ids."""
+        import torch
+
+        kwargs = self.generation_kwargs(turn)
+        kwargs.update(extra)
+        sink = current_sink()
+        if sink is not None:
+            kwargs["streamer"] = MarkerSafeStreamer(
+                self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special), inputs["input_ids"].shape[1]
+            )
         with self.loaded.lock, torch.inference_mode():
             torch.manual_seed(seed)
-            output = model.generate(**inputs, **kwargs)
-        new_ids = output[0, inputs["input_ids"].shape[1]:].tolist()
-        text, finished = self._clean(tok, new_ids, turn.prompt.stop_markers)
+            output = self.loaded.model.generate(**inputs, **kwargs)
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        return sequences[0, inputs["input_ids"].shape[1]:].tolist()
+
+    def run(self, turn):
+        seed = self.turn_seed(turn)
+        inputs = self._encode(turn.prompt)
+        new_ids = self.generate_ids(turn, inputs, seed)
+        text, finished = self._clean(self.loaded.tokenizer, new_ids, turn.prompt.stop_markers)
         generation = Generation(text=text, model=self.loaded.name, new_tokens=len(new_ids), finished=finished)
         return turn.replace(generation=generation).with_meta(
             model=self.loaded.name, seed=seed, new_tokens=len(new_ids), state_heads=NO_HEADS_NOTE

@@ -1,0 +1,81 @@
+"""Streaming a reply while it is generated.
+
+A caller that wants text pieces as they are produced (the HTTP server's SSE endpoint)
+runs the turn inside `stream_to(callback)`; a generate step that supports streaming
+asks `current_sink()` and feeds it. Pieces never contain prompt markers: text is held
+back from the first `<` until it is clear it does not start a marker, and the reply is
+cut at the end of the NPC's turn, as the final text is. The final response still
+carries the whole reply after postprocessing, which may differ (a catchphrase added).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Sequence
+
+from .markers import strip_markers
+
+TextSink = Callable[[str], None]
+_sink: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar("persona_agents_text_sink", default=None)
+
+
+@contextlib.contextmanager
+def stream_to(sink: TextSink) -> Iterator[None]:
+    token = _sink.set(sink)
+    try:
+        yield
+    finally:
+        _sink.reset(token)
+
+
+def current_sink() -> TextSink | None:
+    return _sink.get()
+
+
+class MarkerSafeStreamer:
+    """A transformers streamer (put/end) that forwards only marker-free text."""
+
+    def __init__(self, tokenizer, sink: TextSink, stop_markers: Sequence[str], skip_prompt_tokens: int):
+        self.tokenizer = tokenizer
+        self.sink = sink
+        self.stop_markers = tuple(stop_markers)
+        self._skip = skip_prompt_tokens
+        self._ids: list[int] = []
+        self._sent = 0
+        self._stopped = False
+
+    def put(self, value) -> None:
+        ids = value.reshape(-1).tolist()
+        if self._skip:  # the first call carries the prompt
+            dropped = min(self._skip, len(ids))
+            ids, self._skip = ids[dropped:], self._skip - dropped
+        self._ids.extend(ids)
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        if self._stopped:
+            return
+        text = self.tokenizer.decode(self._ids, skip_special_tokens=False)
+        cut = len(text)
+        for marker in self.stop_markers:
+            pos = text.find(marker)
+            if 0 <= pos < cut:
+                cut, self._stopped = pos, True
+        unsent = text[self._sent:cut]
+        if self._stopped or final:
+            # Nothing more will come: release the rest, minus anything marker-like.
+            piece = strip_markers(unsent, self.stop_markers)
+        else:
+            hold = unsent.find("<")  # could be the start of a marker: wait and see
+            piece = unsent if hold == -1 else unsent[:hold]
+            piece = piece.rstrip("\ufffd")  # half of a multi-byte character
+        consumed = len(unsent) if (self._stopped or final) else len(piece)
+        if self._sent == 0:
+            piece = piece.lstrip()
+        self._sent += consumed
+        if piece:
+            self.sink(piece)
