@@ -193,6 +193,15 @@ class StateStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"Could not save the turn in {self.url}: {exc}") from exc
 
+    def put_state(self, player_id: str, npc_id: str, state: NpcState) -> None:
+        """Start a fresh conversation from a given state (test plans, game-driven setups)."""
+        self.reset(player_id, npc_id)
+        with self._serial, self.engine.begin() as conn:
+            conn.execute(insert(NpcStateRow).values(
+                player_id=player_id, npc_id=npc_id, trust=state.trust, relationship=state.relationship,
+                mood=state.mood, quest_stage=state.quest_stage, turns=0, version=1,
+            ))
+
     def reset(self, player_id: str, npc_id: str | None = None) -> int:
         """Forget a player's conversations (with one NPC, or all); returns states removed."""
         with self._serial, self.engine.begin() as conn:

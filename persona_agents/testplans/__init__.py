@@ -1,0 +1,1 @@
+"""Golden conversation plans for NPC behaviour: `persona-agents test`."""

@@ -1,0 +1,89 @@
+"""Reading plan files: every problem names the file, the plan, the turn and the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import PersonaAgentsError
+from ..flags import DEFAULT_FLAGS
+from .schema import Plan, PlanFile
+
+
+class PlanFileError(PersonaAgentsError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in test plans:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    plan: Plan
+    path: Path
+
+
+def plan_paths(paths: Iterable[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PlanFileError([f"{path}: no such file or folder"])
+    return found
+
+
+def _where(path: Path, raw: object, loc: tuple) -> str:
+    """`file: plan 'name': turn 2: field.path` from a pydantic error location."""
+    parts, rest = [str(path)], list(loc)
+    if rest[:1] == ["plans"] and len(rest) > 1 and isinstance(rest[1], int):
+        index = rest[1]
+        name = None
+        plans = raw.get("plans") if isinstance(raw, dict) and "plans" in raw else (raw if isinstance(raw, list) else [raw])
+        if isinstance(plans, list) and index < len(plans) and isinstance(plans[index], dict):
+            name = plans[index].get("name")
+        parts.append(f"plan {name!r}" if name else f"plan #{index + 1}")
+        rest = rest[2:]
+        if rest[:1] == ["turns"] and len(rest) > 1 and isinstance(rest[1], int):
+            parts.append(f"turn {rest[1] + 1}")
+            rest = rest[2:]
+    parts.append(".".join(str(r) for r in rest) or "(plan)")
+    return ": ".join(parts)
+
+
+def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Iterable[str] = DEFAULT_FLAGS) -> list[LoadedPlan]:
+    npc_ids, flags = set(npc_ids), list(flags)
+    problems: list[str] = []
+    loaded: list[LoadedPlan] = []
+    for path in plan_paths(paths):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            problems.append(f"{path}: invalid YAML: {exc}")
+            continue
+        try:
+            parsed = PlanFile.model_validate(raw)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problems.append(f"{_where(path, raw, tuple(err['loc']))}: {err['msg']}")
+            continue
+        for plan in parsed.plans:
+            where = f"{path}: plan {plan.name!r}"
+            if plan.npc not in npc_ids:
+                problems.append(f"{where}: npc: unknown NPC {plan.npc!r}; available: {', '.join(sorted(npc_ids))}")
+            for number, turn in enumerate(plan.turns, 1):
+                for field in ("flags", "no_flags"):
+                    for flag in getattr(turn.expect, field):
+                        if flag not in flags:
+                            problems.append(f"{where}: turn {number}: expect.{field}: unknown flag {flag!r}; "
+                                            f"valid flags: {', '.join(flags)}")
+            loaded.append(LoadedPlan(plan, path))
+    if problems:
+        raise PlanFileError(problems)
+    return loaded

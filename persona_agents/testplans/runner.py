@@ -1,0 +1,119 @@
+"""Running plans against the real pipeline and checking each expectation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..manager import AgentManager, initial_state
+from ..turn import GameContext, NpcState, TurnResponse
+from .loader import LoadedPlan
+from .schema import DeltaExpectation, Plan, PlanTurn
+
+NO_CHANGE = 0.02  # a delta smaller than this counts as "none" (labeling guide: neutral band)
+
+
+@dataclass(frozen=True)
+class Check:
+    turn: int
+    name: str
+    passed: bool
+    expected: str
+    got: str
+
+
+@dataclass
+class PlanRun:
+    plan: Plan
+    path: str
+    seed: int
+    checks: list[Check] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(c.passed for c in self.checks)
+
+
+def _probs(response: TurnResponse, names: list[str]) -> str:
+    if response.flag_probs is None:
+        return "no flag probabilities (no state heads loaded)"
+    return ", ".join(f"p({n})={response.flag_probs.get(n, 0.0):.2f}" for n in names)
+
+
+def _delta_ok(exp: DeltaExpectation, value: float) -> bool:
+    direction = {"up": value >= NO_CHANGE, "down": value <= -NO_CHANGE, "none": abs(value) < NO_CHANGE, "any": True}
+    return direction[exp.direction] and exp.holds(value)
+
+
+def check_turn(number: int, spec: PlanTurn, response: TurnResponse) -> list[Check]:
+    exp, checks = spec.expect, []
+    fired = {f.name for f in response.flags}
+    rejected = {f.name: f.reason for f in response.flags_rejected}
+    for flag in exp.flags:
+        got = "fired" if flag in fired else (f"rejected ({rejected[flag]})" if flag in rejected else "not fired")
+        checks.append(Check(number, f"flag {flag} fires", flag in fired, "fired", f"{got}; {_probs(response, [flag])}"))
+    for flag in exp.no_flags:
+        checks.append(Check(number, f"flag {flag} does not fire", flag not in fired, "not fired",
+                            f"{'fired' if flag in fired else 'not fired'}; {_probs(response, [flag])}"))
+    for axis, dexp in exp.deltas.items():
+        value = getattr(response.deltas, axis)
+        want = f"direction {dexp.direction}" + ("" if dexp.describe() == "any value" else f", {dexp.describe()}")
+        checks.append(Check(number, f"delta {axis}", _delta_ok(dexp, value), want, f"{value:+.3f}"))
+    if exp.state:
+        for axis in ("trust", "relationship"):
+            rng = getattr(exp.state, axis)
+            if rng is not None:
+                value = getattr(response.state, axis)
+                checks.append(Check(number, f"state {axis}", rng.holds(value), rng.describe(), f"{value:.3f}"))
+        if exp.state.quest_stage is not None:
+            checks.append(Check(number, "state quest_stage", response.state.quest_stage == exp.state.quest_stage,
+                                exp.state.quest_stage, response.state.quest_stage))
+    if exp.reply:
+        for pattern in exp.reply.matches:
+            checks.append(Check(number, f"reply matches /{pattern}/", re.search(pattern, response.text) is not None,
+                                "a match", repr(response.text[:120])))
+        for pattern in exp.reply.not_matches:
+            checks.append(Check(number, f"reply does not match /{pattern}/", re.search(pattern, response.text) is None,
+                                "no match", repr(response.text[:120])))
+    if exp.lore:
+        ids = [entry["id"] for entry in response.meta.get("lore", [])]
+        for lore_id in exp.lore.retrieved:
+            checks.append(Check(number, f"lore {lore_id} retrieved", lore_id in ids, "retrieved", ", ".join(ids) or "none"))
+        for lore_id in exp.lore.not_retrieved:
+            checks.append(Check(number, f"lore {lore_id} not retrieved", lore_id not in ids, "not retrieved",
+                                ", ".join(ids) or "none"))
+    return checks
+
+
+def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: int = 0) -> PlanRun:
+    """One run of a plan on a fresh conversation (its own player id in the manager's store)."""
+    plan = loaded.plan
+    result = PlanRun(plan, str(loaded.path), seed)
+    player = f"{plan.player}#{run_index}"
+    base = initial_state(manager.get_persona(plan.npc))
+    start = NpcState(
+        trust=plan.start.trust if plan.start.trust is not None else base.trust,
+        relationship=plan.start.relationship if plan.start.relationship is not None else base.relationship,
+        mood=plan.start.mood or base.mood,
+        quest_stage=plan.start.quest_stage or base.quest_stage,
+    )
+    manager.store.put_state(player, plan.npc, start)
+    items, actions = list(plan.context.items), list(plan.context.actions)
+    stage, location = plan.context.quest_stage, plan.context.location
+    for number, spec in enumerate(plan.turns, 1):
+        items = [i for i in items + [g for g in spec.gain_items if g not in items] if i not in spec.lose_items]
+        actions += [a for a in spec.add_actions if a not in actions]
+        stage = spec.set_stage or stage
+        location = spec.location or location
+        context = GameContext(quest_stage=stage, location=location, items=tuple(items), actions=tuple(actions),
+                              game_state=dict(plan.context.game_state))
+        try:
+            response = manager.turn(plan.npc, spec.say, player_id=player, context=context, seed=seed + number)
+        except Exception as exc:  # a crash is a failed plan, reported, not a traceback
+            result.error = f"turn {number}: {type(exc).__name__}: {exc}"
+            return result
+        result.replies.append(response.text)
+        result.checks += check_turn(number, spec, response)
+    return result
