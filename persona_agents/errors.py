@@ -50,3 +50,37 @@ class ModelLoadError(PersonaAgentsError):
 
 class StepError(PersonaAgentsError):
     """A pipeline step failed while running a turn."""
+
+
+class LoreError(PersonaAgentsError):
+    """Lore files, knowledge references or the lore index cannot be used."""
+
+
+class LoreFileError(LoreError):
+    """One or more problems in lore files, one `file: entry: field: message` line each."""
+
+    def __init__(self, problems: list[str], header: str | None = None):
+        self.problems = list(problems)
+        lines = [header or f"{len(self.problems)} problem(s) in lore files:"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class TrainingDataError(PersonaAgentsError):
+    """Problems in training or evaluation data, one `file:line: field: message` line each."""
+
+    def __init__(self, problems: list[str], header: str | None = None, shown: int = 30):
+        self.problems = list(problems)
+        lines = [header or f"{len(self.problems)} problem(s) in training data:"]
+        lines += [f"  {p}" for p in self.problems[:shown]]
+        if len(self.problems) > shown:
+            lines.append(f"  ... and {len(self.problems) - shown} more")
+        super().__init__("\n".join(lines))
+
+
+class TrainingConfigError(PersonaAgentsError):
+    """Incompatible or invalid training options."""
+
+
+class AdapterError(PersonaAgentsError):
+    """A trained adapter is missing, incomplete, or does not match the base model or flags."""

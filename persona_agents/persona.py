@@ -43,9 +43,12 @@ class InitialState(_Strict):
 class Knowledge(_Strict):
     lore: list[str] = Field(
         default_factory=list,
-        description="Lore entry ids or lore file names (under npcs/lore/) this NPC knows.",
+        description="Lore files (names without suffix, under npcs/lore/) this NPC may draw on; "
+        "each entry's scope and stages decide what it actually knows.",
     )
-    factions: list[str] = Field(default_factory=list, description="Factions whose shared lore this NPC knows.")
+    factions: list[str] = Field(
+        default_factory=list, description="Factions this NPC belongs to: it knows their faction-scoped lore."
+    )
 
 
 class FlagRule(_Strict):

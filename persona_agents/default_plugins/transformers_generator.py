@@ -104,12 +104,12 @@ class TransformersGenerator(Step):
         seed = turn.seed if turn.seed is not None else self.persona.generation.seed
         return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
-    def generate_ids(self, turn, inputs, seed: int, **extra) -> list[int]:
-        """Run generate for one turn (seeded, streamed when a sink is set); the new token ids."""
+    def generate_ids(self, turn, inputs, seed: int):
+        """Run generate for one turn (seeded, streamed when a sink is set):
+        (the new token ids, whatever `_generate` hands to `_finish`)."""
         import torch
 
         kwargs = self.generation_kwargs(turn)
-        kwargs.update(extra)
         sink = current_sink()
         if sink is not None:
             kwargs["streamer"] = MarkerSafeStreamer(
@@ -117,19 +117,27 @@ class TransformersGenerator(Step):
             )
         with self.loaded.lock, torch.inference_mode():
             torch.manual_seed(seed)
-            output = self.loaded.model.generate(**inputs, **kwargs)
+            output, extra = self._generate(inputs, kwargs)
         sequences = output.sequences if hasattr(output, "sequences") else output
-        return sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        return sequences[0, inputs["input_ids"].shape[1]:].tolist(), extra
 
     def run(self, turn):
         seed = self.turn_seed(turn)
         inputs = self._encode(turn.prompt)
-        new_ids = self.generate_ids(turn, inputs, seed)
+        new_ids, extra = self.generate_ids(turn, inputs, seed)
         text, finished = self._clean(self.loaded.tokenizer, new_ids, turn.prompt.stop_markers)
         generation = Generation(text=text, model=self.loaded.name, new_tokens=len(new_ids), finished=finished)
-        return turn.replace(generation=generation).with_meta(
-            model=self.loaded.name, seed=seed, new_tokens=len(new_ids), state_heads=NO_HEADS_NOTE
-        )
+        turn = turn.replace(generation=generation).with_meta(model=self.loaded.name, seed=seed, new_tokens=len(new_ids))
+        return self._finish(turn, extra)
+
+    def _generate(self, inputs, kwargs):
+        """`model.generate` (under the model's lock): (output ids, anything `_finish` needs).
+        Subclasses wrap it, e.g. to read a hidden state during the prefill."""
+        return self.loaded.model.generate(**inputs, **kwargs), None
+
+    def _finish(self, turn, extra):
+        """The finished turn (its generation set); this step has no state heads, and says so."""
+        return turn.with_meta(state_heads=NO_HEADS_NOTE)
 
     def _clean(self, tok, new_ids: list[int], stop_markers) -> tuple[str, bool]:
         finished = bool(new_ids) and new_ids[-1] in self._eos_ids
