@@ -20,7 +20,7 @@ from persona_agents.store import StateStore
 from persona_agents.store.migrations import CURRENT_VERSION, SchemaVersionError
 from persona_agents.turn import GameContext
 
-from .conftest import REPO, cli_env
+from .conftest import cli_env
 from .plugins import failing_steps, proposer
 
 

@@ -24,19 +24,17 @@ query time (`scope.py`), so a stale index can never widen anyone's knowledge.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
+
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable
 
+from ..fileutil import atomic_write, file_lock
 from .embedder import Embedder
 from .entries import LoreCollection, LoreFolder
 
@@ -70,31 +68,6 @@ def index_dir(cache_dir: Path, npcs_dir: Path, embedder_name: str) -> Path:
     key = hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:12]
     model_key = hashlib.sha256(embedder_name.encode("utf-8")).hexdigest()[:8]
     return Path(cache_dir) / "lore-index" / f"{_slug(Path(resolved).name)}-{key}" / f"{_slug(embedder_name)[:40]}-{model_key}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)
@@ -135,7 +108,7 @@ class LoreIndex:
         return self.collection
 
     def sync(self, rebuild: bool = False, progress: Progress | None = None) -> SyncReport:
-        with self._lock, _file_lock(self.directory / ".lock"):
+        with self._lock, file_lock(self.directory / ".lock"):
             collection = self.folder.current()
             index, manifest, reason = (None, None, "a rebuild was asked for") if rebuild else self._read()
             created = reason == _NO_INDEX
@@ -259,8 +232,8 @@ class LoreIndex:
         manifest["count"] = int(index.ntotal)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.directory / INDEX_FILE, data)
-            _atomic_write(self.directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+            atomic_write(self.directory / INDEX_FILE, data)
+            atomic_write(self.directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
         except OSError as exc:  # a read-only cache still serves this process from memory
             log.warning("Could not save the lore index to %s (%s); it will be rebuilt next time.", self.directory, exc)
 
