@@ -85,6 +85,7 @@ def test_step_of_another_stage_says_where_it_belongs(npc_folder, registry):
     path = npc_folder("anna", pipeline={"preprocess": ["chat_template"], "prompt": ["chat_template"], "generate": ["transformers"]})
     with pytest.raises(PersonaFileError) as info:
         load_personas(npc_folder.folder, registry)
+    assert info.value.problems[0].startswith(f"{path}: pipeline.preprocess[0]: Unknown preprocess step 'chat_template'")
     assert info.value.problems[0].endswith("('chat_template' is a prompt step.)")
 
 
@@ -128,6 +129,7 @@ def test_flag_rules_accept_only_the_vocabulary(npc_folder, registry):
     path = npc_folder("anna", flag_rules={"give_itme": {"requires_items": ["x"]}})
     with pytest.raises(PersonaFileError) as info:
         load_personas(npc_folder.folder, registry)
+    assert info.value.problems[0].startswith(f"{path}: flag_rules: ")
     assert "unknown flag(s) 'give_itme'; valid flags: give_item, give_hint" in info.value.problems[0]
 
 
