@@ -11,7 +11,10 @@ from . import __version__
 from .cli_common import friendly_errors, npcs_dir_option, plugins_dir_option
 from .cli_dialogue import run_dialogue
 from .cli_lore import index_lore, lore
+from .cli_serve import serve
 from .cli_state import state
+from .cli_test import test_plans
+from .cli_train import evaluate, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +27,10 @@ main.add_command(run_dialogue)
 main.add_command(index_lore)
 main.add_command(lore)
 main.add_command(state)
+main.add_command(serve)
+main.add_command(test_plans)
+main.add_command(train)
+main.add_command(evaluate)
 
 
 @main.command()

@@ -11,8 +11,6 @@ One loaded model is shared by every NPC that names the same model and dtype.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import logging
@@ -22,9 +20,10 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from .errors import ModelLoadError
+from .fileutil import file_lock
 
 log = logging.getLogger("persona_agents.models")
 
@@ -59,18 +58,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise conversions across processes (tests and servers may start together)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _source_fingerprint(gguf: Path) -> dict[str, Any]:
     stat = gguf.stat()
     return {"gguf": str(gguf), "size": stat.st_size, "format": 1}
@@ -91,7 +78,7 @@ def embedded_checkpoint(root: Path | None = None) -> Path:
 
     if is_current():
         return target
-    with _file_lock(target.parent / ".smollm2-135m-instruct.lock"):
+    with file_lock(target.parent / ".smollm2-135m-instruct.lock"):
         if is_current():  # another process converted it while we waited
             return target
         log.warning("Converting the embedded model %s into %s (once; about 20 s)...", gguf.name, target)
@@ -150,6 +137,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._shared: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
     def get(self, ref: str, dtype: str = "float32") -> LoadedModel:
@@ -161,6 +149,14 @@ class ModelRegistry:
 
     def loaded(self) -> list[str]:
         return [name for name, _ in self._models]
+
+    def shared(self, key: tuple, factory: Callable[[], Any]) -> Any:
+        """Any other loaded object (e.g. a base model with an adapter and heads), built
+        once per key by `factory` and shared by every step that asks for the same key."""
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = factory()
+            return self._shared[key]
 
     @staticmethod
     def _load(ref: str, dtype: str) -> LoadedModel:

@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "persona_agents.default_plugins.lore_steps",
     "persona_agents.default_plugins.prompts",
     "persona_agents.default_plugins.transformers_generator",
+    "persona_agents.default_plugins.multihead_generator",
     "persona_agents.default_plugins.game_rules",
 )
 

@@ -43,7 +43,7 @@ class TransformersGenerator(Step):
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
 
     def warm_up(self):
-        self.loaded = self.runtime.models.get(self.options.model, self.options.dtype)
+        self.loaded = self._load()
         tok = self.loaded.tokenizer
         self._special = tuple(dict.fromkeys([*tok.all_special_tokens, *tok.get_added_vocab()]))
         self._eos_ids = self._end_of_turn_ids(tok, self.loaded.model)
@@ -58,6 +58,10 @@ class TransformersGenerator(Step):
         if markers not in self._stop_criteria:
             self._stop_criteria[markers] = StopStringCriteria(self.loaded.tokenizer, list(markers))
         return StoppingCriteriaList([self._stop_criteria[markers]])
+
+    def _load(self):
+        """The shared LoadedModel this step generates with."""
+        return self.runtime.models.get(self.options.model, self.options.dtype)
 
     @staticmethod
     def _end_of_turn_ids(tok, model) -> list[int]:

@@ -1,0 +1,107 @@
+"""HTTP server throughput and time to first streamed piece, embedded model, loopback.
+
+Starts `persona-agents serve` on the sample NPCs (a temporary SQLite file, no key, no
+rate limit) on a free loopback port, waits for /readyz, then in one run:
+
+- c1: `--turns-c1` turns one after another (each a new player, fixed seeds);
+- c8: `--turns-c8` turns from 8 concurrent clients (the same seeds, new players);
+- ttft: `--stream-turns` streamed turns one after another, timing the first `text` event
+  from the moment the request is sent.
+
+Prints `turns_per_s_c1=`, `turns_per_s_c8=`, `scaling_c8=` (c8 / c1) and
+`ttft_ms_p50=`. Every turn runs the NPC's whole pipeline (lore retrieval included) and
+commits to the store; the embedded model generates under one lock per loaded model, so
+c8 gains only from overlapping the rest of the turn and the HTTP work.
+
+    python bench/server_throughput.py [--npc ID] [--turns-c1 8] [--turns-c8 16] [--stream-turns 8] [--torch-threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.server_support import read_sse, start_cli_server  # noqa: E402
+
+LINES = ["Good morning! Can you fix my sword?", "What news from the road?", "Have you seen anything strange lately?",
+         "I need a favour.", "Tell me about this place.", "Who runs this town?", "Is it safe at night?",
+         "What do you sell?"]
+
+
+def turn(base: str, npc: str, player: str, i: int) -> tuple[float, int]:
+    body = {"player_id": player, "utterance": LINES[i % len(LINES)], "seed": 100 + i}
+    started = time.perf_counter()
+    response = httpx.post(f"{base}/v1/npcs/{npc}/turns", json=body, timeout=300)
+    response.raise_for_status()
+    return time.perf_counter() - started, response.json()["meta"]["new_tokens"]
+
+
+def streamed_ttft(base: str, npc: str, player: str, i: int) -> tuple[float, float]:
+    body = {"player_id": player, "utterance": LINES[i % len(LINES)], "seed": 100 + i}
+    started = time.perf_counter()
+    first = None
+    with httpx.stream("POST", f"{base}/v1/npcs/{npc}/turns/stream", json=body, timeout=300) as response:
+        response.raise_for_status()
+        for kind, _, at in read_sse(response, started):
+            if kind == "text" and first is None:
+                first = at
+            if kind == "error":
+                raise RuntimeError(f"stream error: {_}")
+            if kind == "final":
+                return (first if first is not None else at), at
+    raise RuntimeError("no final event")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--npc", default="blacksmith_village_center")
+    parser.add_argument("--turns-c1", type=int, default=8)
+    parser.add_argument("--turns-c8", type=int, default=16)
+    parser.add_argument("--stream-turns", type=int, default=8)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="passed to `serve` (1 on a CPU shared with other busy processes)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ("--torch-threads", str(args.torch_threads)) if args.torch_threads else ()
+        server = start_cli_server(Path(tmp), REPO / "npcs", api_key=None, rate_limit="off", ready_timeout=600,
+                                  extra_args=extra)
+        try:
+            base, npc = server.base_url, args.npc
+            turn(base, npc, "bench-warm", 0)  # first-call costs (stop-string tables, allocator) out of the figures
+
+            started = time.perf_counter()
+            c1 = [turn(base, npc, f"bench-c1-{i}", i) for i in range(args.turns_c1)]
+            c1_rate = args.turns_c1 / (time.perf_counter() - started)
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                c8 = list(pool.map(lambda i: turn(base, npc, f"bench-c8-{i}", i), range(args.turns_c8)))
+            c8_rate = args.turns_c8 / (time.perf_counter() - started)
+
+            ttfts = [streamed_ttft(base, npc, f"bench-stream-{i}", i) for i in range(args.stream_turns)]
+        finally:
+            server.stop()
+    print(f"npc={npc} turns_c1={args.turns_c1} turns_c8={args.turns_c8} stream_turns={args.stream_turns} "
+          f"torch_threads={args.torch_threads or 'default'}")
+    print(f"new_tokens_mean_c1={statistics.mean(t for _, t in c1):.1f} new_tokens_mean_c8={statistics.mean(t for _, t in c8):.1f}")
+    print(f"latency_ms_p50_c1={statistics.median(s for s, _ in c1) * 1000:.0f} "
+          f"latency_ms_p50_c8={statistics.median(s for s, _ in c8) * 1000:.0f}")
+    print(f"stream_total_ms_p50={statistics.median(total for _, total in ttfts) * 1000:.0f}")
+    print(f"turns_per_s_c1={c1_rate:.2f}")
+    print(f"turns_per_s_c8={c8_rate:.2f}")
+    print(f"scaling_c8={c8_rate / c1_rate:.2f}")
+    print(f"ttft_ms_p50={statistics.median(first for first, _ in ttfts) * 1000:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""`persona-agents train` and `persona-agents eval`: fine-tune and measure a multi-head adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from .cli_common import friendly_errors, npcs_dir_option, setup_logging
+from .flags import DEFAULT_FLAGS
+
+DEFAULT_ADAPTER = "training/adapters/smollm2-npc"
+
+
+def _quiet_threads() -> None:
+    # Must happen before torch loads OpenMP. Idle OpenMP threads that spin instead of
+    # sleeping made each training step 4-7x slower on a CPU shared with other processes
+    # (training/README.md); sleeping costs nothing measurable on a quiet machine.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _names(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@click.command()
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Training JSONL file (repeat for several).")
+@click.option("--validation", type=click.Path(dir_okay=False, path_type=Path),
+              help="Validation JSONL: thresholds are calibrated and figures measured on it.")
+@click.option("--base", default="embedded", show_default=True, help="Base model: 'embedded', a Hugging Face id or a local path.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write.")
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, default=-1, show_default=True, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate of LoRA and marker rows.")
+@click.option("--heads-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the state heads.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--warmup-steps", type=int, default=10, show_default=True)
+@click.option("--lora-r", type=int, default=8, show_default=True)
+@click.option("--lora-targets", default="q_proj,v_proj", show_default=True, help="Comma-separated linear layers for LoRA.")
+@click.option("--quantization", type=click.Choice(["nf4", "none"]), default="nf4", show_default=True,
+              help="nf4: QLoRA on a 4-bit base; none: LoRA on the full-precision base.")
+@click.option("--max-length", type=int, default=448, show_default=True, help="Longest training sequence in tokens.")
+@click.option("--history-turns", type=int, default=4, show_default=True, help="Earlier exchanges in each prompt.")
+@click.option("--retrieve-lore/--no-retrieve-lore", default=True, show_default=True,
+              help="Add the lore each NPC's retrieve step finds, as inference does.")
+@click.option("--flags", "flag_names", default=",".join(DEFAULT_FLAGS), show_default=True,
+              help="The flag vocabulary, comma-separated, in head order.")
+@click.option("--lm-weight", type=float, default=1.0, show_default=True)
+@click.option("--delta-weight", type=float, default=10.0, show_default=True)
+@click.option("--flag-weight", type=float, default=1.0, show_default=True)
+@click.option("--save-steps", type=int, default=50, show_default=True, help="Checkpoint every N steps (for --resume).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/checkpoints after a successful run.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@npcs_dir_option
+@friendly_errors
+def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
+          lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
+          flag_weight, save_steps, resume, keep_checkpoints, seed, threads, npcs_dir):
+    """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
+
+    Example: persona-agents train --data training/data/train.jsonl
+    --validation training/data/validation.jsonl --out training/adapters/my-npcs
+    """
+    _quiet_threads()
+    setup_logging()
+    import torch
+
+    from .multihead.trainer import MultiHeadTrainingConfig
+    from .multihead.training import train_adapter
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = MultiHeadTrainingConfig(
+        output_dir=str(out / "checkpoints"), base_model=base, flags=_names(flag_names), quantization=quantization,
+        lora_r=lora_r, lora_target_modules=_names(lora_targets), max_length=max_length, history_turns=history_turns,
+        lm_loss_weight=lm_weight, delta_loss_weight=delta_weight, flag_loss_weight=flag_weight,
+        heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
+        max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
+        disable_tqdm=False,
+    )
+    meta = train_adapter(list(data), out, config, validation=validation, resume=True if resume else None,
+                         keep_checkpoints=keep_checkpoints)
+    if not meta:  # not the main process of a multi-process run
+        return
+    m = meta["metrics"]
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    click.echo(
+        f"Wrote {out} ({size / 1e6:.1f} MB; trained {meta['training']['steps']} steps in "
+        f"{meta['training']['seconds'] / 60:.1f} min, quantization {meta['quantization']}).\n"
+        f"On {m['split']} ({m['n_examples']} examples): flag micro-F1 {m['flag_micro_f1']:.3f} "
+        f"(majority baseline {m['baseline']['flag_micro_f1']:.3f}), macro-F1 {m['flag_macro_f1']:.3f}, "
+        f"delta MAE trust {m['delta_mae_trust']:.4f} / relationship {m['delta_mae_relationship']:.4f}, "
+        f"reply LM loss {m['lm_loss']:.3f}.")
+
+
+@click.command("eval")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Labelled JSONL file(s) in the training format.")
+@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Adapter folder (default: {DEFAULT_ADAPTER} in the project, beside the NPC folder).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with every figure.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--base-lm/--no-base-lm", default=True, show_default=True,
+              help="Also measure the base model's reply LM loss without the adapter (a second pass).")
+@npcs_dir_option
+@friendly_errors
+def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir):
+    """Measure an adapter on labelled data: flag F1, delta MAE, reply LM loss, and a majority baseline."""
+    _quiet_threads()
+    setup_logging()
+    from .multihead.artifacts import read_metadata
+    from .multihead.data import file_sha256, load_examples, load_personas_for_data, retrieve_lore
+    from .multihead.evaluate import evaluate_adapter, format_report
+
+    adapter = adapter or Path(npcs_dir).parent / DEFAULT_ADAPTER
+    meta = read_metadata(adapter)
+    examples = load_examples(data, meta["flags"], load_personas_for_data(npcs_dir))
+    if meta.get("retrieve_lore"):
+        examples = retrieve_lore(examples, npcs_dir)
+    report = evaluate_adapter(adapter, examples, batch_size=batch_size, base_lm_loss=base_lm)
+    report["data"] = [{"path": str(p), "sha256": file_sha256(p)} for p in data]
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        click.echo(format_report(report))

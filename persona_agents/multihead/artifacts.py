@@ -1,0 +1,197 @@
+"""A trained multi-head adapter on disk, and loading it back.
+
+    <dir>/adapter_config.json, adapter_model.safetensors   the peft LoRA adapter, with the
+                                                           trained marker embedding rows
+    <dir>/heads.safetensors                                the state heads
+    <dir>/tokenizer.json, tokenizer_config.json, ...       the tokenizer, markers included
+    <dir>/multihead.json                                   flag vocabulary, thresholds, base
+                                                           model, prompt format, data hashes,
+                                                           metrics (written last: a folder
+                                                           without it is incomplete)
+
+Loading checks that the base model is the one the adapter was trained on (architecture
+and a checksum of its embeddings) and that the flag vocabulary matches, with errors that
+say what differs and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import AdapterError
+from ..markers import SECTION_MARKERS
+from ..models import resolve_model
+from ..prompt_format import SECTIONED_FORMAT_VERSION
+from .heads import HeadsConfig, StateHeads
+
+log = logging.getLogger("persona_agents.multihead")
+
+METADATA_FILE = "multihead.json"
+HEADS_FILE = "heads.safetensors"
+FORMAT_VERSION = 1
+_BASE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "embedding_rows", "embedding_checksum")
+
+
+def thresholds_version(thresholds: dict[str, float]) -> str:
+    """A short id of a set of thresholds (shown in each turn's meta)."""
+    return hashlib.sha256(json.dumps(thresholds, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class AdapterBundle:
+    """A base model with the adapter applied (merged for inference), its tokenizer, the
+    heads and the metadata."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    heads: StateHeads
+    meta: dict[str, Any]
+
+    @property
+    def flags(self) -> list[str]:
+        return list(self.meta["flags"])
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.meta["thresholds"])
+
+    @property
+    def history_turns(self) -> int:
+        return int(self.meta.get("history_turns", 6))
+
+    @property
+    def name(self) -> str:
+        return f"{self.meta['base']['name']}+{self.path.name}"
+
+
+def save_artifacts(out_dir: str | Path, lm, heads: StateHeads, tokenizer, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the adapter folder; `meta` must hold flags, thresholds and base. Returns the
+    metadata as written."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METADATA_FILE).unlink(missing_ok=True)
+    # Only the trained rows of the resized embedding are saved (peft's trainable tokens);
+    # the full 49k-row matrix would make the adapter 200 MB instead of a few MB.
+    lm.save_pretrained(out, save_embedding_layers=False)
+    (out / "README.md").unlink(missing_ok=True)  # peft's empty model card; multihead.json says it all
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(out / HEADS_FILE))
+    tokenizer.save_pretrained(out)
+    return write_metadata(out, {**meta, "heads": heads.config.to_dict()})
+
+
+def write_metadata(out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """(Re)write multihead.json, e.g. after calibrating the thresholds on the saved adapter."""
+    full = {
+        "format_version": FORMAT_VERSION,
+        "prompt_format": "sectioned",
+        "prompt_format_version": SECTIONED_FORMAT_VERSION,
+        "state_token": "<STATE>",
+        **meta,
+        "thresholds_version": thresholds_version(meta["thresholds"]),
+    }
+    path = Path(out_dir) / METADATA_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return full
+
+
+def read_metadata(adapter_dir: str | Path) -> dict[str, Any]:
+    path = Path(adapter_dir)
+    hint = "Train one with `persona-agents train --data FILE --out DIR`, or fix the path."
+    if not path.is_dir():
+        raise AdapterError(f"Adapter folder {path} does not exist. {hint}")
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        raise AdapterError(f"{path} is not a multi-head adapter: {METADATA_FILE} is missing "
+                           f"(an interrupted training run writes it last). {hint}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise AdapterError(f"{meta_path}: invalid JSON ({exc}). {hint}") from exc
+    missing = [k for k in ("flags", "thresholds", "base", "heads") if k not in meta]
+    missing += [f for f in (HEADS_FILE, "adapter_config.json") if not (path / f).is_file()]
+    if missing:
+        raise AdapterError(f"{path}: incomplete adapter, missing {', '.join(missing)}. {hint}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise AdapterError(f"{path} was written by a newer persona-agents (format {meta['format_version']}); upgrade.")
+    if meta.get("prompt_format_version") != SECTIONED_FORMAT_VERSION:
+        raise AdapterError(
+            f"{path} was trained on sectioned prompt format version {meta.get('prompt_format_version')}, this "
+            f"persona-agents renders version {SECTIONED_FORMAT_VERSION}. Retrain the adapter (make adapter).")
+    return meta
+
+
+def check_flags(meta: dict[str, Any], expected: Sequence[str] | None, where: Path) -> None:
+    flags = list(meta["flags"])
+    if meta["heads"].get("num_flags") != len(flags):
+        raise AdapterError(f"{where}: the flag head has {meta['heads'].get('num_flags')} outputs but "
+                           f"{METADATA_FILE} lists {len(flags)} flags; the adapter is corrupt, retrain it.")
+    if sorted(meta["thresholds"]) != sorted(flags):
+        raise AdapterError(f"{where}: thresholds are not given for exactly the flags {', '.join(flags)}.")
+    if expected is not None and list(expected) != flags:
+        raise AdapterError(
+            f"{where} was trained for the flag vocabulary [{', '.join(flags)}], not [{', '.join(expected)}]. "
+            "Use the vocabulary the adapter was trained with, or retrain with --flags.")
+
+
+def check_base(meta: dict[str, Any], fingerprint: dict[str, Any], ref: str, where: Path) -> None:
+    recorded = meta["base"]
+    differs = [f"{k} {fingerprint.get(k)!r} (trained on {recorded.get(k)!r})"
+               for k in _BASE_KEYS if k in recorded and recorded.get(k) != fingerprint.get(k)]
+    if differs:
+        raise AdapterError(
+            f"{where} was trained on base model '{recorded.get('name')}', but model '{ref}' differs: "
+            f"{'; '.join(differs)}. Use `model: {recorded.get('name')}` (or leave `model` out), or train an "
+            f"adapter for this base with `persona-agents train --base {ref}`.")
+
+
+def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: str = "float32", merge: bool = True,
+                 expected_flags: Sequence[str] | None = None) -> AdapterBundle:
+    """Base + adapter (+ merged unless `merge=False`, which keeps peft's disable_adapter)
+    + heads, all checked against the adapter's metadata."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .modeling import base_fingerprint
+
+    path = Path(adapter_dir)
+    meta = read_metadata(path)
+    check_flags(meta, expected_flags, path)
+    ref = model_ref or meta["base"]["name"]
+    location, name = resolve_model(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"Cannot load base model '{ref}' for adapter {path}: {exc}") from exc
+    check_base(meta, base_fingerprint(model, name, meta["base"].get("vocab_size", 0)), ref, path)
+    missing = [m for m in SECTION_MARKERS if m not in tokenizer.get_vocab()]
+    if missing:
+        raise AdapterError(f"{path}: the tokenizer lacks the prompt markers {', '.join(missing)}; retrain the adapter.")
+    # The marker rows are overwritten by the adapter's trained values, so no random init.
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    lm = PeftModel.from_pretrained(model, str(path))
+    if merge:
+        # One plain model for inference: peft's trainable-tokens layer would rebuild the
+        # 49k-row embedding matrix on every generated token.
+        lm = lm.merge_and_unload()
+    lm.eval()
+    heads = StateHeads(HeadsConfig(**meta["heads"]))
+    try:
+        heads.load_state_dict(load_file(str(path / HEADS_FILE)))
+    except RuntimeError as exc:
+        raise AdapterError(f"{path / HEADS_FILE} does not match the heads in {METADATA_FILE}: {exc}") from exc
+    heads.eval()
+    return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=heads, meta=meta)

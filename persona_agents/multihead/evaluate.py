@@ -1,0 +1,156 @@
+"""Evaluating a multi-head adapter on labelled data, beside a majority baseline.
+
+Figures: flag micro- and macro-F1 (macro over the flags that occur in the data or are
+predicted: F1 is undefined for a flag absent from both), precision and recall per flag,
+the mean absolute error of the trust and relationship deltas, and the LM loss (mean
+cross-entropy per reply token, end token included).
+
+The baseline predicts, for each flag, its majority value in the evaluated data (for rare
+events: never), and for each delta the data's median; its LM loss is the base model's
+without the adapter, on the same prompts and replies.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .collator import EncodedDataset, MultiHeadCollator
+from .data import Example
+from .heads import MultiHeadModel
+
+
+@dataclass
+class Predictions:
+    flag_probs: list[list[float]]
+    deltas: list[list[float]]
+    lm_loss: float
+
+
+@torch.inference_mode()
+def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, batch_size: int = 8,
+            heads: bool = True) -> Predictions:
+    """One teacher-forced forward per batch: reply LM loss and the heads at <STATE> (which
+    see only the prompt, as at inference)."""
+    model.eval()
+    collate = MultiHeadCollator(pad_token_id)
+    # Similar lengths together: less padding, the same figures.
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    probs: dict[int, list[float]] = {}
+    deltas: dict[int, list[float]] = {}
+    loss_sum, tokens = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = collate([dataset[i] for i in index])
+        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["state_index"])
+        loss_sum += float(torch.nn.functional.cross_entropy(out.reply_logits, out.reply_targets, reduction="sum"))
+        tokens += int(out.reply_targets.numel())
+        if heads:
+            for row, i in enumerate(index):
+                probs[i] = out.heads.flag_probs[row].tolist()
+                deltas[i] = out.heads.deltas[row].tolist()
+    n = len(dataset)
+    return Predictions(flag_probs=[probs.get(i, []) for i in range(n)], deltas=[deltas.get(i, []) for i in range(n)],
+                       lm_loss=loss_sum / max(tokens, 1))
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def flag_metrics(predicted: Sequence[Sequence[bool]], examples: Sequence[Example], flags: Sequence[str]) -> dict[str, Any]:
+    per_flag: dict[str, dict[str, float]] = {}
+    TP = FP = FN = 0
+    f1s = []
+    for k, name in enumerate(flags):
+        tp = fp = fn = 0
+        for pred, ex in zip(predicted, examples):
+            truth = name in ex.flags
+            tp += pred[k] and truth
+            fp += pred[k] and not truth
+            fn += truth and not pred[k]
+        TP, FP, FN = TP + tp, FP + fp, FN + fn
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        per_flag[name] = {"precision": _r(precision), "recall": _r(recall), "f1": _r(f1), "support": tp + fn}
+        if tp + fp + fn:
+            f1s.append(f1)
+    exact = sum(all(p[k] == (name in ex.flags) for k, name in enumerate(flags)) for p, ex in zip(predicted, examples))
+    return {
+        "flag_micro_f1": _r(2 * TP / (2 * TP + FP + FN) if TP else 0.0),
+        "flag_macro_f1": _r(sum(f1s) / len(f1s) if f1s else 0.0),
+        "flag_micro_precision": _r(TP / (TP + FP) if TP + FP else 0.0),
+        "flag_micro_recall": _r(TP / (TP + FN) if TP + FN else 0.0),
+        "flag_exact_match": _r(exact / max(len(examples), 1)),
+        "per_flag": per_flag,
+    }
+
+
+def delta_metrics(predicted: Sequence[Sequence[float]], examples: Sequence[Example]) -> dict[str, float]:
+    n = max(len(examples), 1)
+    return {
+        "delta_mae_trust": _r(sum(abs(p[0] - e.delta[0]) for p, e in zip(predicted, examples)) / n),
+        "delta_mae_relationship": _r(sum(abs(p[1] - e.delta[1]) for p, e in zip(predicted, examples)) / n),
+    }
+
+
+def score(pred: Predictions, examples: Sequence[Example], flags: Sequence[str], thresholds: dict[str, float]) -> dict[str, Any]:
+    fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in pred.flag_probs]
+    report = {"n_examples": len(examples), **flag_metrics(fired, examples, flags), **delta_metrics(pred.deltas, examples),
+              "lm_loss": _r(pred.lm_loss)}
+    for name in flags:
+        report["per_flag"][name]["threshold"] = _r(thresholds[name])
+    return report
+
+
+def majority_baseline(examples: Sequence[Example], flags: Sequence[str]) -> dict[str, Any]:
+    n = len(examples)
+    majority = [sum(name in e.flags for e in examples) * 2 > n for name in flags]
+    medians = [statistics.median(e.delta[axis] for e in examples) for axis in (0, 1)] if n else [0.0, 0.0]
+    report = {"kind": "majority", **flag_metrics([majority] * n, examples, flags),
+              **delta_metrics([medians] * n, examples)}
+    report.pop("per_flag")
+    return report
+
+
+def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int = 8, base_lm_loss: bool = True) -> dict[str, Any]:
+    """Load an adapter (unmerged, so the base can be scored too) and evaluate `examples`."""
+    from .artifacts import load_adapter
+
+    bundle = load_adapter(adapter_dir, merge=False)
+    meta = bundle.meta
+    dataset = EncodedDataset(examples, bundle.tokenizer, bundle.flags, int(meta.get("max_length", 384)),
+                             bundle.history_turns)
+    model = MultiHeadModel(bundle.model, bundle.heads)
+    pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
+    report = score(predict(model, dataset, pad, batch_size), examples, bundle.flags, bundle.thresholds)
+    report["baseline"] = majority_baseline(examples, bundle.flags)
+    if base_lm_loss:
+        with bundle.model.disable_adapter():
+            report["baseline"]["lm_loss"] = _r(predict(model, dataset, pad, batch_size, heads=False).lm_loss)
+    report["adapter"] = str(adapter_dir)
+    report["thresholds_version"] = meta.get("thresholds_version")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The figures as a small table for people."""
+    b = report.get("baseline", {})
+    rows = [("flag micro-F1", "flag_micro_f1"), ("flag macro-F1", "flag_macro_f1"),
+            ("flag micro precision", "flag_micro_precision"), ("flag micro recall", "flag_micro_recall"),
+            ("flags exactly right", "flag_exact_match"), ("delta MAE trust", "delta_mae_trust"),
+            ("delta MAE relationship", "delta_mae_relationship"), ("LM loss on replies", "lm_loss")]
+    lines = [f"{report['n_examples']} examples, adapter {report.get('adapter', '-')}", "",
+             f"{'':<24}{'adapter':>10}{'baseline':>10}"]
+    for label, key in rows:
+        base = b.get(key)
+        lines.append(f"{label:<24}{report[key]:>10.4f}" + (f"{base:>10.4f}" if base is not None else f"{'-':>10}"))
+    lines += ["", f"{'flag':<20}{'prec':>7}{'recall':>7}{'F1':>7}{'support':>8}{'thresh':>8}"]
+    for name, m in report["per_flag"].items():
+        lines.append(f"{name:<20}{m['precision']:>7.3f}{m['recall']:>7.3f}{m['f1']:>7.3f}{m['support']:>8}"
+                     f"{m.get('threshold', 0):>8.3f}")
+    return "\n".join(lines)

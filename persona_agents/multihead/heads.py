@@ -1,0 +1,150 @@
+"""The state heads: a small MLP on the hidden state at the `<STATE>` marker.
+
+`<STATE>` closes the prompt just before the NPC's turn (see `prompt_format.py`), so its
+hidden state has read the whole situation (persona, tags, player state, history and the
+player's line) and nothing of the reply: the same vector is available from the prefill of
+the generate call at inference, so the heads cost no second pass over the reply.
+
+- the delta head: two outputs, `tanh` into [-1, 1]: the turn's (trust, relationship) change;
+- the flag head: one logit per flag of the vocabulary (sigmoid gives its probability).
+
+`MultiHeadModel` ties a causal LM and the heads together for training and evaluation: one
+forward over prompt + reply gives the LM logits on the reply positions only (the prompt's
+logits are never needed, and the 49k-row output matrix is a fifth of the model's compute)
+and the heads' outputs at `<STATE>`. Everything runs inside `forward`, so DDP
+(`accelerate launch`) sees every parameter used in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """What it takes to rebuild the heads; saved in multihead.json."""
+
+    hidden_size: int
+    num_flags: int
+    inner_size: int = 256
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hidden_size": self.hidden_size, "num_flags": self.num_flags,
+                "inner_size": self.inner_size, "dropout": self.dropout}
+
+
+@dataclass
+class StateHeadsOutput:
+    """`deltas`: (batch, 2) in [-1, 1], trust then relationship; `flag_logits`: (batch, flags)."""
+
+    deltas: torch.Tensor
+    flag_logits: torch.Tensor
+
+    @property
+    def flag_probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.flag_logits)
+
+
+class StateHeads(nn.Module):
+    def __init__(self, config: HeadsConfig):
+        super().__init__()
+        self.config = config
+        # A shared trunk: which event fires and how the NPC's feelings move are read from
+        # the same understanding of the player's line.
+        self.trunk = nn.Sequential(
+            nn.LayerNorm(config.hidden_size),
+            nn.Linear(config.hidden_size, config.inner_size),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+        )
+        self.delta = nn.Linear(config.inner_size, 2)
+        self.flag = nn.Linear(config.inner_size, config.num_flags)
+        # Start from "no change": most turns move nothing, and a zero start keeps the early
+        # delta loss from pushing the shared hidden state around.
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+
+    def forward(self, state_hidden: torch.Tensor) -> StateHeadsOutput:
+        inner = self.trunk(state_hidden.float())
+        return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)), flag_logits=self.flag(inner))
+
+
+@dataclass
+class MultiHeadForward:
+    """One forward's result: LM logits at the reply positions (flattened over the batch)
+    with their target token ids, and the heads' outputs at `<STATE>`."""
+
+    reply_logits: torch.Tensor
+    reply_targets: torch.Tensor
+    heads: StateHeadsOutput
+    state_hidden: torch.Tensor
+
+
+def backbone_and_lm_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the decoder stack that ends with the final norm, the output projection) of a
+    causal LM, a peft-wrapped one included."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+class MultiHeadModel(nn.Module):
+    """A causal LM plus state heads, for training (`MultiHeadTrainer`) and evaluation."""
+
+    # Our losses are batch means: Trainer must divide them by the accumulation steps.
+    accepts_loss_kwargs = False
+
+    def __init__(self, lm: nn.Module, heads: StateHeads):
+        super().__init__()
+        self.lm = lm
+        self.heads = heads
+
+    def forward(self, input_ids, attention_mask, labels, state_index, **_unused) -> MultiHeadForward:
+        decoder, lm_head = backbone_and_lm_head(self.lm)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        state_hidden = hidden[rows, state_index]
+        # Position t predicts token t+1; only reply tokens (labels != -100) count.
+        targets = labels[:, 1:]
+        keep = targets != -100
+        reply_logits = lm_head(hidden[:, :-1][keep]).float()
+        return MultiHeadForward(
+            reply_logits=reply_logits,
+            reply_targets=targets[keep],
+            heads=self.heads(state_hidden),
+            state_hidden=state_hidden,
+        )
+
+    def state_dict(self, *args, **kwargs):
+        # Checkpoints hold only what trains (LoRA, the marker rows, the heads): a few MB
+        # instead of the frozen (possibly 4-bit) base. Trainer resumes with strict=False.
+        full = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        trainable = {prefix + name for name, p in self.named_parameters() if p.requires_grad}
+        if not trainable:  # an evaluation copy: nothing trains, keep the usual behaviour
+            return full
+        return type(full)((k, v) for k, v in full.items() if k in trainable)
+
+
+@dataclass
+class MultiHeadLosses:
+    lm: torch.Tensor
+    delta: torch.Tensor
+    flag: torch.Tensor
+
+
+def multihead_losses(out: MultiHeadForward, delta_targets: torch.Tensor, flag_targets: torch.Tensor,
+                     flag_pos_weight: float | None = None) -> MultiHeadLosses:
+    """LM cross-entropy over the reply tokens, delta MSE, flag BCE-with-logits (batch means)."""
+    lm = nn.functional.cross_entropy(out.reply_logits, out.reply_targets)
+    delta = nn.functional.mse_loss(out.heads.deltas, delta_targets.to(out.heads.deltas))
+    pos_weight = None
+    if flag_pos_weight is not None:
+        pos_weight = torch.full((flag_targets.shape[-1],), flag_pos_weight, device=flag_targets.device)
+    flag = nn.functional.binary_cross_entropy_with_logits(
+        out.heads.flag_logits, flag_targets.to(out.heads.flag_logits), pos_weight=pos_weight)
+    return MultiHeadLosses(lm=lm, delta=delta, flag=flag)

@@ -1,0 +1,135 @@
+"""`MultiHeadTrainingConfig` and `MultiHeadTrainer`: the transformers Trainer, plus heads.
+
+loss = lm_loss_weight * LM cross-entropy on the reply tokens
+     + delta_loss_weight * MSE of the delta head
+     + flag_loss_weight * BCE-with-logits of the flag head
+
+The Trainer does everything else (devices via accelerate, progress bar, checkpoints,
+resume, gradient accumulation), so `accelerate launch` scales the same command.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..errors import TrainingConfigError
+from ..flags import DEFAULT_FLAGS
+from .heads import multihead_losses
+from .modeling import QUANTIZATIONS
+
+
+@dataclass
+class MultiHeadTrainingConfig(TrainingArguments):
+    """TrainingArguments plus the base, LoRA, heads and loss options of a multi-head run."""
+
+    base_model: str = field(default="embedded", metadata={"help": "Base causal LM: 'embedded', a Hugging Face id or a local path."})
+    flags: list[str] = field(default_factory=lambda: list(DEFAULT_FLAGS),
+                             metadata={"help": "The flag vocabulary, in head order (a studio may use its own events)."})
+    quantization: str = field(default="nf4", metadata={"help": "Base weights while training: 'nf4' (QLoRA, 4-bit) or 'none'."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 * lora_r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+                                           metadata={"help": "Linear layers that get LoRA updates."})
+    max_length: int = field(default=384, metadata={"help": "Longest sequence (prompt + reply) in tokens; history is trimmed first."})
+    history_turns: int = field(default=4, metadata={"help": "Earlier exchanges rendered in <CTX> (inference should use the same)."})
+    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the reply's LM cross-entropy."})
+    delta_loss_weight: float = field(default=10.0, metadata={
+        "help": "Weight of the delta MSE. Deltas are small numbers (most within +-0.1), so their MSE is "
+                "small too; the weight brings its gradient to the scale of the other losses."})
+    flag_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the flag BCE-with-logits."})
+    flag_pos_weight: float | None = field(default=None, metadata={"help": "BCE weight of positive flag labels (rare events)."})
+    heads_inner_size: int = field(default=256, metadata={"help": "Width of the heads' hidden layer."})
+    heads_dropout: float = field(default=0.1, metadata={"help": "Dropout in the heads."})
+    heads_learning_rate: float = field(default=1e-3, metadata={
+        "help": "Learning rate of the heads: they start from scratch, the LoRA update from a trained model."})
+    npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
+    retrieve_lore: bool = field(default=True, metadata={
+        "help": "Fill each prompt's LORE lines with the NPC's own retrieve step, as inference does."})
+    # Trainer defaults that do not fit this model: our batches carry targets the model's
+    # forward does not take, and evaluation reports losses only (figures come from
+    # `persona-agents eval`).
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (the batch holds head targets)."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Must stay True."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of the LoRA update and marker rows."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per device."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "'group_by_length' batches sequences of similar length: less padding, less CPU time."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (the fused AdamW needs an accelerator)."})
+
+    def __post_init__(self):
+        problems = []
+        if self.quantization not in QUANTIZATIONS:
+            problems.append(f"quantization '{self.quantization}' is unknown; choose one of {', '.join(QUANTIZATIONS)}")
+        if not self.flags or len(set(self.flags)) != len(self.flags):
+            problems.append("flags must be a non-empty list of distinct names")
+        if self.lora_r < 1:
+            problems.append(f"lora_r must be at least 1, got {self.lora_r}")
+        if self.max_length < 64:
+            problems.append(f"max_length {self.max_length} is too short for a sectioned prompt (at least 64)")
+        if self.history_turns < 0:
+            problems.append("history_turns must be >= 0")
+        weights = (self.lm_loss_weight, self.delta_loss_weight, self.flag_loss_weight)
+        if min(weights) < 0 or max(weights) == 0:
+            problems.append("loss weights must be >= 0 and not all zero")
+        if self.remove_unused_columns:
+            problems.append("remove_unused_columns=True would drop the head targets from every batch")
+        if not self.prediction_loss_only:
+            problems.append("prediction_loss_only must be True (use `persona-agents eval` for metrics)")
+        if self.quantization == "nf4" and (self.fp16 or self.bf16):
+            problems.append("fp16/bf16 mixed precision with nf4: the 4-bit compute dtype is float32 here; drop --fp16/--bf16")
+        if self.gradient_checkpointing:
+            problems.append("gradient_checkpointing is not supported by the multi-head model; drop it")
+        if problems:
+            raise TrainingConfigError("Invalid training options:\n  " + "\n  ".join(problems))
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory only helps copies to an accelerator
+        super().__post_init__()
+
+
+def build_optimizer(model: torch.nn.Module, config: MultiHeadTrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with two learning rates: the adapter's and the (fresh) heads'."""
+    heads, adapter = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (heads if name.startswith("heads.") else adapter).append(p)
+    return torch.optim.AdamW(
+        [{"params": adapter, "lr": config.learning_rate}, {"params": heads, "lr": config.heads_learning_rate}],
+        weight_decay=config.weight_decay,
+    )
+
+
+class MultiHeadTrainer(Trainer):
+    """Trainer whose loss adds the delta and flag heads; logs each head's loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        delta_targets, flag_targets = inputs.pop("delta"), inputs.pop("flags")
+        out = model(**inputs)
+        args: MultiHeadTrainingConfig = self.args
+        losses = multihead_losses(out, delta_targets, flag_targets, args.flag_pos_weight)
+        total = (args.lm_loss_weight * losses.lm + args.delta_loss_weight * losses.delta
+                 + args.flag_loss_weight * losses.flag)
+        sums = self.__dict__.setdefault("_head_losses", defaultdict(lambda: defaultdict(list)))
+        mode = "train" if model.training else "eval"
+        for name in ("lm", "delta", "flag"):
+            sums[mode][f"{name}_loss"].append(float(getattr(losses, name).detach()))
+        return (total, out) if return_outputs else total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        sums = self.__dict__.get("_head_losses")
+        if sums:
+            mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+            prefix = "eval_" if mode == "eval" else ""
+            for name, values in sums[mode].items():
+                if values:
+                    logs[prefix + name] = round(sum(values) / len(values), 4)
+            sums[mode].clear()
+        super().log(logs, start_time)

@@ -1,0 +1,134 @@
+"""One training run, end to end: data -> QLoRA + heads -> calibrated, evaluated adapter.
+
+1. validate every record of the data files (before any model loads);
+2. build the model (4-bit base or full precision, LoRA, marker rows, heads) and train it
+   with `MultiHeadTrainer` (checkpoints under `<out>/checkpoints`, resumable);
+3. save the adapter; reload it exactly as inference does (full-precision base, adapter
+   merged) and calibrate the flag thresholds on the validation data with it, so the
+   thresholds fit the model the game runs, not the 4-bit one that trained;
+4. evaluate on the validation data and record the figures in multihead.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import __version__
+from ..errors import TrainingConfigError
+from .artifacts import load_adapter, save_artifacts, write_metadata
+from .calibrate import calibrate_thresholds
+from .collator import EncodedDataset, MultiHeadCollator
+from .data import Example, file_sha256, load_examples, load_personas_for_data, retrieve_lore
+from .evaluate import majority_baseline, predict, score
+from .heads import MultiHeadModel
+from .modeling import build_trainable_model
+from .trainer import MultiHeadTrainer, MultiHeadTrainingConfig, build_optimizer
+
+log = logging.getLogger("persona_agents.multihead")
+
+
+def _data_record(paths: Sequence[str | Path], examples: int) -> dict[str, Any]:
+    return {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths], "examples": examples}
+
+
+def calibrate_and_score(adapter_dir: Path, examples: Sequence[Example], batch_size: int = 8) -> tuple[dict, dict, dict]:
+    """(thresholds, per-flag calibration F1, figures) of a saved adapter on `examples`."""
+    bundle = load_adapter(adapter_dir, merge=True)
+    dataset = EncodedDataset(examples, bundle.tokenizer, bundle.flags, int(bundle.meta["max_length"]),
+                             bundle.history_turns)
+    pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
+    pred = predict(MultiHeadModel(bundle.model, bundle.heads), dataset, pad, batch_size)
+    targets = [[int(name in e.flags) for name in bundle.flags] for e in examples]
+    thresholds, f1s = calibrate_thresholds(pred.flag_probs, targets, bundle.flags)
+    report = score(pred, examples, bundle.flags, thresholds)
+    report["baseline"] = majority_baseline(examples, bundle.flags)
+    return thresholds, f1s, report
+
+
+def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
+                  validation: str | Path | None = None, resume: str | bool | None = None,
+                  keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train, calibrate, evaluate and save; returns the written metadata."""
+    from transformers import set_seed
+
+    out = Path(out)
+    flags = list(config.flags)
+    personas = load_personas_for_data(config.npcs_dir)
+    if not personas:
+        log.warning("No personas found in %s: prompts use minimal personas (id only). Inference renders the "
+                    "persona files, so train with the same --npcs-dir the game uses.", config.npcs_dir)
+    train_examples = load_examples(data, flags, personas)
+    val_examples = load_examples([validation], flags, personas) if validation else []
+    if config.retrieve_lore and personas:
+        both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
+        train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
+    if resume is True and not any(Path(config.output_dir).glob("checkpoint-*")):
+        raise TrainingConfigError(f"--resume: no checkpoint in {config.output_dir}. Start without --resume.")
+
+    set_seed(config.seed)
+    built = build_trainable_model(
+        config.base_model, flags, quantization=config.quantization, lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
+        heads_inner=config.heads_inner_size, heads_dropout=config.heads_dropout)
+    if built.quantization != config.quantization:
+        log.warning("Training with quantization '%s' (asked for '%s').", built.quantization, config.quantization)
+    tokenizer = built.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set = EncodedDataset(train_examples, tokenizer, flags, config.max_length, config.history_turns)
+    lengths = sorted(len(f["input_ids"]) for f in train_set.features)
+    log.info("%d training examples (tokens: median %d, max %d), %d validation examples; base %s, quantization %s.",
+             len(train_set), lengths[len(lengths) // 2], lengths[-1], len(val_examples), built.base["name"],
+             built.quantization)
+    trainer = MultiHeadTrainer(
+        model=built.model, args=config, data_collator=MultiHeadCollator(pad), train_dataset=train_set,
+        processing_class=tokenizer, optimizers=(build_optimizer(built.model, config), None))
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - started
+    if not trainer.is_world_process_zero():
+        return {}
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    meta: dict[str, Any] = {
+        "flags": flags,
+        "thresholds": {name: 0.5 for name in flags},
+        "calibrated_on": None,
+        "base": built.base,
+        "quantization": built.quantization,
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha or 2 * config.lora_r,
+                 "target_modules": list(config.lora_target_modules)},
+        "max_length": config.max_length,
+        "history_turns": config.history_turns,
+        "retrieve_lore": bool(config.retrieve_lore and personas),
+        "training": {
+            "data": _data_record(data, len(train_examples)),
+            "validation": _data_record([validation], len(val_examples)) if validation else None,
+            "epochs": config.num_train_epochs, "max_steps": config.max_steps, "steps": trainer.state.global_step,
+            "learning_rate": config.learning_rate, "heads_learning_rate": config.heads_learning_rate,
+            "batch_size": config.per_device_train_batch_size, "grad_accum": config.gradient_accumulation_steps,
+            "loss_weights": {"lm": config.lm_loss_weight, "delta": config.delta_loss_weight,
+                             "flag": config.flag_loss_weight},
+            "seconds": round(train_seconds, 1), "final_train_loss": round(result.training_loss, 4),
+            "last_logged": history[-1] if history else None, "seed": config.seed,
+        },
+        "persona_agents_version": __version__,
+    }
+    meta = save_artifacts(out, built.model.lm, built.model.heads, tokenizer, meta)
+    del trainer, built  # free the training copy before loading the inference one
+
+    calibration = val_examples or train_examples
+    if not val_examples:
+        log.warning("No --validation data: thresholds are calibrated on the training data (optimistic).")
+    thresholds, f1s, report = calibrate_and_score(out, calibration)
+    meta.update(thresholds=thresholds, calibrated_on="validation" if val_examples else "train",
+                calibration_f1=f1s, metrics={"split": "validation" if val_examples else "train", **report})
+    written = write_metadata(out, meta)
+    checkpoints = Path(config.output_dir)
+    if not keep_checkpoints and checkpoints.is_dir() and checkpoints.resolve().is_relative_to(out.resolve()):
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return written
+

@@ -1,0 +1,236 @@
+"""The endpoints. Model work runs in the threadpool, never on the event loop.
+
+`AgentManager.turn` orders turns per (player, NPC) and commits each one atomically, so
+concurrent requests for different players run side by side and requests for the same
+player and NPC run one after the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import InputError
+from ..manager import AgentManager, initial_state
+from ..persona_loader import LoadedPersona
+from ..streaming import stream_to
+from ..turn import GameContext
+from .ask import ask_response, ask_to_turn
+from .problems import Problem, describe_exception
+from .schemas import (
+    ID_PATTERN, MAX_ID_CHARS, SSE_EVENT_SCHEMA, AskRequest, AskResponse, Health, NpcDetail, NpcList, PlayerNpcState,
+    Readiness, TurnOut, TurnRequest,
+)
+
+router = APIRouter()
+
+NpcId = Annotated[str, Path(max_length=MAX_ID_CHARS, description="The NPC's id (GET /v1/npcs lists them).")]
+PlayerId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, description="The player's id.")]
+
+_DESCRIPTIONS = {
+    401: "Missing or wrong API key.", 404: "Unknown NPC (the problem lists the available ids).",
+    409: "Another server process kept winning the race for this player and NPC; retry.",
+    413: "Request body too large.", 422: "Invalid request; `field` names the bad field.",
+    429: "The player is over the rate limit; see Retry-After.", 500: "Internal error (details in the server log).",
+    503: "The model or the state database is unavailable.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before the next turn.", "schema": {"type": "integer"}}}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error statuses (served as application/problem+json; see app.py)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": Problem, "description": _DESCRIPTIONS[code]}
+        if code == 429:
+            out[code]["headers"] = _RETRY_AFTER
+    return out
+
+
+TURN_ERRORS = errors(401, 404, 409, 413, 422, 429, 500, 503)
+READ_ERRORS = errors(401, 404, 422, 500, 503)
+
+
+def _manager(request: Request) -> AgentManager:
+    return request.app.state.manager
+
+
+def _context(body: TurnRequest) -> GameContext:
+    return GameContext(quest_stage=body.quest_stage, location=body.location, items=tuple(body.items),
+                       actions=tuple(body.actions), game_state=dict(body.game_state))
+
+
+def _admit(request: Request, npc_id: str, player_id: str, field: str = "player_id") -> AgentManager:
+    """404 for an unknown NPC (before it counts against the limit), then the rate limit."""
+    manager = _manager(request)
+    manager.get_persona(npc_id)
+    request.app.state.limiter.hit(player_id, field)
+    return manager
+
+
+# -- turns ---------------------------------------------------------------------------
+@router.post("/v1/npcs/{npc_id}/turns", response_model=TurnOut, responses=TURN_ERRORS, tags=["turns"],
+             summary="Play one turn: the NPC's reply, deltas, flags and state")
+async def create_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> dict[str, Any]:
+    manager = _admit(request, npc_id, body.player_id)
+    response = await run_in_threadpool(
+        manager.turn, npc_id, body.utterance, player_id=body.player_id, context=_context(body),
+        seed=body.seed, request_id=body.request_id,
+    )
+    return response.to_dict()
+
+
+class SSEResponse(StreamingResponse):
+    # Not fastapi.sse.EventSourceResponse: that one makes FastAPI expect a generator endpoint.
+    media_type = "text/event-stream"
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
+
+
+@router.post(
+    "/v1/npcs/{npc_id}/turns/stream", response_class=SSEResponse, tags=["turns"],
+    summary="Play one turn as Server-Sent Events",
+    description="Events: `text` (`{\"text\": piece}`, marker-free, as soon as tokens exist), then one `final` "
+    "(the whole turn body, as POST /turns returns it; its `text` is the full reply after postprocessing) or one "
+    "`error` (a problem body, e.g. status 422 for an utterance over the NPC's limit). An unknown NPC, a bad "
+    "body, a missing key or the rate limit are answered before the stream starts, with a problem response.",
+    responses={200: {"description": "text/event-stream: text..., then final or error.",
+                     "content": {"text/event-stream": {"itemSchema": SSE_EVENT_SCHEMA}}}, **TURN_ERRORS},
+)
+async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSEResponse:
+    manager = _admit(request, npc_id, body.player_id)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    path = request.url.path
+
+    def sink(piece: str) -> None:  # called in the worker thread, as tokens are generated
+        loop.call_soon_threadsafe(queue.put_nowait, ("text", {"text": piece}))
+
+    def work():
+        with stream_to(sink):
+            return manager.turn(npc_id, body.utterance, player_id=body.player_id, context=_context(body),
+                                seed=body.seed, request_id=body.request_id)
+
+    async def produce() -> None:
+        try:
+            response = await run_in_threadpool(work)
+            queue.put_nowait(("final", response.to_dict()))
+        except Exception as exc:  # noqa: BLE001 - becomes an `error` event with a problem body
+            queue.put_nowait(("error", describe_exception(exc, path)[1]))
+
+    # The turn runs to its end even if the client goes away: it is committed like any other.
+    task = asyncio.create_task(produce())
+    tasks: set = request.app.state.background_tasks
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+    async def events():
+        while True:
+            kind, data = await queue.get()
+            yield _sse(kind, data)
+            if kind != "text":
+                return
+
+    return SSEResponse(events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/ask", response_model=AskResponse, responses=TURN_ERRORS, tags=["seed compatibility"],
+             summary="The seed engine's /ask: one turn in the seed's request and response shapes",
+             description="`session_id` stands for the player. See persona_agents/server/ask.py for the full mapping.")
+async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
+    manager = _admit(request, body.npc_id, body.session_id, field="session_id")
+    context, ignored = ask_to_turn(body)
+    try:
+        response = await run_in_threadpool(
+            manager.turn, body.npc_id, body.user_input, player_id=body.session_id, context=context,
+            request_id=body.request_id,
+        )
+    except InputError as exc:
+        if exc.field != "utterance":
+            raise
+        raise InputError("user_input", str(exc).removeprefix("utterance: ")) from None  # the seed's name for it
+    return ask_response(body, context, response, ignored)
+
+
+# -- NPCs ----------------------------------------------------------------------------
+def _summary(loaded: LoadedPersona) -> dict[str, Any]:
+    p = loaded.persona
+    return {"id": p.id, "name": p.name, "role": p.role.strip(), "location": p.location, "language": p.language,
+            "traits": list(p.traits), "initial_state": initial_state(loaded).to_dict(), "flags": sorted(p.flag_rules)}
+
+
+@router.get("/v1/npcs", response_model=NpcList, responses=errors(401, 500), tags=["npcs"], summary="The NPCs served")
+async def list_npcs(request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    return {"npcs": [_summary(manager.get_persona(i)) for i in manager.npc_ids()]}
+
+
+@router.get("/v1/npcs/{npc_id}", response_model=NpcDetail, responses=READ_ERRORS, tags=["npcs"],
+            summary="One NPC: its persona (defaults merged) and pipeline")
+async def get_npc(npc_id: NpcId, request: Request) -> dict[str, Any]:
+    loaded = _manager(request).get_persona(npc_id)
+    steps = {stage: [name for name, _ in entries] for stage, entries in loaded.step_options.items()}
+    return {**_summary(loaded), "steps": steps, "persona": loaded.persona.model_dump(mode="json")}
+
+
+# -- per-player state ----------------------------------------------------------------
+def _state_body(manager: AgentManager, player_id: str, npc_id: str) -> dict[str, Any]:
+    convo = manager.conversation(player_id, npc_id)
+    fired = sorted(((turn, flag) for flag, turns in convo.flag_history.items() for turn in turns))
+    return {"player_id": player_id, "npc_id": npc_id, "state": convo.state.to_dict(), "turns": convo.turns,
+            "flags_fired": [{"flag": flag, "turn": turn} for turn, flag in fired],
+            "history": [{"player": e.player, "npc": e.npc} for e in convo.history]}
+
+
+@router.get("/v1/players/{player_id}/npcs/{npc_id}/state", response_model=PlayerNpcState, responses=READ_ERRORS,
+            tags=["state"], summary="The NPC's stored state towards a player, fired flags and recent history")
+def get_state(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[str, Any]:
+    return _state_body(_manager(request), player_id, npc_id)
+
+
+@router.delete("/v1/players/{player_id}/npcs/{npc_id}/state", response_model=PlayerNpcState,
+               responses=READ_ERRORS, tags=["state"],
+               summary="Forget the conversation: state, history, flags and turn records; returns the initial state")
+def delete_state(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[str, Any]:
+    manager = _manager(request)
+    manager.reset(player_id, npc_id)
+    return _state_body(manager, player_id, npc_id)
+
+
+# -- health --------------------------------------------------------------------------
+@router.get("/healthz", response_model=Health, tags=["health"], summary="Liveness: the process is up (no key needed)")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Readiness, tags=["health"],
+            responses={503: {"model": Readiness, "description": "Still warming up, or a model or the database is unavailable."},
+                       **errors(401)},
+            summary="Readiness: every NPC's pipeline warmed up and the database reachable")
+async def readyz(request: Request):
+    warm = request.app.state.warmup
+    database = "ok" if await run_in_threadpool(_database_ok, _manager(request)) else "unreachable"
+    npcs, failures = warm.snapshot()
+    if database != "ok" or failures:
+        status = "unavailable"
+    elif all(s == "ready" for s in npcs.values()):
+        status = "ready"
+    else:
+        status = "starting"
+    body = {"status": status, "database": database, "npcs": npcs, "errors": failures}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
+def _database_ok(manager: AgentManager) -> bool:
+    try:
+        manager.store.count("states")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        return False

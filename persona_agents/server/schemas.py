@@ -1,0 +1,271 @@
+"""Request and response models of the HTTP API (pydantic, at the edge).
+
+Every limit a client can hit is declared here, so it shows in /openapi.json and a bad
+request fails with a 422 problem naming the field before any model work starts. The
+NPC's own `normalize_input.max_chars` (usually 500) is checked later, in the pipeline,
+and also answers 422 naming `utterance`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+#: Hard cap on a player's line at the edge; a persona's normalize_input limit is usually lower.
+MAX_UTTERANCE_CHARS = 4000
+MAX_ID_CHARS = 128
+#: Names (quest stage, location, items, mood): the store keeps quest stages in 100 characters.
+MAX_NAME_CHARS = 100
+MAX_LIST_ITEMS = 200
+MAX_GAME_STATE_KEYS = 64
+#: Ids may hold anything printable (UUIDs, e-mails, "guild:42"), never control characters.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+StateKey = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- turns ---------------------------------------------------------------------------
+class TurnRequest(_Strict):
+    """One player line to one NPC, with what the game knows about the moment."""
+
+    player_id: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+        description="The player's id: state and history are kept per (player, NPC).",
+    )
+    utterance: str = Field(
+        min_length=1, max_length=MAX_UTTERANCE_CHARS,
+        description=f"What the player says (at most {MAX_UTTERANCE_CHARS} characters here; "
+        "the NPC's normalize_input step usually allows 500).",
+    )
+    request_id: str | None = Field(
+        None, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+        description="Idempotency key: repeating it returns the stored response and changes nothing.",
+    )
+    quest_stage: str | None = Field(
+        None, min_length=1, max_length=MAX_NAME_CHARS,
+        description="The game's quest stage for this NPC; it wins over the stored stage.",
+    )
+    location: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, description="Where the player is.")
+    items: list[Name] = Field(
+        default_factory=list, max_length=MAX_LIST_ITEMS,
+        description="Items the player holds (flag rules may require them).",
+    )
+    actions: list[Name] = Field(
+        default_factory=list, max_length=MAX_LIST_ITEMS,
+        description="Actions the player has done (flag rules may require them).",
+    )
+    game_state: dict[StateKey, JsonValue] = Field(
+        default_factory=dict, max_length=MAX_GAME_STATE_KEYS,
+        description="Free game state shown to the prompt as key=value pairs.",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1,
+        description="Sampling seed for a reproducible reply (default: the persona's, else random).",
+    )
+
+
+class DeltasOut(BaseModel):
+    trust: float = Field(description="Change of the NPC's trust in the player this turn.")
+    relationship: float = Field(description="Change of the NPC's warmth towards the player this turn.")
+
+
+class FiredFlagOut(BaseModel):
+    name: str = Field(description="The event the game should apply, e.g. give_item.")
+    payload: dict[str, Any] = Field(description="What the game needs with it: item, quest, place...")
+
+
+class RejectedFlagOut(BaseModel):
+    name: str
+    reason: str = Field(description="stage, trust_below, relationship_below, missing_item, missing_action, "
+                                    "once_only, cooldown or not_allowed.")
+    detail: str
+
+
+class NpcStateOut(BaseModel):
+    trust: float = Field(description="0..1")
+    relationship: float = Field(description="-1..1")
+    mood: str
+    quest_stage: str
+
+
+class TurnOut(BaseModel):
+    """The NPC's reply and what the game must apply (see README, "What a turn returns")."""
+
+    text: str = Field(description="The NPC's reply, marker-free.")
+    deltas: DeltasOut
+    flags: list[FiredFlagOut] = Field(description="Flags that fired, with payloads.")
+    flag_probs: dict[str, float] | None = Field(description="Flag head probabilities; null without state heads.")
+    flags_rejected: list[RejectedFlagOut] = Field(description="Proposed flags the game rules refused, with reasons.")
+    state: NpcStateOut = Field(description="The NPC's state towards the player after this turn.")
+    meta: dict[str, Any] = Field(description="Model, seed, lore ids, stage timings, steps, turn number.")
+
+
+class TextPiece(BaseModel):
+    """The data of a streamed `text` event."""
+
+    text: str = Field(description="The next piece of the reply (marker-free).")
+
+
+def _sse_event(name: str, schema_name: str) -> dict[str, Any]:
+    data = {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": {"$ref": f"#/components/schemas/{schema_name}"}}
+    return {"type": "object", "required": ["event", "data"],
+            "properties": {"event": {"const": name}, "data": data, "id": {"type": "string"}}}
+
+
+#: One event of the turn stream (OpenAPI 3.2 `itemSchema` of text/event-stream).
+SSE_EVENT_SCHEMA = {"oneOf": [_sse_event("text", "TextPiece"), _sse_event("final", "TurnOut"),
+                              _sse_event("error", "Problem")]}
+
+
+# -- NPCs and state ------------------------------------------------------------------
+class NpcSummary(BaseModel):
+    id: str
+    name: str
+    role: str
+    location: str | None
+    language: str
+    traits: list[str]
+    initial_state: NpcStateOut
+    flags: list[str] = Field(description="Flags this NPC has rules for (the only ones that can fire by default).")
+
+
+class NpcList(BaseModel):
+    npcs: list[NpcSummary]
+
+
+class NpcDetail(NpcSummary):
+    steps: dict[str, list[str]] = Field(description="The NPC's pipeline: step names per stage, in order.")
+    persona: dict[str, Any] = Field(description="The whole persona with _defaults.yaml merged in.")
+
+
+class FlagFiredOut(BaseModel):
+    flag: str
+    turn: int
+
+
+class ExchangeOut(BaseModel):
+    player: str
+    npc: str
+
+
+class PlayerNpcState(BaseModel):
+    player_id: str
+    npc_id: str
+    state: NpcStateOut
+    turns: int = Field(description="Turns played so far (0: nothing stored, the persona's initial state).")
+    flags_fired: list[FlagFiredOut]
+    history: list[ExchangeOut] = Field(description="The latest exchanges, oldest first (up to 50).")
+
+
+# -- health --------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "starting", "unavailable"]
+    database: Literal["ok", "unreachable"]
+    npcs: dict[str, Literal["loading", "ready", "error"]] = Field(description="Pipeline warm-up per NPC.")
+    errors: dict[str, str] = Field(default_factory=dict, description="Why an NPC could not be warmed up.")
+
+
+# -- the seed's /ask -----------------------------------------------------------------
+class _Open(BaseModel):
+    """Seed shapes accept unknown keys: a game server written for the seed works unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+Named = Name | dict[str, JsonValue]
+
+
+class AskPlayerState(_Open):
+    items: list[Named] = Field(default_factory=list, max_length=MAX_LIST_ITEMS,
+                               description="Item names, or objects with an `id` or `name`.")
+    actions: list[Named] = Field(default_factory=list, max_length=MAX_LIST_ITEMS,
+                                 description="Action names, or objects with an `id` or `name`.")
+    location: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    position: JsonValue = Field(None, description="The seed's position: a place name, or coordinates (ignored).")
+
+
+class AskGameState(_Open):
+    quest_stage: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    location: str | None = Field(None, max_length=MAX_NAME_CHARS)
+
+
+class AskNpcState(_Open):
+    # The seed's data writes relationship as a label ("close_friend") or a number; both are
+    # accepted, and neither is used: the store holds the NPC's state.
+    trust: float | Name | None = None
+    relationship: float | Name | None = None
+    mood: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    quest_stage: str | None = Field(None, max_length=MAX_NAME_CHARS)
+
+
+class AskContext(_Open):
+    player_state: AskPlayerState = Field(default_factory=AskPlayerState)
+    game_state: AskGameState = Field(default_factory=AskGameState)
+    npc_state: AskNpcState = Field(default_factory=AskNpcState)
+
+
+class AskMinDeltas(_Open):
+    trust: float | None = None
+    relationship: float | None = None
+
+
+class AskRequire(_Open):
+    """Conditions the game asks to hold for the reply to be `valid` (see persona_agents.server.ask)."""
+
+    words: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS, description="Any of these in user_input.")
+    items: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS, description="All held (player_state.items).")
+    actions: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS, description="All done (player_state.actions).")
+    game_state: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_GAME_STATE_KEYS,
+                                             description="Each key equals the sent game_state's value.")
+    min_deltas: AskMinDeltas | None = Field(None, description="The turn's deltas reach at least these values.")
+
+
+class AskExchange(_Open):
+    player: str = Field("", max_length=MAX_UTTERANCE_CHARS)
+    npc: str = Field("", max_length=MAX_UTTERANCE_CHARS)
+
+
+class AskRequest(_Open):
+    """The seed's game-server request (`POST /ask`)."""
+
+    session_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                            description="The game's session: stands for the player.")
+    npc_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="The NPC spoken to.")
+    user_input: str = Field(min_length=1, max_length=MAX_UTTERANCE_CHARS, description="What the player says.")
+    context: AskContext = Field(default_factory=AskContext)
+    require: AskRequire | None = None
+    npc_config: dict[str, JsonValue] | None = Field(None, description="Accepted and ignored: personas live in YAML.")
+    dialogue_history: list[AskExchange] = Field(
+        default_factory=list, max_length=100,
+        description="Accepted; the stored history of (session, NPC) is used instead.",
+    )
+    request_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                                   description="Extension: idempotency key, as in /v1 turns.")
+
+
+class AskDeltas(BaseModel):
+    trust: float
+    relationship: float
+
+
+class AskResponse(BaseModel):
+    """The seed's response shape."""
+
+    session_id: str
+    npc_output_text: str
+    deltas: AskDeltas
+    flags: dict[str, Literal[0, 1]] = Field(description="Every flag of the vocabulary: 1 fired this turn, 0 not.")
+    valid: bool = Field(description="A reply was produced and every `require` condition holds.")
+    meta: dict[str, Any] = Field(description="The turn's meta plus state, flag_payloads, flags_rejected, "
+                                             "require_unmet and ignored_fields.")
