@@ -56,13 +56,17 @@ def _names(value: str) -> list[str]:
 @click.option("--save-steps", type=int, default=50, show_default=True, help="Checkpoint every N steps (for --resume).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/checkpoints after a successful run.")
+@click.option("--heads-refit-epochs", type=int, default=300, show_default=True,
+              help="After training, refit the heads on the final model's <STATE> vectors (0: off).")
+@click.option("--heads-only", is_flag=True,
+              help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @npcs_dir_option
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
           lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, seed, threads, npcs_dir):
+          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_only, seed, threads, npcs_dir):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 
     Example: persona-agents train --data training/data/train.jsonl
@@ -73,7 +77,7 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
     import torch
 
     from .multihead.trainer import MultiHeadTrainingConfig
-    from .multihead.training import train_adapter
+    from .multihead.training import refit_adapter, train_adapter
 
     if threads:
         torch.set_num_threads(threads)
@@ -84,17 +88,21 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
         max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
-        disable_tqdm=False,
+        heads_refit_epochs=heads_refit_epochs, disable_tqdm=False,
     )
-    meta = train_adapter(list(data), out, config, validation=validation, resume=True if resume else None,
-                         keep_checkpoints=keep_checkpoints)
+    if heads_only:
+        meta = refit_adapter(list(data), out, config, validation=validation)
+    else:
+        meta = train_adapter(list(data), out, config, validation=validation, resume=True if resume else None,
+                             keep_checkpoints=keep_checkpoints)
     if not meta:  # not the main process of a multi-process run
         return
     m = meta["metrics"]
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     click.echo(
         f"Wrote {out} ({size / 1e6:.1f} MB; trained {meta['training']['steps']} steps in "
-        f"{meta['training']['seconds'] / 60:.1f} min, quantization {meta['quantization']}).\n"
+        f"{meta['training']['seconds'] / 60:.1f} min, quantization {meta['quantization']}"
+        f"{'; heads refitted' if meta.get('heads_refit') else ''}).\n"
         f"On {m['split']} ({m['n_examples']} examples): flag micro-F1 {m['flag_micro_f1']:.3f} "
         f"(majority baseline {m['baseline']['flag_micro_f1']:.3f}), macro-F1 {m['flag_macro_f1']:.3f}, "
         f"delta MAE trust {m['delta_mae_trust']:.4f} / relationship {m['delta_mae_relationship']:.4f}, "

@@ -73,8 +73,6 @@ class AdapterBundle:
 def save_artifacts(out_dir: str | Path, lm, heads: StateHeads, tokenizer, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the adapter folder; `meta` must hold flags, thresholds and base. Returns the
     metadata as written."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / METADATA_FILE).unlink(missing_ok=True)
@@ -82,9 +80,15 @@ def save_artifacts(out_dir: str | Path, lm, heads: StateHeads, tokenizer, meta: 
     # the full 49k-row matrix would make the adapter 200 MB instead of a few MB.
     lm.save_pretrained(out, save_embedding_layers=False)
     (out / "README.md").unlink(missing_ok=True)  # peft's empty model card; multihead.json says it all
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(out / HEADS_FILE))
+    save_heads(out, heads)
     tokenizer.save_pretrained(out)
     return write_metadata(out, {**meta, "heads": heads.config.to_dict()})
+
+
+def save_heads(out_dir: str | Path, heads: StateHeads) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(Path(out_dir) / HEADS_FILE))
 
 
 def write_metadata(out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +194,12 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     lm.eval()
     heads = StateHeads(HeadsConfig(**meta["heads"]))
     try:
-        heads.load_state_dict(load_file(str(path / HEADS_FILE)))
+        result = heads.load_state_dict(load_file(str(path / HEADS_FILE)), strict=False)
     except RuntimeError as exc:
         raise AdapterError(f"{path / HEADS_FILE} does not match the heads in {METADATA_FILE}: {exc}") from exc
+    # Heads saved before the refit existed have no standardisation buffers: identity.
+    if result.unexpected_keys or set(result.missing_keys) - {"shift", "scale"}:
+        raise AdapterError(f"{path / HEADS_FILE} does not match the heads in {METADATA_FILE}: missing "
+                           f"{result.missing_keys}, unexpected {result.unexpected_keys}; retrain the adapter.")
     heads.eval()
     return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=heads, meta=meta)

@@ -28,11 +28,19 @@ class Predictions:
     flag_probs: list[list[float]]
     deltas: list[list[float]]
     lm_loss: float
+    #: (examples, hidden) <STATE> vectors, when asked for (the heads refit reuses them)
+    states: torch.Tensor | None = None
+
+    def rescore(self, heads) -> "Predictions":
+        """The same examples through other heads (no new forward pass)."""
+        with torch.no_grad():
+            out = heads(self.states)
+        return Predictions(out.flag_probs.tolist(), out.deltas.tolist(), self.lm_loss, self.states)
 
 
 @torch.inference_mode()
 def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, batch_size: int = 8,
-            heads: bool = True) -> Predictions:
+            heads: bool = True, keep_states: bool = False) -> Predictions:
     """One teacher-forced forward per batch: reply LM loss and the heads at <STATE> (which
     see only the prompt, as at inference)."""
     model.eval()
@@ -41,6 +49,7 @@ def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, b
     order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
     probs: dict[int, list[float]] = {}
     deltas: dict[int, list[float]] = {}
+    states: dict[int, torch.Tensor] = {}
     loss_sum, tokens = 0.0, 0
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
@@ -52,9 +61,12 @@ def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, b
             for row, i in enumerate(index):
                 probs[i] = out.heads.flag_probs[row].tolist()
                 deltas[i] = out.heads.deltas[row].tolist()
+                if keep_states:
+                    states[i] = out.state_hidden[row].float().clone()
     n = len(dataset)
     return Predictions(flag_probs=[probs.get(i, []) for i in range(n)], deltas=[deltas.get(i, []) for i in range(n)],
-                       lm_loss=loss_sum / max(tokens, 1))
+                       lm_loss=loss_sum / max(tokens, 1),
+                       states=torch.stack([states[i] for i in range(n)]) if keep_states and n else None)
 
 
 def _r(x: float) -> float:

@@ -54,6 +54,11 @@ class StateHeads(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.config = config
+        # Per-feature standardisation, fitted to the training data's <STATE> vectors before
+        # the heads are refitted (`refit.py`): an LM's hidden states have a few huge
+        # dimensions that would otherwise drown the informative ones. Identity until then.
+        self.register_buffer("shift", torch.zeros(config.hidden_size))
+        self.register_buffer("scale", torch.ones(config.hidden_size))
         # A shared trunk: which event fires and how the NPC's feelings move are read from
         # the same understanding of the player's line.
         self.trunk = nn.Sequential(
@@ -70,7 +75,7 @@ class StateHeads(nn.Module):
         nn.init.zeros_(self.delta.bias)
 
     def forward(self, state_hidden: torch.Tensor) -> StateHeadsOutput:
-        inner = self.trunk(state_hidden.float())
+        inner = self.trunk((state_hidden.float() - self.shift) * self.scale)
         return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)), flag_logits=self.flag(inner))
 
 

@@ -47,6 +47,10 @@ class MultiHeadTrainingConfig(TrainingArguments):
     heads_dropout: float = field(default=0.1, metadata={"help": "Dropout in the heads."})
     heads_learning_rate: float = field(default=1e-3, metadata={
         "help": "Learning rate of the heads: they start from scratch, the LoRA update from a trained model."})
+    heads_refit_epochs: int = field(default=300, metadata={
+        "help": "After training, refit the heads on the final model's <STATE> vectors for up to N epochs "
+                "(early stopping on validation); 0 keeps the jointly trained heads."})
+    heads_refit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the heads refit."})
     npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
     retrieve_lore: bool = field(default=True, metadata={
         "help": "Fill each prompt's LORE lines with the NPC's own retrieve step, as inference does."})

@@ -4,8 +4,9 @@
 2. build the model (4-bit base or full precision, LoRA, marker rows, heads) and train it
    with `MultiHeadTrainer` (checkpoints under `<out>/checkpoints`, resumable);
 3. save the adapter; reload it exactly as inference does (full-precision base, adapter
-   merged) and calibrate the flag thresholds on the validation data with it, so the
-   thresholds fit the model the game runs, not the 4-bit one that trained;
+   merged), refit the heads on its `<STATE>` vectors (`refit.py`), and calibrate the flag
+   thresholds on the validation data with it, so heads and thresholds fit the model the
+   game runs, not the (possibly 4-bit) one that trained;
 4. evaluate on the validation data and record the figures in multihead.json.
 """
 
@@ -19,13 +20,14 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import TrainingConfigError
-from .artifacts import load_adapter, save_artifacts, write_metadata
+from .artifacts import load_adapter, save_artifacts, save_heads, write_metadata
 from .calibrate import calibrate_thresholds
 from .collator import EncodedDataset, MultiHeadCollator
 from .data import Example, file_sha256, load_examples, load_personas_for_data, retrieve_lore
 from .evaluate import majority_baseline, predict, score
 from .heads import MultiHeadModel
 from .modeling import build_trainable_model
+from .refit import RefitSettings, refit_heads, state_vectors, targets
 from .trainer import MultiHeadTrainer, MultiHeadTrainingConfig, build_optimizer
 
 log = logging.getLogger("persona_agents.multihead")
@@ -35,18 +37,35 @@ def _data_record(paths: Sequence[str | Path], examples: int) -> dict[str, Any]:
     return {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths], "examples": examples}
 
 
-def calibrate_and_score(adapter_dir: Path, examples: Sequence[Example], batch_size: int = 8) -> tuple[dict, dict, dict]:
-    """(thresholds, per-flag calibration F1, figures) of a saved adapter on `examples`."""
+def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
+                 refit: RefitSettings | None, batch_size: int = 8) -> dict[str, Any]:
+    """Reload the saved adapter as inference does; refit the heads on its <STATE> vectors
+    (unless `refit` is None); calibrate thresholds and score on the validation examples
+    (the training examples if there are none). Saves the heads; returns metadata fields."""
     bundle = load_adapter(adapter_dir, merge=True)
-    dataset = EncodedDataset(examples, bundle.tokenizer, bundle.flags, int(bundle.meta["max_length"]),
-                             bundle.history_turns)
-    pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
-    pred = predict(MultiHeadModel(bundle.model, bundle.heads), dataset, pad, batch_size)
-    targets = [[int(name in e.flags) for name in bundle.flags] for e in examples]
-    thresholds, f1s = calibrate_thresholds(pred.flag_probs, targets, bundle.flags)
-    report = score(pred, examples, bundle.flags, thresholds)
-    report["baseline"] = majority_baseline(examples, bundle.flags)
-    return thresholds, f1s, report
+    flags, tok = bundle.flags, bundle.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encode = dict(tokenizer=tok, flags=flags, max_length=int(bundle.meta["max_length"]),
+                  history_turns=bundle.history_turns)
+    scored = list(val_examples or train_examples)
+    log.info("Scoring %d %s examples with the saved adapter...", len(scored), "validation" if val_examples else "training")
+    pred = predict(MultiHeadModel(bundle.model, bundle.heads), EncodedDataset(scored, **encode), pad, batch_size,
+                   keep_states=True)
+    fields: dict[str, Any] = {"heads_refit": None}
+    if refit is not None:
+        log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
+        x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size)
+        val = (pred.states, *targets(val_examples, flags)) if val_examples else None
+        heads, fields["heads_refit"] = refit_heads(bundle.heads, x, *targets(train_examples, flags), val=val,
+                                                   settings=refit)
+        pred = pred.rescore(heads)
+        save_heads(adapter_dir, heads)
+    thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags)
+    report = score(pred, scored, flags, thresholds)
+    report["baseline"] = majority_baseline(scored, flags)
+    split = "validation" if val_examples else "train"
+    fields.update(thresholds=thresholds, calibrated_on=split, calibration_f1=f1s, metrics={"split": split, **report})
+    return fields
 
 
 def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
@@ -120,15 +139,39 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     meta = save_artifacts(out, built.model.lm, built.model.heads, tokenizer, meta)
     del trainer, built  # free the training copy before loading the inference one
 
-    calibration = val_examples or train_examples
     if not val_examples:
         log.warning("No --validation data: thresholds are calibrated on the training data (optimistic).")
-    thresholds, f1s, report = calibrate_and_score(out, calibration)
-    meta.update(thresholds=thresholds, calibrated_on="validation" if val_examples else "train",
-                calibration_f1=f1s, metrics={"split": "validation" if val_examples else "train", **report})
+    refit = None
+    if config.heads_refit_epochs > 0:
+        refit = RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
+                              delta_weight=config.delta_loss_weight, seed=config.seed)
+    meta.update(finish_heads(out, train_examples, val_examples, refit))
     written = write_metadata(out, meta)
     checkpoints = Path(config.output_dir)
     if not keep_checkpoints and checkpoints.is_dir() and checkpoints.resolve().is_relative_to(out.resolve()):
         shutil.rmtree(checkpoints, ignore_errors=True)
     return written
 
+
+
+def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
+                  validation: str | Path | None = None) -> dict[str, Any]:
+    """Keep an adapter's LoRA weights; refit its heads and recalibrate its thresholds on
+    `data` / `validation` (e.g. new labels for the same replies). Returns the metadata."""
+    from .artifacts import read_metadata
+
+    out = Path(out)
+    meta = read_metadata(out)
+    flags = list(meta["flags"])
+    personas = load_personas_for_data(config.npcs_dir)
+    train_examples = load_examples(data, flags, personas)
+    val_examples = load_examples([validation], flags, personas) if validation else []
+    if meta.get("retrieve_lore") and personas:
+        both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
+        train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
+    refit = RefitSettings(epochs=max(config.heads_refit_epochs, 1), learning_rate=config.heads_refit_learning_rate,
+                          delta_weight=config.delta_loss_weight, seed=config.seed)
+    meta.update(finish_heads(out, train_examples, val_examples, refit))
+    meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
+    meta["training"]["validation"] = _data_record([validation], len(val_examples)) if validation else None
+    return write_metadata(out, meta)

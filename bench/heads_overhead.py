@@ -1,0 +1,107 @@
+"""What the state heads cost: full NPC turns with heads, without heads, and the seed's way.
+
+Three variants of the `multihead` generate step run full pipeline turns on the same
+model (the shipped adapter, merged), the same prompt and greedy decoding, so every
+variant writes the same tokens; they alternate round by round so machine noise hits all
+alike:
+
+- heads: the step as shipped (the `<STATE>` hidden state kept from generate's prefill
+  by a forward hook, then the heads on that one vector);
+- no heads: the same generate call with no hook and no heads;
+- seed two-pass: generate, then a second forward over prompt + reply with every hidden
+  state returned (what the seed's inference did), then the heads.
+
+Prints `heads_ratio=<median turn with heads / median turn without heads>` (target at most
+1.05) and `seed_two_pass_ratio=<median seed two-pass turn / median turn with heads>`
+(above 1: our single run is faster).
+
+    python bench/heads_overhead.py [--npc ID] [--rounds N] [--max-new-tokens N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--npc", default="mother_abandoned_factory")
+    parser.add_argument("--line", default="I will find your son, I promise.")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    args = parser.parse_args()
+
+    import torch
+
+    from persona_agents.default_plugins.multihead_generator import MultiHeadGenerator
+    from persona_agents.default_plugins.transformers_generator import TransformersGenerator
+    from persona_agents.manager import AgentManager
+    from persona_agents.persona import GenerationSettings
+
+    class NoHeads(MultiHeadGenerator):
+        def _generate(self, inputs, kwargs):
+            return TransformersGenerator._generate(self, inputs, kwargs)
+
+        def _finish(self, turn, extra):
+            return turn
+
+    class SeedTwoPass(MultiHeadGenerator):
+        def _generate(self, inputs, kwargs):
+            output = self.loaded.model.generate(**inputs, **kwargs)
+            index = int((inputs["input_ids"][0] == self._state_id).nonzero()[-1])
+            again = self.loaded.model(output, output_hidden_states=True)
+            return output, self.bundle.heads(again.hidden_states[-1][:, index])
+
+    manager = AgentManager(REPO / "npcs")
+    loaded = manager.get_persona(args.npc)
+    greedy = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens,
+                                repetition_penalty=loaded.persona.generation.repetition_penalty)
+    loaded = dataclasses.replace(loaded, persona=loaded.persona.model_copy(update={"generation": greedy}))
+    manager.personas[args.npc] = loaded
+    pipeline = manager.pipeline(args.npc)
+    pipeline.warm_up()
+    step = pipeline.steps["generate"][0]
+    if not isinstance(step, MultiHeadGenerator):
+        sys.exit(f"{args.npc} does not use the multihead generate step")
+    variants = {"heads": step}
+    for name, cls in (("no heads", NoHeads), ("seed two-pass", SeedTwoPass)):
+        variants[name] = cls(step.options, step.persona, step.runtime)
+        variants[name].warm_up()  # shares the loaded adapter through the model registry
+
+    def turn(name: str, i: int):
+        pipeline.steps["generate"][0] = variants[name]
+        started = time.perf_counter()
+        response = manager.turn(args.npc, args.line, player_id=f"bench-{name}-{i}", seed=0)
+        return time.perf_counter() - started, response
+
+    tokens = {}
+    for name in variants:  # warm-up, and each variant's token count
+        tokens[name] = turn(name, -1)[1].meta["new_tokens"]
+    assert len(set(tokens.values())) == 1, f"greedy variants wrote different token counts: {tokens}"
+    times = {name: [] for name in variants}
+    order = list(variants)
+    with torch.inference_mode():
+        for i in range(args.rounds):
+            for name in order if i % 2 == 0 else reversed(order):
+                elapsed, response = turn(name, i)
+                assert response.meta["new_tokens"] == tokens[name]
+                times[name].append(elapsed)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name:>14}: median {medians[name] * 1000:.0f} ms per turn "
+              f"({', '.join(f'{v * 1000:.0f}' for v in values)})")
+    print(f"new_tokens={tokens['heads']} rounds={args.rounds}")
+    print(f"heads_ratio={medians['heads'] / medians['no heads']:.3f}")
+    print(f"seed_two_pass_ratio={medians['seed two-pass'] / medians['heads']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Refitting the state heads on the finished model's `<STATE>` vectors.
+
+During the joint training each example passes through the heads once, while the hidden
+states under them keep moving with the LoRA update: that is enough to shape the
+representation, not to fit a classifier on it (one epoch left the heads near the label
+priors). So after training, the `<STATE>` vectors of every training example are computed
+once with the final model (a forward over the prompt only, as inference loaded it), and
+the heads are fitted again on those fixed vectors for many epochs, which takes seconds:
+
+- per-feature standardisation (the heads' `shift`/`scale` buffers) from the training
+  vectors;
+- fresh heads, AdamW with weight decay and dropout, minibatches;
+- flag BCE + delta_weight * a Huber (smooth L1) delta loss, early stopping on the
+  validation vectors' loss when validation data is given. Huber rather than training's
+  MSE: most deltas are near 0 with a few large ones, and the figure that matters is the
+  mean absolute error; on the paraphrased held-out set the refit with MSE had a delta MAE
+  above the median baseline (0.075 / 0.066), with Huber below it (0.052 / 0.054).
+- dropout 0.3 and weight decay 0.1: the vectors of 1,400 examples are easy to memorise.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .collator import EncodedDataset
+from .heads import StateHeads, StateHeadsOutput
+
+log = logging.getLogger("persona_agents.multihead")
+
+
+@dataclass
+class RefitSettings:
+    epochs: int = 300
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    dropout: float = 0.3
+    batch_size: int = 64
+    delta_weight: float = 10.0
+    delta_loss: str = "huber"  # or "mse"
+    huber_beta: float = 0.05
+    patience: int = 40
+    seed: int = 42
+
+
+@torch.inference_mode()
+def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: int = 8) -> torch.Tensor:
+    """The final hidden state at each example's `<STATE>`: one forward over the prompt up
+    to the marker (the reply cannot influence it: the model is causal)."""
+    from .heads import backbone_and_lm_head
+
+    decoder, _ = backbone_and_lm_head(lm)
+    lm.eval()
+    order = sorted(range(len(dataset)), key=lambda i: dataset[i]["state_index"])
+    out: list[torch.Tensor | None] = [None] * len(dataset)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        prompts = [dataset[i]["input_ids"][: dataset[i]["state_index"] + 1] for i in index]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [pad_token_id] * (width - len(p)) for p in prompts])
+        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        for row, i in enumerate(index):
+            out[i] = hidden[row, len(prompts[row]) - 1].float().clone()
+    return torch.stack(out)
+
+
+def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: RefitSettings) -> torch.Tensor:
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.flag_logits, flags)
+    if s.delta_loss == "huber":
+        delta = torch.nn.functional.smooth_l1_loss(out.deltas, deltas, beta=s.huber_beta)
+    else:
+        delta = torch.nn.functional.mse_loss(out.deltas, deltas)
+    return bce + s.delta_weight * delta
+
+
+def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas: torch.Tensor,
+                val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                settings: RefitSettings | None = None) -> tuple[StateHeads, dict[str, Any]]:
+    """Fresh heads with `heads`' config, fitted on fixed vectors; returns (heads, info)."""
+    settings = settings or RefitSettings()
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    fitted = StateHeads(dataclasses.replace(heads.config, dropout=settings.dropout))
+    fitted.shift.copy_(x.mean(0))
+    fitted.scale.copy_(1.0 / (x.std(0) + 1e-4))
+    opt = torch.optim.AdamW(fitted.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), float("inf"), 0, 0
+    for epoch in range(1, settings.epochs + 1):
+        fitted.train()
+        for batch in torch.randperm(len(x), generator=generator).split(settings.batch_size):
+            loss = _loss(fitted(x[batch]), flags[batch], deltas[batch], settings)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if val is None:
+            continue
+        fitted.eval()
+        with torch.no_grad():
+            val_loss = float(_loss(fitted(val[0]), val[1], val[2], settings))
+        if val_loss < best_loss - 1e-5:
+            best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), val_loss, epoch, 0
+        else:
+            since += 1
+            if since >= settings.patience:
+                break
+    if val is not None:
+        fitted.load_state_dict(best)
+    fitted.eval()
+    info = {"epochs_run": epoch, "best_epoch": best_epoch if val is not None else epoch,
+            "validation_loss": round(best_loss, 5) if val is not None else None, **settings.__dict__}
+    log.info("Refitted the heads on %d <STATE> vectors: best epoch %s of %d.", len(x), info["best_epoch"], epoch)
+    return fitted, info
+
+
+def targets(examples: Sequence, flags: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor([[float(n in e.flags) for n in flags] for e in examples]),
+            torch.tensor([list(e.delta) for e in examples], dtype=torch.float32))

@@ -1,0 +1,240 @@
+"""Mechanics of the multi-head model on a tiny random Llama: heads, losses, collator,
+data validation, calibration, the trainer, and the adapter save/load round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from persona_agents.errors import AdapterError, TrainingConfigError, TrainingDataError
+from persona_agents.flags import DEFAULT_FLAGS
+from persona_agents.multihead.calibrate import best_threshold, calibrate_thresholds
+from persona_agents.multihead.collator import EncodedDataset, MultiHeadCollator, encode_example
+from persona_agents.multihead.data import RELATIONSHIP_LABELS, load_examples, load_personas_for_data
+from persona_agents.multihead.heads import HeadsConfig, StateHeads, StateHeadsOutput, multihead_losses
+
+from .conftest import NPCS_DIR
+
+
+def record(**overrides) -> dict:
+    data = {
+        "npc_id": "mother_abandoned_factory",
+        "tags": {"location": "abandoned_factory", "quest_stage": "in_progress", "relationship": "close_friend",
+                 "trust": 0.8, "npc_mood": "hopeful"},
+        "context": [{"role": "player", "text": "Where is Jason's uncle?"},
+                    {"role": "npc", "text": "My brother hides under the old mill."}],
+        "player_utterance": "I will go there tonight.",
+        "response": "Be careful. Tell him his sister sent you.",
+        "delta": [0.05, 0.04],
+        "flag": ["give_hint"],
+        "player_state": {"items": ["lantern"], "actions": ["talked_to_silvia"]},
+    }
+    data.update(overrides)
+    return data
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def personas():
+    return load_personas_for_data(NPCS_DIR)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """A trainable tiny model (full-precision base: bitsandbytes is tested on the real one)."""
+    from persona_agents.multihead.modeling import build_trainable_model
+
+    torch.manual_seed(0)
+    return build_trainable_model(str(tiny_model_dir), DEFAULT_FLAGS, quantization="none", lora_r=4, heads_inner=16)
+
+
+def test_heads_return_a_dataclass_with_bounded_deltas():
+    heads = StateHeads(HeadsConfig(hidden_size=8, num_flags=3, inner_size=4))
+    torch.nn.init.normal_(heads.delta.weight, std=50.0)  # huge weights: tanh must still bound them
+    out = heads(torch.randn(5, 8) * 100)
+    assert isinstance(out, StateHeadsOutput)
+    assert out.deltas.shape == (5, 2) and out.flag_logits.shape == (5, 3)
+    assert out.deltas.abs().max() <= 1.0
+    assert ((out.flag_probs >= 0) & (out.flag_probs <= 1)).all()
+
+
+def test_data_records_become_turns_with_labels_mapped(tmp_path, personas):
+    path = write_jsonl(tmp_path / "d.jsonl", [record(), record(tags={"relationship": -0.4, "trust": 0.1},
+                                                              context=[], flag=[], player_utterance="안녕하세요",
+                                                              response="…그래요.")])
+    first, korean = load_examples([path], DEFAULT_FLAGS, personas)
+    assert first.turn.state.relationship == RELATIONSHIP_LABELS["close_friend"]
+    assert first.turn.persona.name == "Silvia" and first.turn.context.items == ("lantern",)
+    assert first.turn.history[0].player == "Where is Jason's uncle?" and first.flags == ("give_hint",)
+    assert korean.turn.utterance == "안녕하세요" and korean.turn.state.relationship == -0.4
+    assert first.source == f"{path}:1"
+
+
+def test_data_errors_name_file_line_field_and_fix(tmp_path, personas):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [
+        record(),
+        record(flag=["give_itme"]),
+        record(delta=[0.5]),
+        record(tags={"relationship": "bestie"}),
+        "{not json",
+        {k: v for k, v in record().items() if k != "response"},
+    ])
+    with pytest.raises(TrainingDataError) as info:
+        load_examples([bad], DEFAULT_FLAGS, personas)
+    text = str(info.value)
+    assert f"{bad}:2: flag: unknown flag 'give_itme'. Fix: use names of the vocabulary: {', '.join(DEFAULT_FLAGS)}" in text
+    assert f"{bad}:3: delta: expected [trust_change, relationship_change]" in text and 'Fix: write "delta": [0.05, 0.0]' in text
+    assert f"{bad}:4: tags.relationship: unknown label 'bestie'; labels: enemy" in text
+    assert f"{bad}:5: line: invalid JSON" in text
+    assert f"{bad}:6: response: missing" in text
+    assert len(info.value.problems) == 5
+
+
+def test_non_utf8_data_is_a_clear_error(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(record(response="café")).replace("é", "\\u00e9").encode() + "\xe9\n".encode("latin-1"))
+    with pytest.raises(TrainingDataError, match="not UTF-8. Fix: save the file as UTF-8"):
+        load_examples([path])
+
+
+def test_collator_masks_the_prompt_and_finds_state(tiny, tmp_path, personas):
+    tok = tiny.tokenizer
+    (example,) = load_examples([write_jsonl(tmp_path / "d.jsonl", [record()])], DEFAULT_FLAGS, personas)
+    features = encode_example(example, tok, DEFAULT_FLAGS, max_length=1024, history_turns=4)
+    ids, labels = features["input_ids"], features["labels"]
+    n_prompt = sum(1 for label in labels if label == -100)
+    assert ids[features["state_index"]] == tok.convert_tokens_to_ids("<STATE>")
+    assert features["state_index"] < n_prompt and all(label == -100 for label in labels[:n_prompt])
+    reply = labels[n_prompt:]
+    assert reply[-1] == tok.eos_token_id
+    assert tok.decode(reply[:-1]).strip() == example.response
+    assert features["flags"] == [1.0 if f == "give_hint" else 0.0 for f in DEFAULT_FLAGS]
+    assert features["delta"] == [0.05, 0.04]
+    # Too long: history goes first, the prompt keeps <STATE>.
+    short = encode_example(example, tok, DEFAULT_FLAGS, max_length=n_prompt + 10, history_turns=4)
+    assert "Where is Jason's uncle?" not in tok.decode(short["input_ids"])
+    with pytest.raises(TrainingDataError, match="even without history"):
+        encode_example(example, tok, DEFAULT_FLAGS, max_length=64, history_turns=4)
+
+    batch = MultiHeadCollator(tok.pad_token_id)([features, short])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][1].sum() == len(short["input_ids"])
+    assert (batch["labels"][1, len(short["input_ids"]):] == -100).all()
+    assert batch["flags"].shape == (2, len(DEFAULT_FLAGS)) and batch["delta"].shape == (2, 2)
+
+
+def test_forward_scores_reply_tokens_only_and_losses_are_finite(tiny, tmp_path, personas):
+    examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(flag=[], context=[])])],
+                             DEFAULT_FLAGS, personas)
+    data = EncodedDataset(examples, tiny.tokenizer, DEFAULT_FLAGS, 1024, 4)
+    batch = MultiHeadCollator(tiny.tokenizer.pad_token_id)(list(data))
+    out = tiny.model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["state_index"])
+    n_reply = sum(sum(1 for label in f["labels"] if label != -100) for f in data)
+    assert out.reply_logits.shape == (n_reply, len(tiny.tokenizer)) and out.reply_targets.shape == (n_reply,)
+    assert out.heads.deltas.shape == (2, 2) and out.heads.flag_logits.shape == (2, 8)
+    losses = multihead_losses(out, batch["delta"], batch["flags"], flag_pos_weight=2.0)
+    for value in (losses.lm, losses.delta, losses.flag):
+        assert torch.isfinite(value) and value >= 0
+    (losses.lm + losses.delta + losses.flag).backward()
+    grads = {n for n, p in tiny.model.named_parameters() if p.grad is not None}
+    assert any("lora_" in n for n in grads) and any("trainable_tokens" in n for n in grads)
+    assert any(n.startswith("heads.") for n in grads)
+    assert not any(p.grad is not None for n, p in tiny.model.named_parameters() if not p.requires_grad)
+    tiny.model.zero_grad()
+
+
+def test_threshold_calibration_maximises_f1():
+    probs = [0.9, 0.8, 0.7, 0.4, 0.35, 0.1]
+    truth = [1, 1, 0, 1, 0, 0]
+    threshold, f1 = best_threshold(probs, truth)
+    # Firing the top four (0.4 and up) catches all three positives with one false alarm.
+    assert f1 == pytest.approx(2 * 3 / (2 * 3 + 1)) and 0.35 < threshold <= 0.4
+    assert best_threshold([0.2, 0.3], [0, 0]) == (0.5, 0.0)
+    thresholds, scores = calibrate_thresholds([[0.9, 0.1], [0.2, 0.6]], [[1, 0], [0, 1]], ["a", "b"])
+    assert 0.2 < thresholds["a"] <= 0.9 and 0.1 < thresholds["b"] <= 0.6 and scores == {"a": 1.0, "b": 1.0}
+
+
+def test_config_rejects_incompatible_options(tmp_path):
+    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
+
+    with pytest.raises(TrainingConfigError) as info:
+        MultiHeadTrainingConfig(output_dir=str(tmp_path), quantization="int3", remove_unused_columns=True,
+                                flags=["a", "a"], delta_loss_weight=-1)
+    text = str(info.value)
+    for part in ("quantization 'int3' is unknown", "remove_unused_columns=True", "distinct names", "loss weights"):
+        assert part in text
+    config = MultiHeadTrainingConfig(output_dir=str(tmp_path))
+    assert config.quantization == "nf4" and list(config.flags) == list(DEFAULT_FLAGS)
+
+
+def test_training_saves_a_small_adapter_that_loads_back_identically(tiny_model_dir, tmp_path):
+    from persona_agents.multihead.artifacts import load_adapter
+    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
+    from persona_agents.multihead.training import train_adapter
+
+    records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]), record(flag=["give_item", "quest_complete"])] * 2
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    val = write_jsonl(tmp_path / "val.jsonl", records[:3])
+    out = tmp_path / "adapter"
+    config = MultiHeadTrainingConfig(
+        output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none", max_steps=3,
+        per_device_train_batch_size=2, save_steps=2, logging_steps=1, npcs_dir=str(NPCS_DIR), retrieve_lore=False,
+        heads_inner_size=16, disable_tqdm=True)
+    meta = train_adapter([train], out, config, validation=val, keep_checkpoints=True)
+    assert meta["flags"] == list(DEFAULT_FLAGS) and set(meta["thresholds"]) == set(DEFAULT_FLAGS)
+    assert meta["calibrated_on"] == "validation" and meta["metrics"]["n_examples"] == 3
+    assert meta["training"]["data"]["files"][0]["sha256"] and meta["prompt_format"] == "sectioned"
+    logged = [h for h in meta["training"]["last_logged"]] if meta["training"]["last_logged"] else []
+    assert {"lm_loss", "delta_loss", "flag_loss"} <= set(logged)
+    checkpoint = out / "checkpoints" / "checkpoint-2" / "model.safetensors"
+    assert checkpoint.is_file() and checkpoint.stat().st_size < 1_000_000  # trainable weights only
+    assert (out / "adapter_model.safetensors").stat().st_size < 1_000_000  # no full embedding matrix
+
+    merged = load_adapter(out)
+    unmerged = load_adapter(out, merge=False)
+    ids = merged.tokenizer("<SYS> hi <STATE>\n<NPC>", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = merged.model(ids).logits, unmerged.model(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert merged.thresholds == meta["thresholds"]
+
+    with pytest.raises(AdapterError, match="trained for the flag vocabulary"):
+        load_adapter(out, expected_flags=["give_item", "open_trade"])
+    other = tmp_path / "other-base"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).apply(
+        lambda m: torch.nn.init.normal_(m.weight) if isinstance(m, torch.nn.Embedding) else None
+    ).save_pretrained(other)
+    with pytest.raises(AdapterError, match=r"was trained on base model .* differs: embedding_checksum"):
+        load_adapter(out, model_ref=str(other))
+    (out / "multihead.json").unlink()
+    with pytest.raises(AdapterError, match="not a multi-head adapter: multihead.json is missing"):
+        load_adapter(out)
+
+
+def test_heads_refit_learns_from_fixed_vectors_despite_an_outlier_dimension():
+    from persona_agents.multihead.refit import RefitSettings, refit_heads
+
+    torch.manual_seed(1)
+    x = torch.randn(256, 16)
+    x[:, 0] = x[:, 0] * 1000 + 5000  # a huge, uninformative dimension, as LM hidden states have
+    flags = torch.stack([(x[:, 3] > 0).float(), (x[:, 4] > 1).float()], dim=1)
+    deltas = torch.stack([0.2 * (x[:, 5] > 0).float(), torch.zeros(256)], dim=1)
+    train, val = slice(0, 192), slice(192, 256)
+    heads = StateHeads(HeadsConfig(hidden_size=16, num_flags=2, inner_size=32))
+    fitted, info = refit_heads(heads, x[train], flags[train], deltas[train],
+                               val=(x[val], flags[val], deltas[val]), settings=RefitSettings(epochs=150))
+    with torch.no_grad():
+        out = fitted(x[val])
+    accuracy = ((out.flag_probs > 0.5).float() == flags[val]).float().mean()
+    assert accuracy > 0.9 and (out.deltas - deltas[val]).abs().mean() < 0.05
+    assert fitted.scale[0] < 0.01 and 1 <= info["best_epoch"] <= info["epochs_run"]
