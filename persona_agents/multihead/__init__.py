@@ -7,6 +7,7 @@ relationship) and flags.
     heads.py       StateHeads, MultiHeadModel (one forward: reply logits + heads), losses
     modeling.py    tokenizer with markers, 4-bit/full base, LoRA with marker rows
     trainer.py     MultiHeadTrainingConfig (TrainingArguments), MultiHeadTrainer (Trainer)
+    refit.py       after training: the heads refitted on the final model's <STATE> vectors
     calibrate.py   per-flag thresholds maximising F1
     artifacts.py   save/load the adapter folder (checks base model and flag vocabulary)
     evaluate.py    flag F1, delta MAE, reply LM loss, and a majority baseline
