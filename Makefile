@@ -37,11 +37,6 @@ adapter: setup
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none --epochs 1 \
 		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42
-	# Then refit the heads on the trained model's <STATE> vectors and recalibrate the
-	# thresholds (one epoch leaves the jointly trained heads near the label priors).
-	$(BIN)/persona-agents train --heads-only --data training/data/train.jsonl \
-		--validation training/data/validation.jsonl --base embedded \
-		--out training/adapters/smollm2-npc --seed 42
 
 clean:
 	rm -rf $(VENV) .pytest_cache
