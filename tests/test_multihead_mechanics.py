@@ -238,3 +238,23 @@ def test_heads_refit_learns_from_fixed_vectors_despite_an_outlier_dimension():
     accuracy = ((out.flag_probs > 0.5).float() == flags[val]).float().mean()
     assert accuracy > 0.9 and (out.deltas - deltas[val]).abs().mean() < 0.05
     assert fitted.scale[0] < 0.01 and 1 <= info["best_epoch"] <= info["epochs_run"]
+
+
+def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
+    from persona_agents.multihead.training import train_adapter
+
+    train = write_jsonl(tmp_path / "train.jsonl", [record(), record(flag=[], context=[])] * 2)
+    out = tmp_path / "adapter"
+
+    def config(steps):
+        return MultiHeadTrainingConfig(
+            output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none",
+            max_steps=steps, per_device_train_batch_size=2, save_steps=2, npcs_dir=str(NPCS_DIR),
+            retrieve_lore=False, heads_inner_size=16, heads_refit_epochs=0, disable_tqdm=True)
+
+    with pytest.raises(TrainingConfigError, match="no checkpoint"):
+        train_adapter([train], out, config(2), resume=True)
+    assert train_adapter([train], out, config(2), keep_checkpoints=True)["training"]["steps"] == 2
+    meta = train_adapter([train], out, config(4), resume=True)
+    assert meta["training"]["steps"] == 4 and meta["heads_refit"] is None and meta["calibrated_on"] == "train"

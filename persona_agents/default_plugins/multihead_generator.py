@@ -62,7 +62,8 @@ class MultiHeadGenerator(TransformersGenerator):
 
         def build():
             bundle = load_adapter(path, self.options.model, self.options.dtype)
-            return bundle, LoadedModel(name=bundle.name, model=bundle.model, tokenizer=bundle.tokenizer)
+            # `meta.model` names the base, as for the plain step; `meta.adapter` the adapter.
+            return bundle, LoadedModel(name=bundle.meta["base"]["name"], model=bundle.model, tokenizer=bundle.tokenizer)
 
         self.bundle, loaded = self.runtime.models.shared(key, build)
         self._state_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))

@@ -65,10 +65,6 @@ class AdapterBundle:
     def history_turns(self) -> int:
         return int(self.meta.get("history_turns", 6))
 
-    @property
-    def name(self) -> str:
-        return f"{self.meta['base']['name']}+{self.path.name}"
-
 
 def save_artifacts(out_dir: str | Path, lm, heads: StateHeads, tokenizer, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the adapter folder; `meta` must hold flags, thresholds and base. Returns the

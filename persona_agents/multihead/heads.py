@@ -102,6 +102,8 @@ class MultiHeadModel(nn.Module):
 
     # Our losses are batch means: Trainer must divide them by the accumulation steps.
     accepts_loss_kwargs = False
+    # Read by Trainer when it resumes from a checkpoint.
+    _keys_to_ignore_on_save = None
 
     def __init__(self, lm: nn.Module, heads: StateHeads):
         super().__init__()
@@ -133,6 +135,16 @@ class MultiHeadModel(nn.Module):
         if not trainable:  # an evaluation copy: nothing trains, keep the usual behaviour
             return full
         return type(full)((k, v) for k, v in full.items() if k in trainable)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Loads a checkpoint of the trainable weights: the frozen base is not in it, so
+        only missing *trainable* weights count as missing."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = [k for k in result.missing_keys if k in trainable]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"checkpoint mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+        return type(result)(missing, result.unexpected_keys)
 
 
 @dataclass
