@@ -5,8 +5,9 @@ thresholds (`persona-agents train` writes them; see `persona_agents/multihead/`)
 per process, shared by every NPC naming the same adapter. It needs the `sectioned`
 prompt: the heads read the hidden state at its `<STATE>` marker.
 
-One generate call does everything: a forward hook on the decoder stack (whose output is
-the final norm's) keeps the `<STATE>` position's hidden state during the prefill, the
+One generate call does everything. On the fast engine (the default) the prefill keeps
+the `<STATE>` row of the final norm itself. On the transformers engine a forward hook on the decoder
+stack (whose output is the final norm's) keeps the `<STATE>` position's hidden state during the prefill, the
 first forward of `generate`, which covers the whole prompt. The heads (a small MLP) then
 run on that one vector, so there is no second pass over prompt and reply.
 
@@ -24,12 +25,12 @@ from typing import Literal
 from pydantic import Field
 
 from persona_agents.errors import StepError
+from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.models import LoadedModel
-from persona_agents.steps import StepOptions
 from persona_agents.turn import Deltas
 
-from .transformers_generator import TransformersGenerator
+from .transformers_generator import EngineOptions, TransformersGenerator
 
 DEFAULT_ADAPTER = "training/adapters/smollm2-npc"
 
@@ -39,7 +40,7 @@ class MultiHeadGenerator(TransformersGenerator):
     stage = "generate"
     description = "Reply, deltas and flags from a fine-tuned adapter with state heads, in one generate call."
 
-    class Options(StepOptions):
+    class Options(EngineOptions):
         adapter: str = Field(DEFAULT_ADAPTER, description="Adapter folder written by `persona-agents train`; a "
                              "relative path is resolved against the project root (the NPC folder's parent).")
         model: str | None = Field(None, description="Base model; default: the base the adapter was trained on.")
@@ -77,12 +78,25 @@ class MultiHeadGenerator(TransformersGenerator):
                 f"'{turn.prompt.format}'. Set `prompt: [sectioned]` in the persona's pipeline.")
         return super().run(turn)
 
-    def _generate(self, inputs, kwargs):
-        ids = inputs["input_ids"][0]
-        found = (ids == self._state_id).nonzero()
+    def _state_index(self, inputs) -> int:
+        found = (inputs["input_ids"][0] == self._state_id).nonzero()
         if len(found) == 0:
             raise StepError("The prompt has no <STATE> marker token; the sectioned prompt step renders one.")
-        index = int(found[-1])
+        return int(found[-1])
+
+    def _low_rank(self) -> dict:
+        return self.bundle.low_rank
+
+    def _fast_keep_index(self, inputs) -> int:
+        return self._state_index(inputs)
+
+    def _fast_extra(self, job):
+        # The fast engine kept the <STATE> row of its prefill's final norm: the same vector
+        # the hook below captures on the reference path.
+        return on_compute_thread(self.bundle.heads, job.kept[None])
+
+    def _generate(self, inputs, kwargs):
+        index = self._state_index(inputs)
         captured = []
 
         def keep_state(module, args, output):

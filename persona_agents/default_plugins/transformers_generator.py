@@ -4,6 +4,15 @@ The default model is the embedded SmolLM2-135M-Instruct (converted once into a c
 checkpoint; see persona_agents.models). The reply ends at the model's end-of-turn token
 or at any prompt marker, and never contains markers. Sampling is seeded per turn, so
 the same seed and the same conversation give the same reply.
+
+Two engines run the model (option `engine`):
+- `fast` (what `auto` picks for llama-family float32 models): the lean decoder of
+  `persona_agents.fastpath`, with quantized decode steps and continuous batching of
+  concurrent turns on the process's compute thread;
+- `transformers`: transformers `generate`, the reference path, for every model
+  transformers can load (what `auto` falls back to, saying why in the turn's meta).
+With `decode_precision: float32` the fast engine's greedy replies are the reference's
+tokens; int4/int8 decode steps change some words, measured in `bench/vs_llamacpp.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from persona_agents.errors import StepError
+from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.markers import neutralize, strip_markers
 from persona_agents.models import EMBEDDED_MODEL
@@ -33,17 +44,33 @@ def trim_to_sentence(text: str) -> str:
     return text
 
 
+class EngineOptions(StepOptions):
+    """Options of the generate steps that choose how the model runs (see the module docstring)."""
+
+    engine: Literal["auto", "fast", "transformers"] = Field(
+        "auto", description="`fast`: the lean decoder with batching (llama-family float32 models); "
+        "`transformers`: transformers generate; `auto`: fast where the model allows, else transformers.")
+    decode_precision: Literal["int4", "int8", "float32"] = Field(
+        "int4", description="Fast engine: weights of single-sequence decode steps (float32 = the reference's "
+        "greedy tokens; int4 = fastest; several sequences decode in int8 unless this is float32).")
+    prefill_precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Fast engine: weights of the prompt pass, which the state heads read "
+        "(float32 = the reference's head outputs).")
+
+
 class TransformersGenerator(Step):
     name = "transformers"
     stage = "generate"
     description = "Generate the reply with a transformers causal LM (default: the embedded SmolLM2-135M-Instruct)."
 
-    class Options(StepOptions):
+    class Options(EngineOptions):
         model: str = Field(EMBEDDED_MODEL, description="Hugging Face model id, local checkpoint path, or 'embedded'.")
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
 
     def warm_up(self):
-        self.loaded = self._load()
+        # Loading runs on the compute thread, like generation (see fastpath/compute.py).
+        self.loaded = on_compute_thread(self._load)
+        self._engine, self.engine_note = self._fast_engine()
         tok = self.loaded.tokenizer
         self._special = tuple(dict.fromkeys([*tok.all_special_tokens, *tok.get_added_vocab()]))
         self._eos_ids = self._end_of_turn_ids(tok, self.loaded.model)
@@ -62,6 +89,37 @@ class TransformersGenerator(Step):
     def _load(self):
         """The shared LoadedModel this step generates with."""
         return self.runtime.models.get(self.options.model, self.options.dtype)
+
+    def _low_rank(self) -> dict:
+        """LoRA factors merged into the loaded model (kept apart by quantized decode weights)."""
+        return {}
+
+    def _fast_engine(self):
+        """(the shared BatchEngine, None) for the fast engine, or (None, why not)."""
+        if self.options.engine == "transformers":
+            return None, "engine: transformers"
+        from persona_agents.fastpath.decoder import supports
+
+        reason = supports(self.loaded.model)
+        if reason is not None:
+            if self.options.engine == "fast":
+                raise StepError(
+                    f"NPC '{self.persona.id}': engine 'fast' cannot run model '{self.loaded.name}': {reason}. "
+                    "Use `engine: auto` or `engine: transformers` (or dtype float32).")
+            return None, f"fast engine unavailable ({reason}); using transformers generate"
+        opts = self.options
+        batch = "float32" if opts.decode_precision == "float32" else "int8"
+        key = ("fast-engine", id(self.loaded.model), opts.decode_precision, opts.prefill_precision)
+
+        def build():
+            from persona_agents.fastpath.decoder import LeanDecoder
+            from persona_agents.fastpath.engine import BatchEngine
+
+            decoder = LeanDecoder(self.loaded.model, opts.decode_precision, self._low_rank(),
+                                  prefill_weights=opts.prefill_precision, batch_weights=batch)
+            return BatchEngine(decoder, vocab_size=decoder.lm_head.shape[0])
+
+        return self.runtime.models.shared(key, lambda: on_compute_thread(build)), None
 
     @staticmethod
     def _end_of_turn_ids(tok, model) -> list[int]:
@@ -110,20 +168,59 @@ class TransformersGenerator(Step):
 
     def generate_ids(self, turn, inputs, seed: int):
         """Run generate for one turn (seeded, streamed when a sink is set):
-        (the new token ids, whatever `_generate` hands to `_finish`)."""
+        (the new token ids, whatever `_generate` or `_fast_extra` hands to `_finish`)."""
+        sink = current_sink()
+        streamer = None
+        if sink is not None:
+            skip = 0 if self._engine is not None else inputs["input_ids"].shape[1]
+            streamer = MarkerSafeStreamer(self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special), skip)
+        if self._engine is not None:
+            return self._fast_generate(turn, inputs, seed, streamer)
+        kwargs = self.generation_kwargs(turn)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        return on_compute_thread(self._reference_generate, inputs, kwargs, seed)
+
+    def _reference_generate(self, inputs, kwargs, seed: int):
         import torch
 
-        kwargs = self.generation_kwargs(turn)
-        sink = current_sink()
-        if sink is not None:
-            kwargs["streamer"] = MarkerSafeStreamer(
-                self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special), inputs["input_ids"].shape[1]
-            )
         with self.loaded.lock, torch.inference_mode():
             torch.manual_seed(seed)
             output, extra = self._generate(inputs, kwargs)
         sequences = output.sequences if hasattr(output, "sequences") else output
         return sequences[0, inputs["input_ids"].shape[1]:].tolist(), extra
+
+    def _fast_generate(self, turn, inputs, seed: int, streamer):
+        import torch
+
+        from persona_agents.fastpath.engine import GenerationJob
+        from persona_agents.fastpath.sampling import SamplingSettings
+
+        settings, tok = self.persona.generation, self.loaded.tokenizer
+        markers = tuple(turn.prompt.stop_markers)
+        job = GenerationJob(
+            prompt_ids=inputs["input_ids"][0].tolist(),
+            max_new_tokens=settings.max_new_tokens,
+            sampling=SamplingSettings(temperature=settings.temperature, top_p=settings.top_p,
+                                      repetition_penalty=settings.repetition_penalty),
+            seed=seed,
+            eos_ids=frozenset(self._eos_ids),
+            # Stop once a marker appears in the reply's text, as the reference's stop strings do.
+            should_stop=(lambda ids: any(m in tok.decode(ids[-16:]) for m in markers)) if markers else None,
+            keep_index=self._fast_keep_index(inputs),
+            on_token=(lambda token: streamer.put(torch.tensor([token]))) if streamer is not None else None,
+            on_end=streamer.end if streamer is not None else None,
+        )
+        self._engine.generate(job)
+        return list(job.new_ids), self._fast_extra(job)
+
+    def _fast_keep_index(self, inputs) -> int | None:
+        """The prompt position whose final hidden state the fast engine should keep."""
+        return None
+
+    def _fast_extra(self, job):
+        """What `_finish` gets from a fast-engine job (as `_generate`'s second value)."""
+        return None
 
     def run(self, turn):
         seed = self.turn_seed(turn)
@@ -131,7 +228,11 @@ class TransformersGenerator(Step):
         new_ids, extra = self.generate_ids(turn, inputs, seed)
         text, finished = self._clean(self.loaded.tokenizer, new_ids, turn.prompt.stop_markers)
         generation = Generation(text=text, model=self.loaded.name, new_tokens=len(new_ids), finished=finished)
-        turn = turn.replace(generation=generation).with_meta(model=self.loaded.name, seed=seed, new_tokens=len(new_ids))
+        turn = turn.replace(generation=generation).with_meta(
+            model=self.loaded.name, seed=seed, new_tokens=len(new_ids),
+            engine="fast" if self._engine is not None else "transformers",
+            **({"engine_note": self.engine_note} if self.engine_note and self.options.engine == "auto" else {}),
+            **({"decode_precision": self.options.decode_precision} if self._engine is not None else {}))
         return self._finish(turn, extra)
 
     def _generate(self, inputs, kwargs):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from ..fastpath.compute import on_compute_thread
 
 log = logging.getLogger("persona_agents.lore")
 
@@ -72,9 +73,10 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype="float32")
         with self.lock:
-            vectors = self.model.encode(
-                texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+            # On the compute thread, with generation: see persona_agents/fastpath/compute.py.
+            vectors = on_compute_thread(
+                self.model.encode, texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype="float32")
 
 
@@ -113,7 +115,7 @@ class EmbedderRegistry:
         key = EMBEDDED_EMBEDDER if ref in EMBEDDED_ALIASES else ref
         with self._lock:
             if key not in self._embedders:
-                self._embedders[key] = load_embedder(ref)
+                self._embedders[key] = on_compute_thread(load_embedder, ref)
             return self._embedders[key]
 
     def loaded(self) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,6 +52,8 @@ class AdapterBundle:
     tokenizer: Any
     heads: StateHeads
     meta: dict[str, Any]
+    #: LoRA factors merged into `model` ({base Linear: (A, B, scaling)}), for the fast path
+    low_rank: dict = field(default_factory=dict)
 
     @property
     def flags(self) -> list[str]:
@@ -183,6 +185,7 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     # The marker rows are overwritten by the adapter's trained values, so no random init.
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     lm = PeftModel.from_pretrained(model, str(path))
+    low_rank = lora_factors(lm) if merge else {}
     if merge:
         # One plain model for inference: peft's trainable-tokens layer would rebuild the
         # 49k-row embedding matrix on every generated token.
@@ -198,4 +201,16 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
         raise AdapterError(f"{path / HEADS_FILE} does not match the heads in {METADATA_FILE}: missing "
                            f"{result.missing_keys}, unexpected {result.unexpected_keys}; retrain the adapter.")
     heads.eval()
-    return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=heads, meta=meta)
+    return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=heads, meta=meta, low_rank=low_rank)
+
+
+def lora_factors(peft_model) -> dict:
+    """{base nn.Linear: (A, B, scaling)} of every LoRA layer, read before merging: the fast
+    path's quantized decode weights keep these updates apart (see fastpath/decoder.py)."""
+    factors = {}
+    for module in peft_model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer") and "default" in getattr(module, "lora_A", {}):
+            factors[module.base_layer] = (module.lora_A["default"].weight.detach().clone(),
+                                          module.lora_B["default"].weight.detach().clone(),
+                                          float(module.scaling["default"]))
+    return factors

@@ -1,0 +1,204 @@
+"""Continuous batching: concurrent turns share the model's forward passes.
+
+One `BatchEngine` per loaded model, run by the compute thread (compute.py). Turns
+submit a `GenerationJob` and wait for it. Each round the engine admits at most one waiting job
+(its prefill: the prompt, compute-bound) and then runs one decode step for every active
+sequence together: the weights, which a decode step is bound by, are read once for all
+of them. A sequence leaves the batch as soon as it ends (end-of-turn token, a prompt
+marker, or its token budget), so a long reply never holds back a short one, and a job
+that arrives while others decode joins them at the next round: requests that arrive
+close together share the forward passes without any fixed waiting window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .compute import ComputeThread, compute_thread
+from .decoder import KVCache, LeanDecoder
+from .sampling import SamplingSettings, TokenChooser
+
+log = logging.getLogger("persona_agents.fastpath")
+
+
+@dataclass(eq=False)
+class GenerationJob:
+    """One reply to generate. The worker fills `new_ids` (the end-of-turn token included,
+    as transformers does), `kept` (the final hidden state at `keep_index`) and `error`."""
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    sampling: SamplingSettings = SamplingSettings()
+    seed: int = 0
+    eos_ids: frozenset[int] = frozenset()
+    #: True when the reply so far must end (a prompt marker appeared in its text).
+    should_stop: Callable[[list[int]], bool] | None = None
+    keep_index: int | None = None
+    on_token: Callable[[int], None] | None = None
+    on_end: Callable[[], None] | None = None
+    new_ids: list[int] = field(default_factory=list)
+    kept: torch.Tensor | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    # worker bookkeeping
+    slot: int = -1
+    chooser: TokenChooser | None = None
+
+
+class BatchEngine:
+    """The jobs of one model, run in rounds by the compute thread; `generate` is safe from
+    any thread."""
+
+    def __init__(self, decoder: LeanDecoder, vocab_size: int, max_batch: int = 8, initial_length: int = 512,
+                 compute: ComputeThread | None = None):
+        self.decoder = decoder
+        self.vocab_size = vocab_size
+        self.max_batch = max_batch
+        self._length = initial_length
+        self._cache: KVCache | None = None
+        self._pending: deque[GenerationJob] = deque()
+        self._active: list[GenerationJob | None] = []  # index = cache slot
+        self._lock = threading.Lock()
+        self.max_active_seen = 0
+        self._compute = compute or compute_thread()
+        self._compute.add_engine(self)
+
+    # -- the callers' side -----------------------------------------------------------------
+
+    def generate(self, job: GenerationJob, timeout: float | None = None) -> GenerationJob:
+        if self._compute.is_current:
+            raise RuntimeError("generate() was called on the compute thread, which would wait for itself")
+        with self._lock:
+            self._pending.append(job)
+        self._compute.wake()
+        if not job.done.wait(timeout):
+            raise TimeoutError(f"generation did not finish within {timeout} s")
+        if job.error is not None:
+            raise job.error
+        return job
+
+    # -- the compute thread's side ---------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self._pending) or self._busy()
+
+    def round(self) -> None:
+        """Admit at most one waiting job (its prefill), then one decode step for all."""
+        job = None
+        with self._lock:
+            if self._pending and self._free_slot() is not None:
+                job = self._pending.popleft()
+        if job is not None:
+            self._admit(job)
+        if self._busy():
+            self._step()
+
+    def _busy(self) -> bool:
+        return any(job is not None for job in self._active)
+
+    def _free_slot(self) -> int | None:
+        for slot, job in enumerate(self._active):
+            if job is None:
+                return slot
+        return len(self._active) if len(self._active) < self.max_batch else None
+
+    def _ensure_cache(self, slots: int, length: int) -> KVCache:
+        """A cache with at least `slots` slots of `length` positions, keeping what it holds."""
+        cache = self._cache
+        if cache is not None and cache.slots >= slots and cache.max_len >= length:
+            return cache
+        new_slots = max(slots, cache.slots if cache else 0)
+        new_len = max(self._length, cache.max_len if cache else 0)
+        while new_len < length:
+            new_len *= 2
+        grown = self.decoder.new_cache(new_slots, new_len)
+        if cache is not None:
+            for old, new in ((cache.k, grown.k), (cache.v, grown.v)):
+                for a, b in zip(old, new):
+                    b[: cache.slots, :, : cache.max_len] = a
+        self._cache = grown
+        return grown
+
+    def _admit(self, job: GenerationJob) -> None:
+        try:
+            slot = self._free_slot()
+            prompt = list(job.prompt_ids)
+            if not prompt:
+                raise ValueError("empty prompt")
+            if job.max_new_tokens < 1:
+                raise ValueError("max_new_tokens must be at least 1")
+            cache = self._ensure_cache(slot + 1, len(prompt) + job.max_new_tokens)
+            keep = [-1] if job.keep_index is None else [-1, job.keep_index]
+            hidden = self.decoder.prefill(cache, slot, prompt, keep)
+            if job.keep_index is not None:
+                job.kept = hidden[1].clone()
+            job.chooser = TokenChooser(job.sampling, prompt, job.seed, self.vocab_size)
+            job.slot = slot
+            if slot == len(self._active):
+                self._active.append(job)
+            else:
+                self._active[slot] = job
+            self.max_active_seen = max(self.max_active_seen, sum(j is not None for j in self._active))
+            self._accept(job, self.decoder.logits(hidden[:1])[0])
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            log.debug("prefill failed", exc_info=True)
+            self._finish(job, error=exc)
+
+    def _step(self) -> None:
+        """One decode step for every active sequence (rows 0..last active slot, so the
+        cache is read as a view; idle slots ride along as one-token dummies)."""
+        last = max(slot for slot, job in enumerate(self._active) if job is not None)
+        rows = self._active[: last + 1]
+        tokens = [job.new_ids[-1] if job else 0 for job in rows]
+        positions = [len(job.prompt_ids) + len(job.new_ids) - 1 if job else 0 for job in rows]
+        try:
+            hidden = self.decoder.decode(self._cache, list(range(last + 1)), tokens, positions)
+            live = [i for i, job in enumerate(rows) if job is not None]
+            logits = self.decoder.logits(hidden[live], decode=True)
+        except BaseException as exc:  # noqa: BLE001
+            log.exception("decode step failed")
+            self.fail_all(exc)
+            return
+        for row, index in enumerate(live):
+            self._accept(rows[index], logits[row])
+
+    def _accept(self, job: GenerationJob, logits: torch.Tensor) -> None:
+        try:
+            token = job.chooser.choose(logits)
+            job.new_ids.append(token)
+            if job.on_token is not None:
+                job.on_token(token)
+            ended = (token in job.eos_ids or len(job.new_ids) >= job.max_new_tokens
+                     or (job.should_stop is not None and job.should_stop(job.new_ids)))
+        except BaseException as exc:  # noqa: BLE001
+            self._finish(job, error=exc)
+            return
+        if ended:
+            self._finish(job)
+
+    def _finish(self, job: GenerationJob, error: BaseException | None = None) -> None:
+        if 0 <= job.slot < len(self._active) and self._active[job.slot] is job:
+            self._active[job.slot] = None
+            while self._active and self._active[-1] is None:
+                self._active.pop()
+        if error is None and job.on_end is not None:
+            try:
+                job.on_end()
+            except BaseException as exc:  # noqa: BLE001
+                error = exc
+        job.error = error
+        job.done.set()
+
+    def fail_all(self, error: BaseException) -> None:
+        for job in [j for j in self._active if j is not None]:
+            self._finish(job, error=error)
+        with self._lock:
+            pending, self._pending = list(self._pending), deque()
+        for job in pending:
+            self._finish(job, error=error)
