@@ -1,0 +1,10 @@
+"""The fast engine: CPU generation for llama-family models without transformers' overhead.
+
+- `decoder.py`: the lean decoder (fused weights, quantized decode steps, a slotted
+  key/value cache) over an already loaded model's own weights;
+- `sampling.py`: the next-token choice, as transformers' logits processors make it;
+- `engine.py`: continuous batching of concurrent turns;
+- `compute.py`: the one thread that runs a process's torch work, and why.
+
+The generate steps (`transformers`, `multihead`) use it through their `engine` option.
+"""
