@@ -16,6 +16,7 @@ have work. Calls made from the compute thread itself run inline.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -39,6 +40,8 @@ class ComputeThread:
         self._threads = threads
         self._calls: deque[tuple[Future, Callable[..., Any], tuple, dict]] = deque()
         self._engines: list[Engine] = []
+        self._idle: deque[Callable[[], Any]] = deque()
+        self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="persona-agents-compute", daemon=True)
         self._thread.start()
@@ -53,9 +56,28 @@ class ComputeThread:
             return fn(*args, **kwargs)
         future: Future = Future()
         with self._cond:
+            if self._closed:
+                raise RuntimeError("the compute thread has stopped (the process is exiting)")
             self._calls.append((future, fn, args, kwargs))
             self._cond.notify()
         return future.result()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop after the work in hand: at exit, so that no torch kernel is still running on
+        this (daemon) thread while the interpreter tears torch down (that aborts the process)."""
+        with self._cond:
+            self._closed = True
+            self._idle.clear()
+            self._cond.notify()
+        if not self.is_current:
+            self._thread.join(timeout)
+
+    def when_idle(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` once nothing else waits (no calls, no engine work); for preparation that
+        may be done later, in small pieces, such as packing weights a first turn does not need."""
+        with self._cond:
+            self._idle.append(fn)
+            self._cond.notify()
 
     def add_engine(self, engine: Engine) -> None:
         with self._cond:
@@ -73,11 +95,25 @@ class ComputeThread:
         torch.set_num_threads(threads)
         with torch.inference_mode():
             while True:
+                idle = None
                 with self._cond:
-                    while not self._calls and not any(e.has_work() for e in self._engines):
+                    while not self._closed and not self._calls and not self._idle and not any(
+                            e.has_work() for e in self._engines):
                         self._cond.wait()
+                    if self._closed:
+                        for future, *_ in self._calls:
+                            future.set_exception(RuntimeError("the compute thread has stopped"))
+                        break
                     calls, self._calls = list(self._calls), deque()
                     engines = list(self._engines)
+                    if not calls and self._idle and not any(e.has_work() for e in engines):
+                        idle = self._idle.popleft()
+                if idle is not None:
+                    try:
+                        idle()
+                    except BaseException:  # noqa: BLE001 - preparation only; the work redoes it on demand
+                        log.exception("idle-time preparation failed")
+                    continue
                 for future, fn, args, kwargs in calls:
                     if future.set_running_or_notify_cancel():
                         try:
@@ -103,6 +139,7 @@ def compute_thread() -> ComputeThread:
     with _compute_lock:
         if _compute is None:
             _compute = ComputeThread()
+            atexit.register(_compute.close)
         return _compute
 
 

@@ -232,10 +232,15 @@ class LeanDecoder:
         # The output matrix (a fifth of the model) is int8 whenever decoding is quantized:
         # int4 groups would move the logits too far (the GGUF stores it as Q8_0).
         self._lm_head_d = Projection(self.lm_head, None, "float32" if decode_weights == "float32" else "int8")
-        for layer in self.layers:  # pack now, not on the first turn
+        for layer in self.layers:  # pack now what a first turn needs
             for name in _Layer.NAMES:
-                for kind in {self.prefill_weights, self.decode_weights, self.batch_weights}:
+                for kind in {self.prefill_weights, self.decode_weights}:
                     layer.projection(name, kind)
+
+    def batch_packing_jobs(self) -> list:
+        """One job per layer that packs the batch-step weights (otherwise packed on first use)."""
+        return [lambda layer=layer: [layer.projection(name, self.batch_weights) for name in _Layer.NAMES]
+                for layer in self.layers]
 
     def _read_layer(self, layer) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp

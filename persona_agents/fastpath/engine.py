@@ -68,6 +68,10 @@ class BatchEngine:
         self.max_active_seen = 0
         self._compute = compute or compute_thread()
         self._compute.add_engine(self)
+        # The weights of batched steps are packed while nothing runs (about 0.7 s for the
+        # embedded model): a process is ready for its first turn without waiting for them.
+        for job in decoder.batch_packing_jobs():
+            self._compute.when_idle(job)
 
     # -- the callers' side -----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from ..fastpath.compute import on_compute_thread
+from .plain_encoder import load_plain_encoder
 
 log = logging.getLogger("persona_agents.lore")
 
@@ -82,9 +83,14 @@ class Embedder:
 
 def load_embedder(ref: str) -> Embedder:
     location, name, fingerprint, local_only = resolve_embedder(ref)
+    log.info("Loading sentence embedder %s...", name)
+    # A plain encoder + pooling folder runs without importing sentence-transformers,
+    # which alone would take seconds of every start (see plain_encoder.py).
+    plain = load_plain_encoder(location)
+    if plain is not None:
+        return Embedder(name=name, fingerprint=fingerprint, model=plain, dimension=plain.get_embedding_dimension())
     from sentence_transformers import SentenceTransformer
 
-    log.info("Loading sentence embedder %s...", name)
     try:
         # A local folder never reaches for the hub (offline machines would hang); this
         # does what HF_HUB_OFFLINE=1 does, without changing it for the whole process.

@@ -27,6 +27,7 @@ from ..errors import AdapterError
 from ..markers import SECTION_MARKERS
 from ..models import resolve_model
 from ..prompt_format import SECTIONED_FORMAT_VERSION
+from . import merged_cache
 from .heads import HeadsConfig, StateHeads
 
 log = logging.getLogger("persona_agents.multihead")
@@ -161,7 +162,6 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     """Base + adapter (+ merged unless `merge=False`, which keeps peft's disable_adapter)
     + heads, all checked against the adapter's metadata."""
     import torch
-    from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -178,18 +178,32 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise AdapterError(f"Cannot load base model '{ref}' for adapter {path}: {exc}") from exc
-    check_base(meta, base_fingerprint(model, name, meta["base"].get("vocab_size", 0)), ref, path)
+    fingerprint = base_fingerprint(model, name, meta["base"].get("vocab_size", 0))
+    check_base(meta, fingerprint, ref, path)
     missing = [m for m in SECTION_MARKERS if m not in tokenizer.get_vocab()]
     if missing:
         raise AdapterError(f"{path}: the tokenizer lacks the prompt markers {', '.join(missing)}; retrain the adapter.")
+    base_rows = model.get_input_embeddings().weight.shape[0]
     # The marker rows are overwritten by the adapter's trained values, so no random init.
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    lm = PeftModel.from_pretrained(model, str(path))
-    low_rank = lora_factors(lm) if merge else {}
-    if merge:
-        # One plain model for inference: peft's trainable-tokens layer would rebuild the
-        # 49k-row embedding matrix on every generated token.
-        lm = lm.merge_and_unload()
+    entry = merged_cache.cache_path(path, fingerprint, dtype) if merge and merged_cache.cacheable(path) else None
+    low_rank = merged_cache.apply(entry, model) if entry is not None else None
+    if low_rank is not None:
+        lm = model
+    else:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(model, str(path))
+        low_rank = lora_factors(lm) if merge else {}
+        if merge:
+            # One plain model for inference: peft's trainable-tokens layer would rebuild the
+            # 49k-row embedding matrix on every generated token.
+            lm = lm.merge_and_unload()
+            if entry is not None:
+                try:
+                    merged_cache.save(entry, path, lm, low_rank, base_rows)
+                except OSError as exc:  # a read-only cache only costs the next start its speed
+                    log.warning("could not cache the merged adapter in %s: %s", entry, exc)
     lm.eval()
     heads = StateHeads(HeadsConfig(**meta["heads"]))
     try:

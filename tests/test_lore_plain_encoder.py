@@ -1,0 +1,47 @@
+"""The plain encoder gives sentence-transformers' vectors for the embedded embedder, and
+leaves every other kind of model folder to sentence-transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from persona_agents.lore.embedder import embedded_embedder_path, load_embedder
+from persona_agents.lore.plain_encoder import PlainSentenceEncoder, load_plain_encoder, plain_stack
+
+TEXTS = ["Jason went to a party in the old factory and never came home.", "Brann forges swords.",
+         "Hello", "", "A much longer line about the hidden path behind the waterfall, " * 12]
+
+
+def test_embedded_embedder_runs_without_sentence_transformers_and_matches_it():
+    from sentence_transformers import SentenceTransformer
+
+    folder, _ = embedded_embedder_path()
+    embedder = load_embedder("embedded")
+    assert isinstance(embedder.model, PlainSentenceEncoder) and embedder.dimension == 384
+    reference = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(
+        TEXTS, batch_size=2, normalize_embeddings=True, convert_to_numpy=True)
+    ours = embedder.encode(TEXTS, batch_size=3)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=2e-5)
+
+
+@pytest.mark.parametrize("change", ["extra_module", "max_pooling", "query_prompt"])
+def test_other_stacks_are_left_to_sentence_transformers(tmp_path, change):
+    folder, _ = embedded_embedder_path()
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    if change == "extra_module":
+        modules = json.loads((copy / "modules.json").read_text())
+        modules.append({"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
+        (copy / "modules.json").write_text(json.dumps(modules))
+    elif change == "max_pooling":
+        config = json.loads((copy / "1_Pooling/config.json").read_text())
+        config.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+        (copy / "1_Pooling/config.json").write_text(json.dumps(config))
+    else:
+        (copy / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
+    assert plain_stack(copy) is None and load_plain_encoder(str(copy)) is None
