@@ -31,6 +31,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import packcache
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 
@@ -110,18 +112,6 @@ def _fused_low_rank(modules: Sequence[torch.nn.Linear], low_rank: LowRank) -> tu
 INT4_GROUP = 32
 
 
-def _pack_int8(weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """fbgemm's packed int8 weight (per output channel scales) for `quantized.linear_dynamic`."""
-    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    zero = torch.zeros(weight.shape[0], dtype=torch.int64)
-    with warnings.catch_warnings():
-        # torch marks its quantized tensor types deprecated, but fbgemm's packed int8
-        # kernels still take them and remain the fastest int8 path on a CPU.
-        warnings.simplefilter("ignore", UserWarning)
-        qweight = torch.quantize_per_channel(weight, scales.double(), zero, 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(qweight, bias)
-
-
 def _pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric 4-bit groups of 32 along the input (the layout of GGUF's Q4_1, so a base
     de-quantized from such a file is represented exactly), for `_weight_int4pack_mm_for_cpu`."""
@@ -139,6 +129,28 @@ def _pack_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch._convert_weight_to_int4pack_for_cpu(q, 8), scales_zeros.to(torch.bfloat16)
 
 
+def _int4_parts(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    packed, scales_zeros = _pack_int4(weight)
+    return {"packed": packed, "scales_zeros": scales_zeros}
+
+
+def _int8_parts(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    scales = weight.abs().amax(dim=1).clamp(min=1e-8).double() / 127.0
+    values = torch.round(weight.double() / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    return {"int8": values, "scales": scales}
+
+
+def _int8_from(parts: dict[str, torch.Tensor], bias: torch.Tensor | None):
+    """fbgemm's packed form of per-channel int8 values and scales."""
+    zero = torch.zeros(parts["int8"].shape[0], dtype=torch.int64)
+    with warnings.catch_warnings():
+        # torch marks its quantized tensor types deprecated, but fbgemm's packed int8
+        # kernels still take them and remain the fastest int8 path on a CPU.
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(parts["int8"], parts["scales"], zero, 0)
+    return torch.ops.quantized.linear_prepack(qweight, bias)
+
+
 class Projection:
     """One matrix for decode steps in its decode precision. Quantized weights keep LoRA
     updates apart as a low-rank term: a fine-tune's small changes would otherwise be
@@ -152,13 +164,14 @@ class Projection:
         if kind == "float32":
             self.weight = weight
         elif kind == "int8":
-            self.packed = _pack_int8(base, bias)
+            self.packed = _int8_from(packcache.cached("int8", base, _int8_parts), bias)
         elif kind == "bfloat16":
             self.weight = base.to(torch.bfloat16)
         elif kind == "int4":
             if weight.shape[1] % INT4_GROUP:
                 raise ValueError(f"int4 decode weights need input sizes divisible by {INT4_GROUP}")
-            self.packed, self.scales_zeros = _pack_int4(base)
+            parts = packcache.cached("int4", base, _int4_parts)
+            self.packed, self.scales_zeros = parts["packed"], parts["scales_zeros"]
         else:
             raise ValueError(f"unknown weight precision '{kind}' (choose from {', '.join(PRECISIONS)})")
 
@@ -320,6 +333,14 @@ class LeanDecoder:
         rows = torch.tensor([i if i >= 0 else length + i for i in keep])
         return self._norm(x[rows], self.final_norm)
 
+    def _masked_attention(self, q, keys, values, bias, scale):
+        """One query per sequence over its own length: two batched matrix products. torch's
+        fused attention with a mask was twice as slow for 8 sequences on this CPU."""
+        n, group = q.shape[0], self.heads // self.kv_heads
+        grouped = q.reshape(n, self.kv_heads, group, self.head_dim)  # query heads sharing a kv head
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)) * scale + bias
+        return torch.matmul(scores.softmax(dim=-1), values)
+
     def decode(self, cache: KVCache, slots: Sequence[int], tokens: Sequence[int],
                positions: Sequence[int]) -> torch.Tensor:
         """One step for several sequences at once: token `tokens[i]` at position
@@ -333,9 +354,10 @@ class LeanDecoder:
         span = max(positions) + 1
         slot_index = torch.tensor(slots)
         contiguous = list(slots) == list(range(slots[0], slots[0] + n))
-        mask = None
+        bias = None  # several lengths: an additive mask, one row per sequence
         if n > 1 or positions[0] + 1 != span:
-            mask = (torch.arange(span)[None, :] <= pos[:, None])[:, None, None, :]
+            bias = torch.zeros(n, 1, 1, span).masked_fill(
+                (torch.arange(span)[None, :] > pos[:, None])[:, None, None, :], float("-inf"))
         kind = self.decode_weights if n == 1 else self.batch_weights
         for index, layer in enumerate(self.layers):
             h = self._norm(x, layer.norm1)
@@ -348,8 +370,10 @@ class LeanDecoder:
                 keys, values = keys[slots[0]:slots[0] + n, :, :span], values[slots[0]:slots[0] + n, :, :span]
             else:
                 keys, values = keys[slot_index, :, :span], values[slot_index, :, :span]
-            attn = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=scale,
-                                                  enable_gqa=gqa)
+            if bias is None:
+                attn = F.scaled_dot_product_attention(q[:, :, None], keys, values, scale=scale, enable_gqa=gqa)
+            else:
+                attn = self._masked_attention(q, keys, values, bias, scale)
             attn = attn.reshape(n, -1)
             x = x + layer.projection("o", kind)(attn)
             gate, up = layer.projection("gate_up", kind)(self._norm(x, layer.norm2)).chunk(2, dim=-1)

@@ -180,12 +180,13 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
         raise AdapterError(f"Cannot load base model '{ref}' for adapter {path}: {exc}") from exc
     fingerprint = base_fingerprint(model, name, meta["base"].get("vocab_size", 0))
     check_base(meta, fingerprint, ref, path)
-    missing = [m for m in SECTION_MARKERS if m not in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()  # builds a 49k-entry dict on each call: once
+    missing = [m for m in SECTION_MARKERS if m not in vocab]
     if missing:
         raise AdapterError(f"{path}: the tokenizer lacks the prompt markers {', '.join(missing)}; retrain the adapter.")
     base_rows = model.get_input_embeddings().weight.shape[0]
     # The marker rows are overwritten by the adapter's trained values, so no random init.
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    resize_embeddings(model, len(tokenizer))
     entry = merged_cache.cache_path(path, fingerprint, dtype) if merge and merged_cache.cacheable(path) else None
     low_rank = merged_cache.apply(entry, model) if entry is not None else None
     if low_rank is not None:
@@ -216,6 +217,30 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
                            f"{result.missing_keys}, unexpected {result.unexpected_keys}; retrain the adapter.")
     heads.eval()
     return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=heads, meta=meta, low_rank=low_rank)
+
+
+def resize_embeddings(model, rows: int) -> None:
+    """Grow a tied embedding to `rows` with zero new rows (the adapter overwrites them).
+    transformers' resize fills the whole new matrix with random values first, about 0.3 s
+    of every start for SmolLM2's 49k rows; untied models still go through it."""
+    import torch
+
+    embedding = model.get_input_embeddings()
+    old_rows, dim = embedding.weight.shape
+    tied = getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None
+    if rows == old_rows:
+        return
+    if not tied or rows < old_rows:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        return
+    weight = torch.zeros(rows, dim, dtype=embedding.weight.dtype)
+    weight[:old_rows] = embedding.weight.detach()
+    model.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight, freeze=False,
+                                                                  padding_idx=embedding.padding_idx))
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    model.config.vocab_size = rows
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().vocab_size = rows
 
 
 def lora_factors(peft_model) -> dict:
