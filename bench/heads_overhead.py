@@ -15,7 +15,10 @@ Prints `heads_ratio=<median turn with heads / median turn without heads>` (targe
 1.05) and `seed_two_pass_ratio=<median seed two-pass turn / median turn with heads>`
 (above 1: our single run is faster).
 
-    python bench/heads_overhead.py [--npc ID] [--rounds N] [--max-new-tokens N]
+    python bench/heads_overhead.py [--npc ID] [--rounds N] [--max-new-tokens N] [--engine fast|transformers]
+
+On the fast engine (the default) the `<STATE>` row comes from its own prefill; the seed
+variant runs the second pass through the transformers model.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main() -> None:
     parser.add_argument("--line", default="I will find your son, I promise.")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--engine", choices=("fast", "transformers"), default="fast",
+                        help="the generate step's engine (fast: the sample NPCs' default)")
     args = parser.parse_args()
 
     import torch
@@ -50,25 +55,45 @@ def main() -> None:
     from persona_agents.manager import AgentManager
     from persona_agents.persona import GenerationSettings
 
+    from persona_agents.fastpath.compute import on_compute_thread
+
     class NoHeads(MultiHeadGenerator):
         def _generate(self, inputs, kwargs):
             return TransformersGenerator._generate(self, inputs, kwargs)
+
+        def _fast_keep_index(self, inputs):
+            return None
+
+        def _fast_extra(self, job):
+            return None
 
         def _finish(self, turn, extra):
             return turn
 
     class SeedTwoPass(MultiHeadGenerator):
+        def _second_pass(self, ids, index):
+            again = self.loaded.model(ids, output_hidden_states=True)
+            return self.bundle.heads(again.hidden_states[-1][:, index])
+
         def _generate(self, inputs, kwargs):
             output = self.loaded.model.generate(**inputs, **kwargs)
-            index = int((inputs["input_ids"][0] == self._state_id).nonzero()[-1])
-            again = self.loaded.model(output, output_hidden_states=True)
-            return output, self.bundle.heads(again.hidden_states[-1][:, index])
+            return output, self._second_pass(output, self._state_index(inputs))
+
+        def _fast_keep_index(self, inputs):
+            return None
+
+        def _fast_extra(self, job):
+            ids = torch.tensor([list(job.prompt_ids) + job.new_ids])
+            index = int((ids[0] == self._state_id).nonzero()[0])
+            return on_compute_thread(torch.inference_mode()(self._second_pass), ids, index)
 
     manager = AgentManager(REPO / "npcs")
     loaded = manager.get_persona(args.npc)
     greedy = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens,
                                 repetition_penalty=loaded.persona.generation.repetition_penalty)
     loaded = dataclasses.replace(loaded, persona=loaded.persona.model_copy(update={"generation": greedy}))
+    for spec in loaded.persona.pipeline.generate:
+        spec.options["engine"] = args.engine
     manager.personas[args.npc] = loaded
     pipeline = manager.pipeline(args.npc)
     pipeline.warm_up()

@@ -10,8 +10,9 @@ rate limit) on a free loopback port, waits for /readyz, then in one run:
 
 Prints `turns_per_s_c1=`, `turns_per_s_c8=`, `scaling_c8=` (c8 / c1) and
 `ttft_ms_p50=`. Every turn runs the NPC's whole pipeline (lore retrieval included) and
-commits to the store; the embedded model generates under one lock per loaded model, so
-c8 gains only from overlapping the rest of the turn and the HTTP work.
+commits to the store. On the fast engine concurrent turns share decode steps (their
+prompt passes, compute-bound, do not); on the transformers engine generation is
+serialised per model.
 
     python bench/server_throughput.py [--npc ID] [--turns-c1 8] [--turns-c8 16] [--stream-turns 8] [--torch-threads N]
 """
