@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import LoreFileError
+from ..fileutil import load_yaml
 
 LORE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".md")
 SCOPES: tuple[str, ...] = ("world", "faction", "npc")
@@ -208,7 +209,7 @@ def _yaml_problem(exc: yaml.YAMLError, line_offset: int = 0) -> str:
 # -- YAML files ----------------------------------------------------------------------
 def _load_yaml(path: Path, text: str, problems: list[str]) -> list[LoreEntry]:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         problems.append(f"{path}: {_yaml_problem(exc)}")
         return []
@@ -239,7 +240,7 @@ _FENCE = re.compile(r"^(```|~~~)\s*(\w*)\s*$")
 
 def _yaml_mapping(text: str, where: str, problems: list[str], line_offset: int) -> dict[str, Any] | None:
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         problems.append(f"{where}: {_yaml_problem(exc, line_offset)}")
         return None

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import PersonaAgentsError
+from ..fileutil import load_yaml
 from ..flags import DEFAULT_FLAGS
 from .schema import Plan, PlanFile
 
@@ -63,7 +64,7 @@ def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Itera
     loaded: list[LoadedPlan] = []
     for path in plan_paths(paths):
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             problems.append(f"{path}: invalid YAML: {exc}")
             continue
