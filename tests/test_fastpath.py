@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import torch
+import yaml
 
 from persona_agents.fastpath.compute import ComputeThread, compute_thread
 from persona_agents.fastpath.decoder import LeanDecoder, Projection, _fused_low_rank, supports
@@ -297,3 +298,48 @@ def test_same_seed_same_draws_whatever_else_runs():
     torch.rand(10)
     b = TokenChooser(settings, [], seed=42, vocab_size=200)
     assert [b._sample(scores) for _ in range(10)] == draws_a
+
+
+def test_concurrent_first_turns_share_one_engine_without_deadlock(npc_folder):
+    """Several NPCs on one model warming up at once (a server's first requests): one shared
+    engine, every turn answered, on the fast engine."""
+    from persona_agents.manager import AgentManager
+
+    for i in range(4):
+        npc_folder(f"npc{i}")
+    manager = AgentManager(npc_folder.folder)
+    results: dict[int, dict] = {}
+
+    def first_turn(i: int) -> None:
+        results[i] = manager.turn(f"npc{i}", "Hello there.", player_id=f"p{i}", seed=i).to_dict()
+
+    threads = [threading.Thread(target=first_turn, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "warm-ups deadlocked"
+    assert sorted(results) == [0, 1, 2, 3]
+    assert {r["meta"]["engine"] for r in results.values()} == {"fast"}
+    engines = [k for k in manager.runtime.models._shared if k[0] == "fast-engine"]
+    assert len(engines) == 1
+
+
+def test_a_model_the_fast_engine_cannot_run_falls_back_or_fails_clearly(npc_folder):
+    from persona_agents.errors import PersonaAgentsError
+    from persona_agents.manager import AgentManager
+
+    def persona(npc_id: str, engine: str):
+        path = npc_folder(npc_id)
+        data = yaml.safe_load(path.read_text())
+        data["pipeline"]["generate"][0]["options"].update(dtype="bfloat16", engine=engine)
+        path.write_text(yaml.safe_dump(data))
+
+    persona("auto_npc", "auto")
+    persona("fast_npc", "fast")
+    manager = AgentManager(npc_folder.folder)
+    turn = manager.turn("auto_npc", "Hello there.", seed=1).to_dict()
+    assert turn["meta"]["engine"] == "transformers"
+    assert "bfloat16" in turn["meta"]["engine_note"] and "using transformers generate" in turn["meta"]["engine_note"]
+    with pytest.raises(PersonaAgentsError, match="engine 'fast' cannot run model .*bfloat16.*engine: auto"):
+        manager.turn("fast_npc", "Hello there.", seed=1)

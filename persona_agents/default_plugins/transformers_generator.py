@@ -119,7 +119,10 @@ class TransformersGenerator(Step):
                                   prefill_weights=opts.prefill_precision, batch_weights=batch)
             return BatchEngine(decoder, vocab_size=decoder.lm_head.shape[0])
 
-        return self.runtime.models.shared(key, lambda: on_compute_thread(build)), None
+        # On the compute thread, where `_load` takes the registry's lock too: holding that
+        # lock here while waiting for the compute thread could deadlock with another NPC's
+        # warm-up running there.
+        return on_compute_thread(self.runtime.models.shared, key, build), None
 
     @staticmethod
     def _end_of_turn_ids(tok, model) -> list[int]:
