@@ -14,9 +14,9 @@ merged in) and runs them directly:
   once for all of them) while attention masks each slot to its own length;
 - only the rows whose output is needed go through the final norm and the 49k-row output
   matrix (the last position, and the `<STATE>` position the heads read);
-- optionally, int8 weights with dynamic activation quantization (fbgemm) for the decode
-  steps, a quarter of the bytes per token; the prefill, which the state heads read,
-  always runs in the model's own precision.
+- decode steps in a precision of their own (`Projection`): int4 groups of 32 (an
+  eighth of float32's bytes per token: a decode step is bound by reading weights) or
+  int8 rows; the prompt pass, which the state heads read, in float32 unless asked.
 
 Supported: models whose decoder layers are the llama layout (llama, including SmolLM2,
 and qwen2 with its q/k/v biases) in float32. `supports()` says why another model is
@@ -49,6 +49,10 @@ def supports(model) -> str | None:
     rope_type = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
     if rope_type not in ("default", "linear", "llama3"):
         return f"rope type '{rope_type}' (position-dependent scaling)"
+    if getattr(cfg, "use_sliding_window", False):
+        return "sliding-window attention"
+    if getattr(cfg, "mlp_bias", False) or (kind == "llama" and getattr(cfg, "attention_bias", False)):
+        return "biased output or MLP projections"
     decoder = model.get_decoder()
     if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
         return "a decoder without the llama layout"
