@@ -59,8 +59,10 @@ def embedded_gguf_path() -> Path:
 
 
 def _source_fingerprint(gguf: Path) -> dict[str, Any]:
-    stat = gguf.stat()
-    return {"gguf": str(gguf), "size": stat.st_size, "format": 1}
+    # The file's name and size, not its path: every virtual environment (a fresh clone, CI)
+    # has its own copy of the same pinned package, and keying on the path made each one
+    # convert again and invalidate the others' cache.
+    return {"gguf": gguf.name, "size": gguf.stat().st_size, "format": 2}
 
 
 def embedded_checkpoint(root: Path | None = None) -> Path:
