@@ -182,15 +182,14 @@ class Projection:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "float32":
             return F.linear(x, self.weight, self.bias)
-        if self.kind == "int8":
+        if self.kind == "int8":  # fbgemm adds the bias itself
             y = torch.ops.quantized.linear_dynamic(x, self.packed)
-        elif self.kind == "bfloat16":
-            y = F.linear(x.to(torch.bfloat16), self.weight).float()
-            if self.bias is not None:
-                y = y + self.bias
         else:
-            y = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, INT4_GROUP, self.scales_zeros)
-            y = y[:, : self.rows].float()
+            if self.kind == "bfloat16":
+                y = F.linear(x.to(torch.bfloat16), self.weight).float()
+            else:
+                y = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, INT4_GROUP,
+                                                      self.scales_zeros)[:, : self.rows].float()
             if self.bias is not None:
                 y = y + self.bias
         if self.low_rank is not None:
@@ -261,9 +260,7 @@ class LeanDecoder:
 
     def _read_layer(self, layer) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv_mods = (attn.q_proj, attn.k_proj, attn.v_proj)
-        if attn.o_proj.bias is not None or getattr(mlp.down_proj, "bias", None) is not None:
-            raise ValueError("The lean decoder cannot run this model: biased output or MLP projections.")
+        qkv_mods = (attn.q_proj, attn.k_proj, attn.v_proj)  # biases beyond q/k/v: refused by supports()
         groups = {"qkv": qkv_mods, "o": (attn.o_proj,), "gate_up": (mlp.gate_proj, mlp.up_proj),
                   "down": (mlp.down_proj,)}
         weights = {name: (_fuse(mods) if len(mods) > 1 else mods[0].weight.detach()) for name, mods in groups.items()}

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..fileutil import atomic_write
 from ..models import cache_dir
 
 log = logging.getLogger("persona_agents.fastpath")
@@ -42,7 +41,7 @@ def fingerprint(weight: torch.Tensor) -> str:
 def cached(kind: str, weight: torch.Tensor, pack: Callable[[torch.Tensor], dict[str, torch.Tensor]],
            folder: Path | None = None) -> dict[str, torch.Tensor]:
     """`pack(weight)` (a dict of tensors), read from the cache when it was packed before."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     folder = folder or cache_dir() / "packed"
     path = folder / f"{kind}-{fingerprint(weight)}.safetensors"
@@ -54,14 +53,7 @@ def cached(kind: str, weight: torch.Tensor, pack: Callable[[torch.Tensor], dict[
     tensors = pack(weight)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".packed-", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, save({k: v.contiguous() for k, v in tensors.items()}))
     except OSError as exc:  # a read-only cache only costs the next start its speed
         log.warning("could not cache packed weights in %s: %s", folder, exc)
     return tensors

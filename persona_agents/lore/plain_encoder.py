@@ -66,9 +66,6 @@ class PlainSentenceEncoder:
     def get_embedding_dimension(self) -> int:
         return int(self.settings["dimension"] or self.model.config.hidden_size)
 
-    def eval(self) -> "PlainSentenceEncoder":
-        return self
-
     def encode(self, texts: list[str], batch_size: int = 32, normalize_embeddings: bool = False,
                convert_to_numpy: bool = True, show_progress_bar: bool = False):
         import torch

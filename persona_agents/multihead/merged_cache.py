@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..fileutil import atomic_write
 from ..models import cache_dir
 
 log = logging.getLogger("persona_agents.multihead")
@@ -61,7 +60,7 @@ def _embedding_rows(adapter_dir: Path, base_rows: int, rows_now: int) -> list[in
 def save(path: Path, adapter_dir: Path, model, low_rank: dict, base_rows: int) -> None:
     """Write the merged model's changed tensors (after `merge_and_unload`)."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     names = {module: name for name, module in model.named_modules()}
     tensors: dict[str, torch.Tensor] = {}
@@ -76,15 +75,7 @@ def save(path: Path, adapter_dir: Path, model, low_rank: dict, base_rows: int) -
     tensors["embed_rows/index"] = torch.tensor(rows, dtype=torch.long)
     tensors["embed_rows/values"] = embedding.detach()[rows].contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary sibling renamed into place: a reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(prefix=".merged-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": str(FORMAT), "scalings": json.dumps(scalings)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, save_bytes(tensors, metadata={"format": str(FORMAT), "scalings": json.dumps(scalings)}))
 
 
 def apply(path: Path, model) -> dict | None:
