@@ -45,3 +45,32 @@ def test_other_stacks_are_left_to_sentence_transformers(tmp_path, change):
     else:
         (copy / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
     assert plain_stack(copy) is None and load_plain_encoder(str(copy)) is None
+
+
+def test_lean_bert_matches_transformers_bert_and_imports_no_transformers():
+    """The embedded encoder runs in LeanBert (no transformers import); its vectors are those
+    of transformers' BertModel through the same pooling."""
+    import subprocess
+    import sys
+
+    folder, _ = embedded_embedder_path()
+    encoder = load_plain_encoder(str(folder))
+    assert encoder.lean
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    import torch
+
+    with torch.inference_mode():
+        batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+        ours_ids = encoder.tokenizer(TEXTS)
+    assert torch.equal(ours_ids["input_ids"], batch["input_ids"])
+    np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=2), reference, atol=2e-5)
+    code = ("import sys; from persona_agents.lore.embedder import load_embedder; "
+            "load_embedder('embedded').encode(['hi']); print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -59,10 +59,12 @@ class MultiHeadGenerator(TransformersGenerator):
                 f"NPC '{self.persona.id}': the multihead generate step needs the sectioned prompt (its heads read "
                 "the <STATE> marker), but pipeline.prompt is chat_template. Set `prompt: [sectioned]`.")
         path = self.adapter_path()
-        key = ("multihead", str(path.resolve()), self.options.model, self.options.dtype)
+        # The fast engine needs no transformers model: a start without it is seconds faster.
+        lean = self.options.engine != "transformers"
+        key = ("multihead", str(path.resolve()), self.options.model, self.options.dtype, lean)
 
         def build():
-            bundle = load_adapter(path, self.options.model, self.options.dtype)
+            bundle = load_adapter(path, self.options.model, self.options.dtype, lean=lean)
             # `meta.model` names the base, as for the plain step; `meta.adapter` the adapter.
             return bundle, LoadedModel(name=bundle.meta["base"]["name"], model=bundle.model, tokenizer=bundle.tokenizer)
 

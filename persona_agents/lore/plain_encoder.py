@@ -5,7 +5,8 @@ peft and bitsandbytes), more than loading every model a sample NPC needs. Most s
 embedders, the embedded all-MiniLM-L6-v2 among them, are a stack of three modules: a
 transformers encoder, mean (or CLS) pooling over the attention mask, and optionally L2
 normalisation. For a folder holding exactly such a stack, `PlainSentenceEncoder` runs it
-with transformers alone; anything else (other modules, prompts, other pooling modes)
+without sentence-transformers (a plain BERT without transformers either: lean_bert.py);
+anything else (other modules, prompts, other pooling modes)
 returns None from `load_plain_encoder` and goes to sentence-transformers. The vectors
 are the same as sentence-transformers' (tests/test_lore_plain_encoder.py compares them).
 """
@@ -51,20 +52,43 @@ def plain_stack(folder: Path) -> dict[str, Any] | None:
 
 
 class PlainSentenceEncoder:
-    """The three-module stack with transformers; `encode` takes sentence-transformers'
-    arguments (those the lore code passes) and returns float32 numpy rows."""
+    """The three-module stack; `encode` takes sentence-transformers' arguments (those the
+    lore code passes) and returns float32 numpy rows. A plain BERT runs in `LeanBert`
+    (no transformers import, see lean_bert.py); other encoders in transformers' AutoModel."""
 
     def __init__(self, folder: Path, settings: dict[str, Any]):
-        from transformers import AutoModel, AutoTokenizer
+        from .lean_bert import LeanBert, LeanBertTokenizer, lean_bert_reason
 
         self.settings = settings
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
-        limit = settings["max_seq_length"] or getattr(self.model.config, "max_position_embeddings", 512)
-        self.max_length = min(int(limit), self.tokenizer.model_max_length or int(limit))
+        tokenizer_config = folder / "tokenizer_config.json"
+        tokenizer_limit = (_read(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None)
+        self.lean = lean_bert_reason(folder) is None
+        if self.lean:
+            self.model = LeanBert(folder)
+            positions, hidden = self.model.max_position_embeddings, self.model.hidden_size
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+            positions = getattr(self.model.config, "max_position_embeddings", 512)
+            hidden = self.model.config.hidden_size
+            tokenizer_limit = self.tokenizer.model_max_length
+        limit = int(settings["max_seq_length"] or positions)
+        self.max_length = min(limit, int(tokenizer_limit or limit))
+        self.hidden_size = hidden
+        if self.lean:
+            self.tokenizer = LeanBertTokenizer(folder, self.max_length)
 
     def get_embedding_dimension(self) -> int:
-        return int(self.settings["dimension"] or self.model.config.hidden_size)
+        return int(self.settings["dimension"] or self.hidden_size)
+
+    def _hidden(self, batch: list[str]):
+        if self.lean:
+            encoded = self.tokenizer(batch)
+            return self.model(**encoded), encoded["attention_mask"]
+        encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return self.model(**encoded).last_hidden_state, encoded["attention_mask"]
 
     def encode(self, texts: list[str], batch_size: int = 32, normalize_embeddings: bool = False,
                convert_to_numpy: bool = True, show_progress_bar: bool = False):
@@ -76,11 +100,9 @@ class PlainSentenceEncoder:
                 batch = texts[start:start + batch_size]
                 if self.settings["lower_case"]:
                     batch = [t.lower() for t in batch]
-                encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                         return_tensors="pt")
-                hidden = self.model(**encoded).last_hidden_state
+                hidden, attention = self._hidden(batch)
                 if self.settings["pooling"] == "mean":
-                    mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    mask = attention.unsqueeze(-1).to(hidden.dtype)
                     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 else:
                     pooled = hidden[:, 0]

@@ -157,13 +157,31 @@ def check_base(meta: dict[str, Any], fingerprint: dict[str, Any], ref: str, wher
             f"adapter for this base with `persona-agents train --base {ref}`.")
 
 
+def _lean_parts(path: Path, location: str, dtype: str, merge: bool):
+    """(skeleton model, lean tokenizer) when the fast engine can start without transformers:
+    a plain llama base, a plain tokenizer, and a merged-adapter cache entry to apply (the
+    first start merges through peft and writes it). None otherwise."""
+    from persona_agents.fastpath.lean_tokenizer import LeanTokenizer, lean_tokenizer_reason
+    from persona_agents.fastpath.skeleton import load_skeleton, skeleton_reason
+
+    folder = Path(location)
+    if not (merge and folder.is_dir() and merged_cache.cacheable(path) and merged_cache.has_entries()):
+        return None
+    if skeleton_reason(folder, dtype) is not None or lean_tokenizer_reason(path) is not None:
+        return None
+    return load_skeleton(folder), LeanTokenizer(path)
+
+
 def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: str = "float32", merge: bool = True,
-                 expected_flags: Sequence[str] | None = None) -> AdapterBundle:
+                 expected_flags: Sequence[str] | None = None, lean: bool = False) -> AdapterBundle:
     """Base + adapter (+ merged unless `merge=False`, which keeps peft's disable_adapter)
-    + heads, all checked against the adapter's metadata."""
+    + heads, all checked against the adapter's metadata.
+
+    `lean=True` (for the fast engine only): where it can, the base is a weights-only
+    `SkeletonCausalLM` and the tokenizer a `LeanTokenizer`, read without importing
+    transformers (see fastpath/skeleton.py); the bundle's model then has no forward."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .modeling import base_fingerprint
 
@@ -173,9 +191,15 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     ref = model_ref or meta["base"]["name"]
     location, name = resolve_model(ref)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+        parts = _lean_parts(path, location, dtype, merge) if lean else None
+        if parts is not None:
+            model, tokenizer = parts
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise AdapterError(f"Cannot load base model '{ref}' for adapter {path}: {exc}") from exc
     fingerprint = base_fingerprint(model, name, meta["base"].get("vocab_size", 0))
@@ -191,6 +215,8 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     low_rank = merged_cache.apply(entry, model) if entry is not None else None
     if low_rank is not None:
         lm = model
+    elif parts is not None:  # no usable cache entry for this adapter: the full load merges it
+        return load_adapter(path, model_ref, dtype, merge, expected_flags, lean=False)
     else:
         from peft import PeftModel
 

@@ -41,6 +41,12 @@ def cacheable(adapter_dir: Path) -> bool:
             and set(tokens) <= {"embed_tokens"} and not config.get("use_dora"))
 
 
+def has_entries() -> bool:
+    """Whether any merged adapter is cached (a first start has none: it merges through peft)."""
+    folder = cache_dir() / "merged"
+    return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
 def cache_path(adapter_dir: Path, fingerprint: dict[str, Any], dtype: str) -> Path:
     digest = hashlib.sha256(json.dumps({"format": FORMAT, "base": fingerprint, "dtype": dtype}, sort_keys=True).encode())
     for name in _ADAPTER_FILES:
