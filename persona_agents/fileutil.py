@@ -1,9 +1,11 @@
-"""File helpers shared by the caches: a cross-process lock and an atomic write."""
+"""File helpers shared by the caches and loaders: a cross-process lock, an atomic write,
+JSON and YAML reading."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +38,11 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: Path):
+    """A UTF-8 JSON file's content (config files of model and tokenizer folders)."""
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_yaml(text: str):

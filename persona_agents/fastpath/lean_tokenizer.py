@@ -13,10 +13,11 @@ config that changes encoding: added BOS/EOS, lower-casing, cleaned-up spaces...)
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
+
+from ..fileutil import read_json
 
 _SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # tokenizer_config.json keys that change how text is encoded or decoded beyond tokenizer.json.
@@ -25,7 +26,7 @@ _CHANGES_ENCODING = ("add_bos_token", "add_eos_token", "do_lower_case", "clean_u
 
 
 def _config(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return read_json(folder / "tokenizer_config.json")
 
 
 def lean_tokenizer_reason(folder: Path) -> str | None:

@@ -15,7 +15,6 @@ rope scaling, sharded or missing safetensors...); callers then load transformers
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,11 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fileutil import read_json as _read_json
+
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _rope(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,24 +83,20 @@ class _Linear(nn.Module):
         self.in_features, self.out_features = inputs, outputs
 
 
-def _linear(inputs: int, outputs: int) -> _Linear:
-    return _Linear(inputs, outputs)
-
-
 class _Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-        self.q_proj, self.k_proj = _linear(cfg.hidden_size, q), _linear(cfg.hidden_size, kv)
-        self.v_proj, self.o_proj = _linear(cfg.hidden_size, kv), _linear(q, cfg.hidden_size)
+        self.q_proj, self.k_proj = _Linear(cfg.hidden_size, q), _Linear(cfg.hidden_size, kv)
+        self.v_proj, self.o_proj = _Linear(cfg.hidden_size, kv), _Linear(q, cfg.hidden_size)
 
 
 class _MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.gate_proj = _linear(cfg.hidden_size, cfg.intermediate_size)
-        self.up_proj = _linear(cfg.hidden_size, cfg.intermediate_size)
-        self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size)
+        self.gate_proj = _Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = _Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = _Linear(cfg.intermediate_size, cfg.hidden_size)
 
 
 class _Layer(nn.Module):
@@ -130,7 +123,7 @@ class SkeletonCausalLM(nn.Module):
         super().__init__()
         self.config, self.generation_config = config, generation_config
         self.model = _Decoder(config, theta)
-        self.lm_head = _linear(config.hidden_size, config.vocab_size)
+        self.lm_head = _Linear(config.hidden_size, config.vocab_size)
 
     def get_decoder(self):
         return self.model
@@ -161,7 +154,7 @@ def load_skeleton(folder: str | Path) -> SkeletonCausalLM:
 
     folder = Path(folder)
     raw = _read_json(folder / "config.json")
-    heads = raw["num_attention_heads"]
+    heads, theta = raw["num_attention_heads"], _rope(raw)["theta"]
     config = SimpleNamespace(**{
         **raw,
         "num_key_value_heads": raw.get("num_key_value_heads") or heads,
@@ -169,11 +162,11 @@ def load_skeleton(folder: str | Path) -> SkeletonCausalLM:
         "rms_norm_eps": float(raw.get("rms_norm_eps", 1e-6)),
         "tie_word_embeddings": bool(raw.get("tie_word_embeddings", False)),
         "hidden_act": raw.get("hidden_act", "silu"),
-        "rope_parameters": {"rope_type": "default", "rope_theta": _rope(raw)["theta"]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
     })
     generation = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
     generation.setdefault("eos_token_id", raw.get("eos_token_id"))
-    model = SkeletonCausalLM(config, SimpleNamespace(**generation), _rope(raw)["theta"])
+    model = SkeletonCausalLM(config, SimpleNamespace(**generation), theta)
     state = {name: tensor.float() for name, tensor in load_file(str(folder / WEIGHTS_FILE)).items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)

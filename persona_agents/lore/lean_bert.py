@@ -11,7 +11,6 @@ transformers as before. tests/test_lore_plain_encoder.py compares the vectors.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..fileutil import read_json
+
 
 def _config(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return read_json(folder / "config.json")
 
 
 def lean_bert_reason(folder: Path) -> str | None:
@@ -71,12 +72,11 @@ class LeanBert:
         head_dim = hidden // self.heads
         # Additive mask as transformers builds it: the dtype's minimum on padded keys.
         bias = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        def split(t):  # (batch, length, hidden) -> (batch, heads, length, head_dim)
+            return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
+
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
-
-            def split(t):
-                return t.view(batch, length, self.heads, head_dim).transpose(1, 2)
-
             q = split(self._dense(x, f"{p}.attention.self.query"))
             k = split(self._dense(x, f"{p}.attention.self.key"))
             v = split(self._dense(x, f"{p}.attention.self.value"))

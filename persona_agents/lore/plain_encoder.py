@@ -13,9 +13,10 @@ are the same as sentence-transformers' (tests/test_lore_plain_encoder.py compare
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from ..fileutil import read_json as _read
 
 _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
@@ -23,10 +24,6 @@ _NORMALIZE = "sentence_transformers.models.Normalize"
 _POOLING_MODES = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
                   "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
                   "pooling_mode_lasttoken")
-
-
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def plain_stack(folder: Path) -> dict[str, Any] | None:
@@ -60,12 +57,12 @@ class PlainSentenceEncoder:
         from .lean_bert import LeanBert, LeanBertTokenizer, lean_bert_reason
 
         self.settings = settings
-        tokenizer_config = folder / "tokenizer_config.json"
-        tokenizer_limit = (_read(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None)
         self.lean = lean_bert_reason(folder) is None
         if self.lean:
             self.model = LeanBert(folder)
             positions, hidden = self.model.max_position_embeddings, self.model.hidden_size
+            tokenizer_config = folder / "tokenizer_config.json"
+            tokenizer_limit = _read(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None
         else:
             from transformers import AutoModel, AutoTokenizer
 
