@@ -123,6 +123,11 @@ def test_collator_masks_the_prompt_and_finds_state(tiny, tmp_path, personas):
     assert "Where is Jason's uncle?" not in tok.decode(short["input_ids"])
     with pytest.raises(TrainingDataError, match="even without history"):
         encode_example(example, tok, DEFAULT_FLAGS, max_length=64, history_turns=4)
+    # Scoring keeps such a record whole (no history, the full reply), as inference would see it.
+    whole = encode_example(example, tok, DEFAULT_FLAGS, max_length=64, history_turns=4, strict=False)
+    assert len(whole["input_ids"]) > 64 and "Where is Jason's uncle?" not in tok.decode(whole["input_ids"])
+    assert tok.decode([t for t in whole["labels"] if t != -100][:-1]).strip() == example.response
+    assert whole["input_ids"][whole["state_index"]] == tok.convert_tokens_to_ids("<STATE>")
 
     batch = MultiHeadCollator(tok.pad_token_id)([features, short])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape

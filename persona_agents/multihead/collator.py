@@ -7,7 +7,10 @@ of the prompt's `<STATE>` token is where the heads read.
 
 Too long for `max_length`? Older history turns are dropped first (the same choice
 `history_turns` makes at inference), then the reply's tail; a prompt that does not fit
-even without history is an error naming the record.
+even without history is an error naming the record. When scoring (`strict=False`:
+evaluation, calibration) such a record is kept whole instead, its sequence longer than
+`max_length`: inference has no length limit, so a long validation turn must be scored,
+not refused after an hour of training.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 
 def encode_example(example: Example, tokenizer, flags: Sequence[str], max_length: int,
-                   history_turns: int) -> dict[str, Any]:
+                   history_turns: int, strict: bool = True) -> dict[str, Any]:
     state_id = marker_id(tokenizer)
     reply = tokenizer(" " + example.response, add_special_tokens=False)["input_ids"] + [end_token_id(tokenizer)]
     prompt: list[int] = []
@@ -54,10 +57,11 @@ def encode_example(example: Example, tokenizer, flags: Sequence[str], max_length
         prompt = encode_prompt(tokenizer, render_sectioned(example.turn, turns))
         if len(prompt) + min(len(reply), _MIN_REPLY_TOKENS) <= max_length:
             break
-    if len(prompt) >= max_length:
+    if len(prompt) >= max_length and strict:
         raise TrainingDataError([f"{example.source}: prompt: {len(prompt)} tokens even without history, "
                                  f"more than max_length {max_length}. Fix: raise --max-length or shorten the persona"])
-    reply = reply[: max_length - len(prompt)]
+    if len(prompt) < max_length:
+        reply = reply[: max_length - len(prompt)]
     state_index = len(prompt) - 1 - prompt[::-1].index(state_id)
     return {
         "input_ids": prompt + reply,
@@ -72,9 +76,9 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Examples encoded once up front (tokenizing is cheap next to a CPU training step)."""
 
     def __init__(self, examples: Sequence[Example], tokenizer, flags: Sequence[str], max_length: int,
-                 history_turns: int):
+                 history_turns: int, strict: bool = True):
         self.examples = list(examples)
-        self.features = [encode_example(e, tokenizer, flags, max_length, history_turns) for e in self.examples]
+        self.features = [encode_example(e, tokenizer, flags, max_length, history_turns, strict) for e in self.examples]
 
     def __len__(self) -> int:
         return len(self.features)
