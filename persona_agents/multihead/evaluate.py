@@ -13,6 +13,7 @@ without the adapter, on the same prompts and replies.
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,11 +39,22 @@ class Predictions:
         return Predictions(out.flag_probs.tolist(), out.deltas.tolist(), self.lm_loss, self.states)
 
 
+def batch_starts(n: int, batch_size: int, progress: str | None):
+    """range(0, n, batch_size), behind a progress bar on stderr when `progress` names it:
+    scoring a few hundred turns takes minutes on a CPU."""
+    starts = range(0, n, batch_size)
+    if progress is None:
+        return starts
+    from tqdm import tqdm
+
+    return tqdm(starts, desc=progress, unit="batch", file=sys.stderr, mininterval=2.0)
+
+
 @torch.inference_mode()
 def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, batch_size: int = 8,
-            heads: bool = True, keep_states: bool = False) -> Predictions:
+            heads: bool = True, keep_states: bool = False, progress: str | None = None) -> Predictions:
     """One teacher-forced forward per batch: reply LM loss and the heads at <STATE> (which
-    see only the prompt, as at inference)."""
+    see only the prompt, as at inference). `progress`: a progress bar's label (none if None)."""
     model.eval()
     collate = MultiHeadCollator(pad_token_id)
     # Similar lengths together: less padding, the same figures.
@@ -51,7 +63,7 @@ def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, b
     deltas: dict[int, list[float]] = {}
     states: dict[int, torch.Tensor] = {}
     loss_sum, tokens = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    for start in batch_starts(len(order), batch_size, progress):
         index = order[start:start + batch_size]
         batch = collate([dataset[i] for i in index])
         out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["state_index"])
@@ -139,11 +151,13 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
                              bundle.history_turns, strict=False)
     model = MultiHeadModel(bundle.model, bundle.heads)
     pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
-    report = score(predict(model, dataset, pad, batch_size), examples, bundle.flags, bundle.thresholds)
+    predictions = predict(model, dataset, pad, batch_size, progress="Evaluating")
+    report = score(predictions, examples, bundle.flags, bundle.thresholds)
     report["baseline"] = majority_baseline(examples, bundle.flags)
     if base_lm_loss:
         with bundle.model.disable_adapter():
-            report["baseline"]["lm_loss"] = _r(predict(model, dataset, pad, batch_size, heads=False).lm_loss)
+            report["baseline"]["lm_loss"] = _r(predict(model, dataset, pad, batch_size, heads=False,
+                                                          progress="Base model LM loss").lm_loss)
     report["adapter"] = str(adapter_dir)
     report["thresholds_version"] = meta.get("thresholds_version")
     return report

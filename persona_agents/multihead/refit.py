@@ -49,16 +49,18 @@ class RefitSettings:
 
 
 @torch.inference_mode()
-def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: int = 8) -> torch.Tensor:
+def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: int = 8,
+                  progress: str | None = None) -> torch.Tensor:
     """The final hidden state at each example's `<STATE>`: one forward over the prompt up
     to the marker (the reply cannot influence it: the model is causal)."""
+    from .evaluate import batch_starts
     from .heads import backbone_and_lm_head
 
     decoder, _ = backbone_and_lm_head(lm)
     lm.eval()
     order = sorted(range(len(dataset)), key=lambda i: dataset[i]["state_index"])
     out: list[torch.Tensor | None] = [None] * len(dataset)
-    for start in range(0, len(order), batch_size):
+    for start in batch_starts(len(order), batch_size, progress):
         index = order[start:start + batch_size]
         prompts = [dataset[i]["input_ids"][: dataset[i]["state_index"] + 1] for i in index]
         width = max(len(p) for p in prompts)

@@ -50,11 +50,12 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
     scored = list(val_examples or train_examples)
     log.info("Scoring %d %s examples with the saved adapter...", len(scored), "validation" if val_examples else "training")
     pred = predict(MultiHeadModel(bundle.model, bundle.heads), EncodedDataset(scored, **encode, strict=False), pad, batch_size,
-                   keep_states=True)
+                   keep_states=True, progress="Scoring")
     fields: dict[str, Any] = {"heads_refit": None}
     if refit is not None:
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
-        x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size)
+        x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size,
+                          progress="<STATE> vectors")
         val = (pred.states, *targets(val_examples, flags)) if val_examples else None
         heads, fields["heads_refit"] = refit_heads(bundle.heads, x, *targets(train_examples, flags), val=val,
                                                    settings=refit)

@@ -1,0 +1,78 @@
+"""Write `npcs/tests/` from the full behaviour plans here, minus the shipped adapter's misses.
+
+`make test` runs `npcs/tests/`, so it must pass with the shipped adapter; these plans are
+the targets. After retraining, run the targets (`persona-agents test training/eval_plans/
+--repeat 3`), list every expectation that did not pass 3 of 3 in `MISSES` below, and run
+this script: the guard plans are the targets with those `flags` expectations removed
+(refusals, `no_flags`, always stay: the game's rules guarantee them).
+
+    python training/eval_plans/derive_guard_plans.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+GUARDS = HERE.parent.parent / "npcs" / "tests"
+
+#: (plan name, turn number from 1, flag) the shipped adapter misses, measured with
+#: --repeat 3 on the adapter of 2026-12-02 (46 of 52 target expectations pass).
+MISSES = {
+    ("Dorian trusts the player with the truth and the letter", 1, "npc_main_story"),
+    ("Dorian trusts the player with the truth and the letter", 2, "give_item"),
+    ("A threat ends the talk with Dorian", 1, "end_conversation"),
+    ("Hale opens the gate for a pass", 1, "unlock_hidden_path"),
+    ("Hale refuses a bribe and ends the talk", 1, "end_conversation"),
+    ("Silvia keeps the heirloom until there is word of Jason", 2, "quest_complete"),
+}
+
+NOTE = ("# The shipped adapter does not yet show every behaviour: the expectations it misses\n"
+        "# are kept in training/eval_plans/ (the full targets) and out of this folder, which\n"
+        "# `make test` runs. Every refusal is here: the game's rules guarantee them.\n"
+        "# Written by training/eval_plans/derive_guard_plans.py: edit the targets, then rerun it.\n")
+
+
+def header(text: str) -> str:
+    """The target file's leading comment lines."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "".join(lines)
+
+
+def guard(document: dict, source: Path) -> tuple[dict, int]:
+    removed = 0
+    for plan in document["plans"]:
+        for number, turn in enumerate(plan["turns"], start=1):
+            expect = turn.get("expect") or {}
+            kept = [f for f in expect.get("flags", []) if (plan["name"], number, f) not in MISSES]
+            removed += len(expect.get("flags", [])) - len(kept)
+            if kept:
+                expect["flags"] = kept
+            else:
+                expect.pop("flags", None)
+            turn["expect"] = expect  # may be empty: the turn still runs and moves the state
+    return document, removed
+
+
+def main() -> None:
+    GUARDS.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for source in sorted(HERE.glob("*.yaml")):
+        text = source.read_text(encoding="utf-8")
+        document, removed = guard(yaml.safe_load(text), source)
+        total += removed
+        body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+        (GUARDS / source.name).write_text(header(text) + NOTE + body, encoding="utf-8")
+    print(f"wrote {GUARDS}: {total} expectation(s) left out of {len(MISSES)} listed misses")
+    if total != len(MISSES):
+        raise SystemExit("a listed miss matched no expectation: check the plan names and turn numbers")
+
+
+if __name__ == "__main__":
+    main()
