@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from .collator import EncodedDataset
+from .evaluate import batch_starts
 from .heads import StateHeads, StateHeadsOutput
 
 log = logging.getLogger("persona_agents.multihead")
@@ -53,7 +54,6 @@ def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: in
                   progress: str | None = None) -> torch.Tensor:
     """The final hidden state at each example's `<STATE>`: one forward over the prompt up
     to the marker (the reply cannot influence it: the model is causal)."""
-    from .evaluate import batch_starts
     from .heads import backbone_and_lm_head
 
     decoder, _ = backbone_and_lm_head(lm)

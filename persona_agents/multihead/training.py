@@ -49,8 +49,9 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
                   history_turns=bundle.history_turns)
     scored = list(val_examples or train_examples)
     log.info("Scoring %d %s examples with the saved adapter...", len(scored), "validation" if val_examples else "training")
-    pred = predict(MultiHeadModel(bundle.model, bundle.heads), EncodedDataset(scored, **encode, strict=False), pad, batch_size,
-                   keep_states=True, progress="Scoring")
+    scored_set = EncodedDataset(scored, **encode, strict=False)  # scored whole, as inference sees them
+    pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size, keep_states=True,
+                   progress="Scoring")
     fields: dict[str, Any] = {"heads_refit": None}
     if refit is not None:
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
