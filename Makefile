@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.persona-agents-installed
 
-.PHONY: setup demo test schema clean adapter
+.PHONY: setup demo test schema clean adapter adapter-heads
 
 setup: $(STAMP)
 
@@ -37,6 +37,15 @@ adapter: setup
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none --epochs 1 \
 		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42
+
+# Refit only the heads (and recalibrate) of the shipped adapter on the current data, with
+# its LoRA weights frozen (about 25 min). The shipped heads came from this run after the
+# `OPENINGS` conversations were added to the data (training/README.md).
+adapter-heads: setup
+	$(BIN)/persona-agents train --data training/data/train.jsonl \
+		--validation training/data/validation.jsonl --base embedded \
+		--out training/adapters/smollm2-npc --quantization none \
+		--max-length 448 --history-turns 4 --seed 42 --heads-only
 
 clean:
 	rm -rf $(VENV) .pytest_cache

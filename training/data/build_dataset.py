@@ -26,7 +26,7 @@ import json
 import os
 import random
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:          # the sibling modules, also when imported from elsewhere
@@ -34,10 +34,11 @@ if HERE not in sys.path:          # the sibling modules, also when imported from
 
 import datacard  # noqa: E402
 from scenarios import (BACKGROUND_ACTIONS, BACKGROUND_ITEMS, DONE, IP, NS,  # noqa: E402
-                       SCENARIOS, TIMES)
+                       OPENINGS, SCENARIOS, TIMES)
 
 SRC_DIR = os.path.join(HERE, "src")
 SEED = 1234
+OPENINGS_SEED = 1235      # the openings' own stream: adding them changed no earlier record
 
 NPC_KEYS = ("brann", "hale", "silvia", "pip", "maren", "dorian")
 FLAG_ORDER = ("give_item", "give_hint", "npc_main_story", "quest_start",
@@ -387,10 +388,10 @@ class Composer:
         return st, rep, weighted(rng, TIMES)
 
     def conversation(self, key, scen, pool, conv_id):
-        """One conversation: a list of (record, meta) pairs, 2 to 6 turns."""
+        """One conversation: a list of (record, meta) pairs, 2 to 6 turns (1 if it ended at once)."""
         for _ in range(100):
             turns = self._try_conversation(key, scen, pool, conv_id)
-            if 2 <= len(turns) <= 6:
+            if 2 <= len(turns) <= 6 or ended_at_once(turns):
                 return turns
         raise RuntimeError(f"{key}/{scen['name']}: cannot compose a 2-6 turn conversation")
 
@@ -464,23 +465,38 @@ def split_by_conversation(rng, convs):
     return train, val
 
 
-def build(rng, common, npcs):
+def ended_at_once(turns):
+    """A one-turn conversation is allowed only where the player's first line ended it."""
+    return len(turns) == 1 and "end_conversation" in turns[0][0]["flag"]
+
+
+def compose(rng, common, npcs, scenarios, numbers):
+    """Main-pool conversations split into train / validation, and held-out conversations.
+
+    `numbers` counts conversations per NPC and pool across calls, so ids stay unique."""
     comp = Composer(rng, common, npcs)
     main, heldout = [], []
     for key in NPC_KEYS:
-        n = 0
-        for scen in SCENARIOS[key]:
+        for scen in scenarios.get(key, ()):
             for _ in range(scen["main"]):
-                n += 1
-                main.append(comp.conversation(key, scen, "main", f"{key}-{n:04d}"))
+                numbers[key, "main"] += 1
+                main.append(comp.conversation(key, scen, "main", f"{key}-{numbers[key, 'main']:04d}"))
     train, val = split_by_conversation(rng, main)
     for key in NPC_KEYS:
-        n = 0
-        for scen in SCENARIOS[key]:
+        for scen in scenarios.get(key, ()):
             for _ in range(scen["heldout"]):
-                n += 1
-                heldout.append(comp.conversation(key, scen, "heldout", f"{key}-p{n:03d}"))
-    return {"train": train, "validation": val, "heldout_paraphrased": heldout}
+                numbers[key, "heldout"] += 1
+                heldout.append(comp.conversation(key, scen, "heldout",
+                                                 f"{key}-p{numbers[key, 'heldout']:03d}"))
+    return train, val, heldout
+
+
+def build(common, npcs):
+    numbers = Counter()
+    train, val, heldout = compose(random.Random(SEED), common, npcs, SCENARIOS, numbers)
+    o_train, o_val, o_heldout = compose(random.Random(OPENINGS_SEED), common, npcs, OPENINGS, numbers)
+    return {"train": train + o_train, "validation": val + o_val,
+            "heldout_paraphrased": heldout + o_heldout}
 
 
 # ---------------------------------------------------------------------------------------
@@ -498,9 +514,8 @@ def main(argv=None):
     parser.add_argument("--out", default=HERE, help="output folder (default: beside this script)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    rng = random.Random(SEED)
     common, npcs = load_sources()
-    splits = build(rng, common, npcs)
+    splits = build(common, npcs)
     for name, convs in splits.items():
         write_jsonl(os.path.join(args.out, f"{name}.jsonl"), convs)
     s = datacard.stats(splits, NPC_KEYS)

@@ -156,7 +156,8 @@ gives byte-identical files.
   Use it to check that a figure measured on validation is not bound to the exact wording.
 
 Conversation ids: `brann-0001` ... for train/validation, `brann-p001` ... for the
-paraphrased set. Conversations have 2 to 6 turns ({tpc}).
+paraphrased set. Conversations have 2 to 6 turns, or one where the player's first line
+ends the talk ({tpc}).
 
 ## Record format
 
@@ -217,7 +218,10 @@ Scripted composition from hand-written pools, not model generation.
    above and just under 0.5; Silvia told "Jason is alive" at stage `complete` with the
    letter and at `in_progress` without it; Maren's riddle answered right and wrong;
    Dorian asked about Jason just under and over trust 0.5, or before and after the
-   player shows Jason's ID card or the party photo.
+   player shows Jason's ID card or the party photo. `OPENINGS` adds conversations whose
+   first line is the decisive one (a threat, Brann insulted, Hale bribed or shown the
+   pass) and Silvia given word of Jason after another first line; they are composed with
+   their own random stream, so the `SCENARIOS` conversations did not change.
 3. For every turn, the NPC's rule function in `build_dataset.py` (`brann()`, `hale()`,
    ...) reads only the game state (tags, items, and what happened earlier in the
    conversation) and returns the reply branch, the flags and the delta band. The reply text is drawn from that

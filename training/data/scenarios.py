@@ -207,6 +207,43 @@ SCENARIOS = {
 }
 
 
+# Openings: the decisive line is the player's first, with nothing before it. Players often
+# open with a threat, a bribe or a pass held out, but every scenario above puts a turn before
+# those, so a model trained on them alone had never seen such a line on an empty history
+# (a first-line threat to Dorian ended the talk with p 0.01). A conversation that its first
+# line ends has one turn. build_dataset.py composes these with their own random stream, so
+# adding them left every conversation above byte-identical.
+OPENINGS = {
+    "brann": [
+        sc("threat_open", 4, 1, ["threat"], stage=NS, hostile=True),
+        sc("insult_open", 4, 1, ["insult"], stage=NS, hostile=True),
+    ],
+    "hale": [
+        sc("pass_open", 10, 1, [one_of("show_pass", "show_pass", "ask_pass_through"), ("?", .4, "thanks")],
+           stage=STAGES_ANY, trust=(0.2, 0.58), items=["city_pass"]),
+        sc("bribe_open", 6, 1, ["bribe"], stage=STAGES_ANY, trust=(0.2, 0.57), hostile=True),
+        sc("threat_open", 4, 1, ["threat"], stage=STAGES_ANY, trust=(0.15, 0.5), hostile=True),
+    ],
+    "silvia": [
+        # The word of Jason after some other first line (the stage moved while they talked).
+        sc("complete_late", 8, 1, [one_of("kind", "ask_last_night", "weather", "ask_life"),
+                                   "return_with_letter"],
+           stage=DONE, trust=(0.4, 0.8), rel=(0.2, 0.7), items=["jasons_letter"],
+           actions=["talked_to_silvia", "visited_old_mill"]),
+        sc("threat_open", 4, 1, ["threat"], stage=((NS, 1), (IP, 1)), hostile=True),
+    ],
+    "pip": [
+        sc("threat_open", 4, 1, ["threat"], stage=STAGES_ANY, hostile=True),
+    ],
+    "maren": [
+        sc("threat_open", 4, 1, ["threat"], stage=STAGES_ANY, hostile=True),
+    ],
+    "dorian": [
+        sc("threat_open", 6, 1, ["threat"], trust=(0.1, 0.6), hostile=True),
+    ],
+}
+
+
 # Items the player may carry that do not touch this NPC's rules (so labels stay exact).
 BACKGROUND_ITEMS = {
     "brann": (("photo_forgotten_party", .6), ("jasons_id_card", .25), ("city_pass", .1),

@@ -19,13 +19,13 @@ HERE = Path(__file__).resolve().parent
 GUARDS = HERE.parent.parent / "npcs" / "tests"
 
 #: (plan name, turn number from 1, flag) the shipped adapter misses, measured with
-#: --repeat 3 on the adapter of 2026-12-02 (46 of 52 target expectations pass).
+#: --repeat 3 on the adapter of 2026-12-02 with the heads refitted on the openings data
+#: (47 of 52 target expectations pass).
 MISSES = {
-    ("Dorian trusts the player with the truth and the letter", 1, "npc_main_story"),
-    ("Dorian trusts the player with the truth and the letter", 2, "give_item"),
     ("A threat ends the talk with Dorian", 1, "end_conversation"),
     ("Hale opens the gate for a pass", 1, "unlock_hidden_path"),
     ("Hale refuses a bribe and ends the talk", 1, "end_conversation"),
+    ("Pip hands a friend the map fragment", 1, "give_item"),
     ("Silvia keeps the heirloom until there is word of Jason", 2, "quest_complete"),
 }
 
@@ -61,15 +61,22 @@ def drop_misses(document: dict) -> int:
     return removed
 
 
+def derive(source: Path) -> tuple[str, int]:
+    """The guard plan file's text for one target file, and how many expectations it drops."""
+    text = source.read_text(encoding="utf-8")
+    document = yaml.safe_load(text)
+    removed = drop_misses(document)
+    body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    return header(text) + NOTE + body, removed
+
+
 def main() -> None:
     GUARDS.mkdir(parents=True, exist_ok=True)
     total = 0
     for source in sorted(HERE.glob("*.yaml")):
-        text = source.read_text(encoding="utf-8")
-        document = yaml.safe_load(text)
-        total += drop_misses(document)
-        body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
-        (GUARDS / source.name).write_text(header(text) + NOTE + body, encoding="utf-8")
+        text, removed = derive(source)
+        total += removed
+        (GUARDS / source.name).write_text(text, encoding="utf-8")
     print(f"wrote {GUARDS}: {total} expectation(s) left out of {len(MISSES)} listed misses")
     if total != len(MISSES):
         raise SystemExit("a listed miss matched no expectation: check the plan names and turn numbers")
