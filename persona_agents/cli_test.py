@@ -19,25 +19,35 @@ from .cli_common import friendly_errors, make_manager, npcs_dir_option, plugins_
 @click.option("--min-pass-rate", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="With --repeat: the share of runs an expectation must pass.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here.")
+@click.option("--show-prompt", is_flag=True,
+              help="Print each turn's rendered prompt, reply, flag probabilities and deltas (first run only).")
 @friendly_errors
-def test_plans(paths, npcs_dir, plugins_dir, seed, repeat, min_pass_rate, junit):
+def test_plans(paths, npcs_dir, plugins_dir, seed, repeat, min_pass_rate, junit, show_prompt):
     """Run test plans (default: npcs/tests/) on a fresh temporary state store."""
     from .store import StateStore
     from .testplans.loader import load_plans
     from .testplans.report import aggregate, render_table, write_junit
     from .testplans.runner import run_plan
+    from .testplans.trace import PromptRecorder, render_turn_trace
 
     setup_logging()
     paths = paths or (Path(npcs_dir) / "tests",)
     with tempfile.TemporaryDirectory(prefix="persona-agents-test-") as tmp:
         manager = make_manager(npcs_dir, plugins_dir, StateStore(f"sqlite:///{tmp}/state.db"))
         plans = load_plans(paths, manager.npc_ids())
+        recorder = PromptRecorder()
+        if show_prompt:
+            manager.host.pm.register(recorder, name="persona-agents-test-prompt-recorder")
         click.echo(f"Running {len(plans)} plan(s) x {repeat} run(s)...", err=True)
         runs = []
         with click.progressbar(length=len(plans) * repeat, label="plans", file=click.get_text_stream("stderr")) as bar:
             for loaded in plans:
                 for k in range(repeat):
-                    runs.append(run_plan(manager, loaded, seed + 1000 * k, run_index=k))
+                    def trace(number, spec, response, loaded=loaded, k=k):
+                        click.echo(render_turn_trace(loaded.plan.name, str(loaded.path), seed + 1000 * k + number,
+                                                     number, spec.say, recorder.last, response))
+                    observer = trace if show_prompt and k == 0 else None
+                    runs.append(run_plan(manager, loaded, seed + 1000 * k, run_index=k, on_turn=observer))
                     bar.update(1)
         manager.store.close()
     aggregates, errors = aggregate(runs)

@@ -90,3 +90,20 @@ def test_plan_errors_name_file_plan_turn_and_field(tmp_path):
         f"{bad}: plan 'p2': turn 1: expect.flags: unknown flag 'give_itm'; valid flags: give_item, give_hint, "
         "npc_main_story, quest_start, quest_complete, unlock_hidden_path, open_trade, end_conversation",
     ]
+
+
+def test_show_prompt_prints_each_turn_of_the_first_run(world):
+    npcs, plans = world(["token"])
+    result = run_test_cli(npcs, plans, "--show-prompt", "--repeat", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    headers = [line for line in out.splitlines() if line.startswith("===== ")]
+    assert headers == [f"===== bread only for the baker's friend ({plans / 'anna.yaml'}), seed {n}, turn {n}"
+                       for n in (1, 2)]  # the first run only, not the repeat
+    first = out.split("===== ")[1]
+    prompt = first.split("----- prompt (chat)\n")[1].split("----- reply\n")[0]
+    assert "Give me bread." in prompt and "[user]" in prompt
+    assert "flag probabilities: no flag probabilities (no state heads loaded)" in first
+    second = out.split("===== ")[2]
+    assert "flags fired: give_item;" in second and "state after: trust" in second
+    assert out.strip().splitlines()[-1] == "5 passed, 0 failed (1 plans, 2 run(s) each)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..manager import AgentManager, initial_state
@@ -87,7 +88,12 @@ def check_turn(number: int, spec: PlanTurn, response: TurnResponse) -> list[Chec
     return checks
 
 
-def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: int = 0) -> PlanRun:
+#: Called after each turn with (turn number from 1, the plan's turn, the response).
+TurnObserver = Callable[[int, PlanTurn, TurnResponse], None]
+
+
+def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: int = 0,
+             on_turn: TurnObserver | None = None) -> PlanRun:
     """One run of a plan on a fresh conversation (its own player id in the manager's store)."""
     plan = loaded.plan
     result = PlanRun(plan, str(loaded.path), seed)
@@ -116,4 +122,6 @@ def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: in
             return result
         result.replies.append(response.text)
         result.checks += check_turn(number, spec, response)
+        if on_turn is not None:
+            on_turn(number, spec, response)
     return result
