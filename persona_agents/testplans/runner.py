@@ -12,6 +12,7 @@ from .loader import LoadedPlan
 from .schema import DeltaExpectation, Plan, PlanTurn
 
 NO_CHANGE = 0.02  # a delta smaller than this counts as "none" (labeling guide: neutral band)
+NO_HEADS = "no flag probabilities (no state heads loaded)"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class PlanRun:
 
 def _probs(response: TurnResponse, names: list[str]) -> str:
     if response.flag_probs is None:
-        return "no flag probabilities (no state heads loaded)"
+        return NO_HEADS
     return ", ".join(f"p({n})={response.flag_probs.get(n, 0.0):.2f}" for n in names)
 
 

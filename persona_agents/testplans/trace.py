@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..hookspecs import hookimpl
 from ..turn import Prompt, TurnResponse
+from .runner import NO_HEADS
 
 
 class PromptRecorder:
@@ -38,7 +39,7 @@ def render_turn_trace(plan: str, path: str, seed: int, number: int, say: str, pr
     fired = ", ".join(f.name for f in response.flags) or "none"
     rejected = ", ".join(f"{f.name} ({f.reason})" for f in response.flags_rejected) or "none"
     if response.flag_probs is None:
-        probs = "no flag probabilities (no state heads loaded)"
+        probs = NO_HEADS
     else:
         probs = ", ".join(f"{name}={p:.2f}" for name, p in sorted(response.flag_probs.items(), key=lambda kv: -kv[1]))
     fmt = prompt.format if prompt is not None else "none"
