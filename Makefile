@@ -30,8 +30,8 @@ test: setup
 schema: setup
 	$(BIN)/persona-agents schema -o npcs/persona.schema.json
 
-# Retrain the shipped adapter the sample NPCs use (about 45 min on 2 CPU cores; the
-# settings and measured figures are in training/README.md).
+# Retrain the shipped adapter the sample NPCs use (about 77 min on 2 CPU cores: 50 of
+# training, then the heads refit and calibration; settings and figures in training/README.md).
 adapter: setup
 	$(BIN)/persona-agents train --data training/data/train.jsonl \
 		--validation training/data/validation.jsonl --base embedded \
@@ -39,8 +39,7 @@ adapter: setup
 		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42
 
 # Refit only the heads (and recalibrate) of the shipped adapter on the current data, with
-# its LoRA weights frozen (about 25 min). The shipped heads came from this run after the
-# `OPENINGS` conversations were added to the data (training/README.md).
+# its LoRA weights frozen (about 25 min): for a data change that does not need a new LoRA.
 adapter-heads: setup
 	$(BIN)/persona-agents train --data training/data/train.jsonl \
 		--validation training/data/validation.jsonl --base embedded \
