@@ -28,25 +28,24 @@ def test_plans(paths, npcs_dir, plugins_dir, seed, repeat, min_pass_rate, junit,
     from .testplans.loader import load_plans
     from .testplans.report import aggregate, render_table, write_junit
     from .testplans.runner import run_plan
-    from .testplans.trace import PromptRecorder, render_turn_trace
+    from .testplans.trace import PromptRecorder
 
     setup_logging()
     paths = paths or (Path(npcs_dir) / "tests",)
     with tempfile.TemporaryDirectory(prefix="persona-agents-test-") as tmp:
         manager = make_manager(npcs_dir, plugins_dir, StateStore(f"sqlite:///{tmp}/state.db"))
         plans = load_plans(paths, manager.npc_ids())
-        recorder = PromptRecorder()
+        recorder = None
         if show_prompt:
+            recorder = PromptRecorder()
             manager.host.pm.register(recorder, name="persona-agents-test-prompt-recorder")
         click.echo(f"Running {len(plans)} plan(s) x {repeat} run(s)...", err=True)
         runs = []
         with click.progressbar(length=len(plans) * repeat, label="plans", file=click.get_text_stream("stderr")) as bar:
             for loaded in plans:
                 for k in range(repeat):
-                    def trace(number, spec, response, loaded=loaded, k=k):
-                        click.echo(render_turn_trace(loaded.plan.name, str(loaded.path), seed + 1000 * k + number,
-                                                     number, spec.say, recorder.last, response))
-                    observer = trace if show_prompt and k == 0 else None
+                    # Only the first run is traced: repeats differ by seed, not by prompt setup.
+                    observer = _tracer(loaded, seed, recorder) if recorder and k == 0 else None
                     runs.append(run_plan(manager, loaded, seed + 1000 * k, run_index=k, on_turn=observer))
                     bar.update(1)
         manager.store.close()
@@ -60,3 +59,13 @@ def test_plans(paths, npcs_dir, plugins_dir, seed, repeat, min_pass_rate, junit,
         click.echo(f"JUnit XML written to {junit}", err=True)
     if failed:
         raise SystemExit(1)
+
+
+def _tracer(loaded, seed, recorder):
+    """The --show-prompt observer of one plan's first run: prints each turn as it ends."""
+    from .testplans.trace import render_turn_trace
+
+    def trace(number, spec, response):
+        click.echo(render_turn_trace(loaded.plan.name, str(loaded.path), seed + number, number, spec.say,
+                                     recorder.last, response))
+    return trace
