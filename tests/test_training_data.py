@@ -46,6 +46,36 @@ def test_every_npc_meets_a_threat_as_the_first_line_in_training_and_held_out():
         assert len(ended_at_once) == 6, (name, dict(ended_at_once))
 
 
+def main_pool(source: str, intent: str) -> list[str]:
+    with open(DATA / "src" / f"{source}.json", encoding="utf-8") as f:
+        return json.load(f)["player"][intent]["main"]
+
+
+def test_every_main_phrasing_of_the_decisive_lines_is_in_training():
+    # Random draws left 11 of 24 bribes out of train; Hale then let "Here's some silver.
+    # Look the other way, yeah?" pass (p 0.01). The coverage stream puts each one in.
+    train = [t for turns in conversations("train").values() for t in turns]
+
+    def said(npc_id, first=False, when=lambda t: True):
+        return {t["player_utterance"] for t in train if t["npc_id"] == npc_id
+                and (not first or not t["context"]) and when(t)}
+
+    rel = lambda t: t["tags"]["relationship"]  # noqa: E731  (numeric on every map request)
+    friend = lambda t: "give_item" in t["flag"] and rel(t) >= 0.5  # noqa: E731
+    stranger = lambda t: not t["flag"] and isinstance(rel(t), float) and rel(t) < 0.5  # noqa: E731
+    ended = lambda t: t["flag"] == ["end_conversation"]  # noqa: E731
+    cases = [("guard_city_gate", "common", "bribe", True, ended),
+             ("uncle_hideout", "common", "threat", True, ended),
+             ("merchant_traveling", "pip", "ask_map", True, friend),
+             ("merchant_traveling", "pip", "ask_map", True, stranger),
+             ("uncle_hideout", "dorian", "ask_letter", False, lambda t: "give_item" in t["flag"]),
+             ("mother_abandoned_factory", "silvia", "return_with_letter", False,
+              lambda t: "quest_complete" in t["flag"])]
+    for npc_id, source, intent, first, when in cases:
+        missing = set(main_pool(source, intent)) - said(npc_id, first, when)
+        assert not missing, (npc_id, intent, sorted(missing))
+
+
 def test_hale_opens_for_a_pass_shown_as_the_first_line():
     first_turn_opens = [turns[0] for turns in conversations("train").values()
                         if turns[0]["npc_id"] == "guard_city_gate"

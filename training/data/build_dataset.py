@@ -4,7 +4,8 @@
 Modules beside it: scenarios.py (initial states and intent sequences), datacard.py
 (statistics and README.md). Writes, beside this script (or under --out):
   train.jsonl, validation.jsonl   conversations composed from the 'main' phrasing pools,
-                                  split by conversation (~18% of examples to validation)
+                                  split by conversation (~18% of examples to validation),
+                                  then the COVERAGE conversations (train only)
   heldout_paraphrased.jsonl       the same NPCs and situations, composed only from the
                                   separate 'heldout' phrasing pools (different words)
   README.md                       the data card, with the counts of this build
@@ -16,8 +17,9 @@ which reply branch, which flags, which delta band. Text comes from hand-written 
 src/*.json. The state then moves by the turn's delta and effects (trust, relationship,
 quest stage, items, mood), so later turns of a conversation see the updated tags.
 
-Deterministic: stdlib only, one random.Random(1234); running it twice gives identical
-files. Usage: python training/data/build_dataset.py [--out DIR]
+Deterministic: stdlib only, seeded random.Random streams (SCENARIOS, OPENINGS and
+COVERAGE each have their own, so adding one changed no earlier record); running it twice
+gives identical files. Usage: python training/data/build_dataset.py [--out DIR]
 """
 from __future__ import annotations
 
@@ -34,11 +36,12 @@ if HERE not in sys.path:          # the sibling modules, also when imported from
 
 import datacard  # noqa: E402
 from scenarios import (BACKGROUND_ACTIONS, BACKGROUND_ITEMS, DONE, IP, NS,  # noqa: E402
-                       OPENINGS, SCENARIOS, TIMES)
+                       COVERAGE, OPENINGS, SCENARIOS, TIMES)
 
 SRC_DIR = os.path.join(HERE, "src")
 SEED = 1234
 OPENINGS_SEED = 1235      # the openings' own stream: adding them changed no earlier record
+COVERAGE_SEED = 1236      # the coverage stream's own, for the same reason
 
 NPC_KEYS = ("brann", "hale", "silvia", "pip", "maren", "dorian")
 FLAG_ORDER = ("give_item", "give_hint", "npc_main_story", "quest_start",
@@ -345,6 +348,7 @@ def sort_items(items):
 class Composer:
     def __init__(self, rng, common, npcs):
         self.rng, self.common, self.npcs = rng, common, npcs
+        self.forced = None        # (intent, phrasing) the next conversations must say
 
     def player_pool(self, key, intent, pool):
         src = self.npcs[key]["player"].get(intent) or self.common[intent]
@@ -402,7 +406,11 @@ class Composer:
         context, used, turns = [], set(), []
         for intent in intents:
             out = RULES[key](intent, st)
-            utterance = self.pick(self.player_pool(key, intent, pool), used)
+            if self.forced and self.forced[0] == intent and self.forced[1] not in used:
+                utterance = self.forced[1]
+                used.add(utterance)
+            else:
+                utterance = self.pick(self.player_pool(key, intent, pool), used)
             reply = self.pick(self.reply_pool(key, out.branch, pool), used)
             delta = draw_delta(rng, out.band)
             flags = [f for f in FLAG_ORDER if f in out.flags]
@@ -491,11 +499,29 @@ def compose(rng, common, npcs, scenarios, numbers):
     return train, val, heldout
 
 
+def cover(rng, common, npcs, scenarios, numbers):
+    """Train-only conversations: one per 'main' phrasing of each scenario's `cover` intent."""
+    comp = Composer(rng, common, npcs)
+    train = []
+    for key in NPC_KEYS:
+        for scen in scenarios.get(key, ()):
+            for line in comp.player_pool(key, scen["cover"], "main"):
+                numbers[key, "main"] += 1
+                comp.forced = (scen["cover"], line)
+                conv = comp.conversation(key, scen, "main", f"{key}-{numbers[key, 'main']:04d}")
+                if not any(record["player_utterance"] == line for record, _ in conv):
+                    raise RuntimeError(f"{key}/{scen['name']}: the cover intent "
+                                       f"{scen['cover']!r} must not be optional")
+                train.append(conv)
+    return train
+
+
 def build(common, npcs):
     numbers = Counter()
     train, val, heldout = compose(random.Random(SEED), common, npcs, SCENARIOS, numbers)
     o_train, o_val, o_heldout = compose(random.Random(OPENINGS_SEED), common, npcs, OPENINGS, numbers)
-    return {"train": train + o_train, "validation": val + o_val,
+    c_train = cover(random.Random(COVERAGE_SEED), common, npcs, COVERAGE, numbers)
+    return {"train": train + o_train + c_train, "validation": val + o_val,
             "heldout_paraphrased": heldout + o_heldout}
 
 

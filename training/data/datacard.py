@@ -139,8 +139,9 @@ python training/data/check_dataset.py     # asserts the acceptance criteria, reb
                                           # temporary folder and compares sha256
 ```
 
-The build is deterministic (stdlib only, one `random.Random(1234)`): running it again
-gives byte-identical files.
+The build is deterministic (stdlib only, seeded `random.Random` streams: 1234 for
+`SCENARIOS`, 1235 for `OPENINGS`, 1236 for `COVERAGE`): running it again gives
+byte-identical files.
 
 ## Files
 
@@ -221,7 +222,11 @@ Scripted composition from hand-written pools, not model generation.
    player shows Jason's ID card or the party photo. `OPENINGS` adds conversations whose
    first line is the decisive one (a threat, Brann insulted, Hale bribed or shown the
    pass) and Silvia given word of Jason after another first line; they are composed with
-   their own random stream, so the `SCENARIOS` conversations did not change.
+   their own random stream, so the `SCENARIOS` conversations did not change. `COVERAGE`
+   adds, to train only, one conversation for every `main` phrasing of the decisive lines
+   that random draws had left out (Hale bribed, Dorian threatened, Pip asked for the map
+   above and under relationship 0.5, Dorian asked for the letter, Silvia given word of
+   Jason), on a third stream; validation and held-out did not change.
 3. For every turn, the NPC's rule function in `build_dataset.py` (`brann()`, `hale()`,
    ...) reads only the game state (tags, items, and what happened earlier in the
    conversation) and returns the reply branch, the flags and the delta band. The reply text is drawn from that

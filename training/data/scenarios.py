@@ -11,9 +11,10 @@ NS, IP, DONE = "not_started", "in_progress", "complete"
 # ("k", lo, hi, [intents]) lo..hi distinct intents; a list is a sub-sequence.
 # main / heldout = number of conversations composed from the main / heldout pools.
 def sc(name, main, heldout, seq, stage=IP, trust=(0.25, 0.55), rel=(-0.05, 0.35),
-       items=(), actions=(), hostile=False):
+       items=(), actions=(), hostile=False, cover=None):
     return dict(name=name, main=main, heldout=heldout, seq=seq, stage=stage, trust=trust,
-                rel=rel, items=list(items), actions=list(actions), hostile=hostile)
+                rel=rel, items=list(items), actions=list(actions), hostile=hostile,
+                cover=cover)
 
 
 SMALL = ["weather", "ask_town", "ask_life", "joke", "kind"]
@@ -240,6 +241,38 @@ OPENINGS = {
     ],
     "dorian": [
         sc("threat_open", 6, 1, ["threat"], trust=(0.1, 0.6), hostile=True),
+    ],
+}
+
+
+# Coverage: one train conversation per 'main' phrasing of the `cover` intent, which the
+# scenario must schedule (not optional). Random draws left some phrasings out of train:
+# the plans caught Hale bribed with "Here's some silver..." and Dorian threatened with
+# "I know where you sleep..." (neither in train) ending the talk with p 0.01. Train only
+# (validation and held-out stay as they were, so their figures stay comparable); `main`
+# and `heldout` are unused.
+COVERAGE = {
+    "hale": [
+        sc("bribe_cover", 0, 0, ["bribe"], stage=STAGES_ANY, trust=(0.2, 0.57), hostile=True,
+           cover="bribe"),
+    ],
+    "silvia": [
+        sc("complete_cover", 0, 0, [one_of("kind", "ask_last_night", "weather", "ask_life"),
+                                    "return_with_letter"],
+           stage=DONE, trust=(0.4, 0.8), rel=(0.2, 0.7), items=["jasons_letter"],
+           actions=["talked_to_silvia", "visited_old_mill"], cover="return_with_letter"),
+    ],
+    "pip": [
+        # The same words either side of the relationship the map needs (0.5).
+        sc("map_friend_cover", 0, 0, ["ask_map", one_of("thanks", "ask_trade", "ask_gossip")],
+           stage=STAGES_ANY, trust=(0.3, 0.7), rel=(0.55, 0.9), cover="ask_map"),
+        sc("map_stranger_cover", 0, 0, ["ask_map", one_of("ask_trade", "ask_gossip", "weather")],
+           stage=STAGES_ANY, trust=(0.2, 0.6), rel=(-0.1, 0.42), cover="ask_map"),
+    ],
+    "dorian": [
+        sc("threat_cover", 0, 0, ["threat"], trust=(0.1, 0.7), hostile=True, cover="threat"),
+        sc("letter_cover", 0, 0, ["ask_jason", "ask_letter"], trust=(0.55, 0.9),
+           rel=(0.0, 0.4), actions=["talked_to_silvia"], cover="ask_letter"),
     ],
 }
 
