@@ -26,6 +26,26 @@ def _names(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, float]:
+    """{flag: floor} from --min-precision FLAG=P options, checked before any model loads."""
+    floors: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        name = name.strip()
+        try:
+            floor = float(number) if sep else float("nan")
+        except ValueError:
+            floor = float("nan")
+        if not 0.0 < floor <= 1.0:
+            raise click.BadParameter(f"'{value}': expected FLAG=P with P a precision in (0, 1], "
+                                     f"e.g. end_conversation=0.8.", param_hint="--min-precision")
+        if name not in flags:
+            raise click.BadParameter(f"'{name}' is not in the flag vocabulary. Valid flags: {', '.join(flags)}.",
+                                     param_hint="--min-precision")
+        floors[name] = floor
+    return floors
+
+
 @click.command()
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Training JSONL file (repeat for several).")
@@ -59,14 +79,20 @@ def _names(value: str) -> list[str]:
 @click.option("--heads-refit-epochs", type=int, default=300, show_default=True,
               help="After training, refit the heads on the final model's <STATE> vectors (0: off).")
 @click.option("--heads-only", is_flag=True,
-              help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT.")
+              help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT "
+                   "(with --heads-refit-epochs 0: recalibrate only).")
+@click.option("--min-precision", "min_precision", multiple=True, metavar="FLAG=P",
+              help="Calibrate FLAG's threshold for the best F1 among those with validation precision >= P, "
+                   "for a flag whose false alarm costs more than a miss (repeat per flag). "
+                   "E.g. end_conversation=0.8.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @npcs_dir_option
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
           lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_only, seed, threads, npcs_dir):
+          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_only, min_precision, seed,
+          threads, npcs_dir):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 
     Example: persona-agents train --data training/data/train.jsonl
@@ -90,23 +116,31 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
         heads_refit_epochs=heads_refit_epochs, disable_tqdm=False,
     )
+    floors = parse_min_precision(min_precision, config.flags)
     if heads_only:
-        meta = refit_adapter(list(data), out, config, validation=validation)
+        meta = refit_adapter(list(data), out, config, validation=validation, min_precision=floors)
     else:
         meta = train_adapter(list(data), out, config, validation=validation, resume=True if resume else None,
-                             keep_checkpoints=keep_checkpoints)
+                             keep_checkpoints=keep_checkpoints, min_precision=floors)
     if not meta:  # not the main process of a multi-process run
         return
     m = meta["metrics"]
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    if heads_only:
+        done = "heads refitted and thresholds recalibrated" if heads_refit_epochs > 0 else "thresholds recalibrated"
+        what = f"Updated {out} ({done}; LoRA kept)."
+    else:
+        what = (f"Wrote {out} ({size / 1e6:.1f} MB; trained {meta['training']['steps']} steps in "
+                f"{meta['training']['seconds'] / 60:.1f} min, quantization {meta['quantization']}"
+                f"{'; heads refitted' if meta.get('heads_refit') else ''}).")
     click.echo(
-        f"Wrote {out} ({size / 1e6:.1f} MB; trained {meta['training']['steps']} steps in "
-        f"{meta['training']['seconds'] / 60:.1f} min, quantization {meta['quantization']}"
-        f"{'; heads refitted' if meta.get('heads_refit') else ''}).\n"
+        f"{what}\n"
         f"On {m['split']} ({m['n_examples']} examples): flag micro-F1 {m['flag_micro_f1']:.3f} "
         f"(majority baseline {m['baseline']['flag_micro_f1']:.3f}), macro-F1 {m['flag_macro_f1']:.3f}, "
         f"delta MAE trust {m['delta_mae_trust']:.4f} / relationship {m['delta_mae_relationship']:.4f}, "
         f"reply LM loss {m['lm_loss']:.3f}.")
+    for name, floor in (meta.get("calibration_min_precision") or {}).items():
+        click.echo(f"{name}: threshold {meta['thresholds'][name]:.3f} calibrated under precision >= {floor:g}.")
 
 
 @click.command("eval")

@@ -111,3 +111,16 @@ def test_run_dialogue_script_plays_every_line(tmp_path):
     assert result.returncode == 0, result.stderr
     turns = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [t["meta"]["turn"] for t in turns] == [1, 2]
+
+
+def test_train_min_precision_is_checked_before_any_model_loads(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    typo = run_cli("train", "--data", str(data), "--out", str(tmp_path / "a"), "--min-precision", "end_conversaton=0.8")
+    assert typo.returncode == 2
+    assert "--min-precision" in typo.stderr and "'end_conversaton' is not in the flag vocabulary" in typo.stderr
+    assert "end_conversation" in typo.stderr.split("Valid flags:")[1]
+    for bad in ("end_conversation=1.5", "end_conversation", "end_conversation=high"):
+        result = run_cli("train", "--data", str(data), "--out", str(tmp_path / "a"), "--min-precision", bad)
+        assert result.returncode == 2 and "expected FLAG=P with P a precision in (0, 1]" in result.stderr, bad
+    assert not (tmp_path / "a").exists()

@@ -4,6 +4,8 @@ data validation, calibration, the trainer, and the adapter save/load round trip.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +13,12 @@ import torch
 
 from persona_agents.errors import AdapterError, TrainingConfigError, TrainingDataError
 from persona_agents.flags import DEFAULT_FLAGS
-from persona_agents.multihead.calibrate import best_threshold, calibrate_thresholds
+from persona_agents.multihead.calibrate import best_threshold, calibrate_flag, calibrate_thresholds
 from persona_agents.multihead.collator import EncodedDataset, MultiHeadCollator, encode_example
 from persona_agents.multihead.data import RELATIONSHIP_LABELS, load_examples, load_personas_for_data
 from persona_agents.multihead.heads import HeadsConfig, StateHeads, StateHeadsOutput, multihead_losses
 
-from .conftest import NPCS_DIR
+from .conftest import NPCS_DIR, REPO, cli_env
 
 
 def record(**overrides) -> dict:
@@ -167,6 +169,24 @@ def test_threshold_calibration_maximises_f1():
     assert 0.2 < thresholds["a"] <= 0.9 and 0.1 < thresholds["b"] <= 0.6 and scores == {"a": 1.0, "b": 1.0}
 
 
+def test_precision_floor_raises_a_threshold_that_best_f1_puts_among_false_alarms():
+    # Best F1 fires down to 0.4 (3 of 3 positives, 1 false alarm: precision 0.75).
+    probs = [0.9, 0.8, 0.7, 0.4, 0.35, 0.1]
+    truth = [1, 1, 0, 1, 0, 0]
+    plain = calibrate_flag(probs, truth)
+    assert plain.floor_met is None and plain.precision == pytest.approx(0.75)
+    floored = calibrate_flag(probs, truth, min_precision=0.9)
+    # Only the top two reach precision 0.9: the threshold sits between 0.8 and 0.7.
+    assert floored.floor_met and floored.precision == 1.0 and 0.7 < floored.threshold <= 0.8
+    assert floored.f1 == pytest.approx(2 * 2 / (2 * 2 + 1))
+    # A floor the data cannot reach keeps the best-F1 threshold and says so.
+    unreachable = calibrate_flag([0.9, 0.8], [0, 1], min_precision=0.9)
+    assert unreachable.floor_met is False and unreachable.threshold == calibrate_flag([0.9, 0.8], [0, 1]).threshold
+    thresholds, _ = calibrate_thresholds([[p, p] for p in probs], [[t, t] for t in truth], ["a", "b"],
+                                         min_precision={"b": 0.9})
+    assert thresholds["a"] == round(plain.threshold, 6) and thresholds["b"] == round(floored.threshold, 6)
+
+
 def test_config_rejects_incompatible_options(tmp_path):
     from persona_agents.multihead.trainer import MultiHeadTrainingConfig
 
@@ -263,3 +283,32 @@ def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     assert train_adapter([train], out, config(2), keep_checkpoints=True)["training"]["steps"] == 2
     meta = train_adapter([train], out, config(4), resume=True)
     assert meta["training"]["steps"] == 4 and meta["heads_refit"] is None and meta["calibrated_on"] == "train"
+
+
+def test_recalibrating_only_keeps_the_heads_and_records_the_precision_floors(tiny_model_dir, tmp_path):
+    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
+    from persona_agents.multihead.training import train_adapter
+
+    records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]), record(flag=["give_item", "give_hint"])] * 2
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    val = write_jsonl(tmp_path / "val.jsonl", records[:3])
+    out = tmp_path / "adapter"
+
+    config = MultiHeadTrainingConfig(
+        output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none", max_steps=1,
+        per_device_train_batch_size=2, npcs_dir=str(NPCS_DIR), retrieve_lore=False, heads_inner_size=16,
+        heads_refit_epochs=5, disable_tqdm=True)
+    first = train_adapter([train], out, config, validation=val)
+    heads = (out / "heads.safetensors").read_bytes()
+    assert first["heads_refit"]["epochs"] == 5 and first["calibration_min_precision"] == {}
+    done = subprocess.run(  # the command a studio runs, as a real subprocess
+        [sys.executable, "-m", "persona_agents", "train", "--data", str(train), "--validation", str(val),
+         "--out", str(out), "--heads-only", "--heads-refit-epochs", "0", "--min-precision", "give_hint=1.0",
+         "--npcs-dir", str(NPCS_DIR)], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"Updated {out} (thresholds recalibrated; LoRA kept)." in done.stdout
+    meta = json.loads((out / "multihead.json").read_text())
+    assert f"give_hint: threshold {meta['thresholds']['give_hint']:.3f} calibrated under precision >= 1." in done.stdout
+    assert (out / "heads.safetensors").read_bytes() == heads  # only the thresholds were redone
+    assert meta["heads_refit"] == first["heads_refit"] and "heads_refit_data" not in meta["training"]
+    assert meta["calibration_min_precision"] == {"give_hint": 1.0} and meta["calibrated_on"] == "validation"

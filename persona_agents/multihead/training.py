@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..errors import TrainingConfigError
@@ -38,10 +38,12 @@ def _data_record(paths: Sequence[str | Path], examples: int) -> dict[str, Any]:
 
 
 def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
-                 refit: RefitSettings | None, batch_size: int = 8) -> dict[str, Any]:
+                 refit: RefitSettings | None, batch_size: int = 8,
+                 min_precision: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Reload the saved adapter as inference does; refit the heads on its <STATE> vectors
-    (unless `refit` is None); calibrate thresholds and score on the validation examples
-    (the training examples if there are none). Saves the heads; returns metadata fields."""
+    (unless `refit` is None); calibrate thresholds (with the precision floors of
+    `min_precision`) and score on the validation examples (the training examples if there
+    are none). Saves the heads; returns metadata fields."""
     bundle = load_adapter(adapter_dir, merge=True)
     flags, tok = bundle.flags, bundle.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -52,7 +54,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
     scored_set = EncodedDataset(scored, **encode, strict=False)  # scored whole, as inference sees them
     pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size, keep_states=True,
                    progress="Scoring")
-    fields: dict[str, Any] = {"heads_refit": None}
+    fields: dict[str, Any] = {}
     if refit is not None:
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size,
@@ -62,17 +64,19 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
                                                    settings=refit)
         pred = pred.rescore(heads)
         save_heads(adapter_dir, heads)
-    thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags)
+    thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags,
+                                           min_precision)
     report = score(pred, scored, flags, thresholds)
     report["baseline"] = majority_baseline(scored, flags)
     split = "validation" if val_examples else "train"
-    fields.update(thresholds=thresholds, calibrated_on=split, calibration_f1=f1s, metrics={"split": split, **report})
+    fields.update(thresholds=thresholds, calibrated_on=split, calibration_f1=f1s,
+                  calibration_min_precision=dict(min_precision or {}), metrics={"split": split, **report})
     return fields
 
 
 def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
                   validation: str | Path | None = None, resume: str | bool | None = None,
-                  keep_checkpoints: bool = False) -> dict[str, Any]:
+                  keep_checkpoints: bool = False, min_precision: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Train, calibrate, evaluate and save; returns the written metadata."""
     from transformers import set_seed
 
@@ -118,6 +122,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         "flags": flags,
         "thresholds": {name: 0.5 for name in flags},
         "calibrated_on": None,
+        "heads_refit": None,
         "base": built.base,
         "quantization": built.quantization,
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha or 2 * config.lora_r,
@@ -147,7 +152,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     if config.heads_refit_epochs > 0:
         refit = RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
                               delta_weight=config.delta_loss_weight, seed=config.seed)
-    meta.update(finish_heads(out, train_examples, val_examples, refit))
+    meta.update(finish_heads(out, train_examples, val_examples, refit, min_precision=min_precision))
     written = write_metadata(out, meta)
     checkpoints = Path(config.output_dir)
     if not keep_checkpoints and checkpoints.is_dir() and checkpoints.resolve().is_relative_to(out.resolve()):
@@ -157,23 +162,33 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
 
 def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
-                  validation: str | Path | None = None) -> dict[str, Any]:
+                  validation: str | Path | None = None, min_precision: Mapping[str, float] | None = None,
+                  ) -> dict[str, Any]:
     """Keep an adapter's LoRA weights; refit its heads and recalibrate its thresholds on
-    `data` / `validation` (e.g. new labels for the same replies). Returns the metadata."""
+    `data` / `validation` (e.g. new labels for the same replies). With
+    `config.heads_refit_epochs` 0 the heads are kept too and only the thresholds are
+    recalibrated (a few minutes: no <STATE> vectors of the training data). Returns the
+    metadata."""
     from .artifacts import read_metadata
 
     out = Path(out)
     meta = read_metadata(out)
     flags = list(meta["flags"])
     personas = load_personas_for_data(config.npcs_dir)
-    train_examples = load_examples(data, flags, personas)
+    train_examples = load_examples(data, flags, personas)  # checked even when only validation is scored
     val_examples = load_examples([validation], flags, personas) if validation else []
+    refit = None
+    if config.heads_refit_epochs > 0:
+        refit = RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
+                              delta_weight=config.delta_loss_weight, seed=config.seed)
     if meta.get("retrieve_lore") and personas:
-        both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
-        train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
-    refit = RefitSettings(epochs=max(config.heads_refit_epochs, 1), learning_rate=config.heads_refit_learning_rate,
-                          delta_weight=config.delta_loss_weight, seed=config.seed)
-    meta.update(finish_heads(out, train_examples, val_examples, refit))
-    meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
+        if refit is None and val_examples:  # recalibration scores validation only: no lore for the rest
+            val_examples = retrieve_lore(val_examples, config.npcs_dir)
+        else:
+            both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
+            train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
+    meta.update(finish_heads(out, train_examples, val_examples, refit, min_precision=min_precision))
+    if refit is not None:
+        meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
     meta["training"]["validation"] = _data_record([validation], len(val_examples)) if validation else None
     return write_metadata(out, meta)
