@@ -125,11 +125,11 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
     if not meta:  # not the main process of a multi-process run
         return
     m = meta["metrics"]
-    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     if heads_only:
         done = "heads refitted and thresholds recalibrated" if heads_refit_epochs > 0 else "thresholds recalibrated"
         what = f"Updated {out} ({done}; LoRA kept)."
     else:
+        size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
         what = (f"Wrote {out} ({size / 1e6:.1f} MB; trained {meta['training']['steps']} steps in "
                 f"{meta['training']['seconds'] / 60:.1f} min, quantization {meta['quantization']}"
                 f"{'; heads refitted' if meta.get('heads_refit') else ''}).")

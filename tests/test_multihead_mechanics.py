@@ -44,6 +44,16 @@ def write_jsonl(path: Path, records) -> Path:
     return path
 
 
+def tiny_training_config(tiny_model_dir, out: Path, **overrides):
+    """A quick full-precision training run of the tiny model into `out`, without lore."""
+    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
+
+    settings = dict(output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none",
+                    per_device_train_batch_size=2, npcs_dir=str(NPCS_DIR), retrieve_lore=False, heads_inner_size=16,
+                    disable_tqdm=True)
+    return MultiHeadTrainingConfig(**{**settings, **overrides})
+
+
 @pytest.fixture(scope="module")
 def personas():
     return load_personas_for_data(NPCS_DIR)
@@ -202,17 +212,13 @@ def test_config_rejects_incompatible_options(tmp_path):
 
 def test_training_saves_a_small_adapter_that_loads_back_identically(tiny_model_dir, tmp_path):
     from persona_agents.multihead.artifacts import load_adapter
-    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
     from persona_agents.multihead.training import train_adapter
 
     records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]), record(flag=["give_item", "quest_complete"])] * 2
     train = write_jsonl(tmp_path / "train.jsonl", records)
     val = write_jsonl(tmp_path / "val.jsonl", records[:3])
     out = tmp_path / "adapter"
-    config = MultiHeadTrainingConfig(
-        output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none", max_steps=3,
-        per_device_train_batch_size=2, save_steps=2, logging_steps=1, npcs_dir=str(NPCS_DIR), retrieve_lore=False,
-        heads_inner_size=16, disable_tqdm=True)
+    config = tiny_training_config(tiny_model_dir, out, max_steps=3, save_steps=2, logging_steps=1)
     meta = train_adapter([train], out, config, validation=val, keep_checkpoints=True)
     assert meta["flags"] == list(DEFAULT_FLAGS) and set(meta["thresholds"]) == set(DEFAULT_FLAGS)
     assert meta["calibrated_on"] == "validation" and meta["metrics"]["n_examples"] == 3
@@ -266,17 +272,13 @@ def test_heads_refit_learns_from_fixed_vectors_despite_an_outlier_dimension():
 
 
 def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
-    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
     from persona_agents.multihead.training import train_adapter
 
     train = write_jsonl(tmp_path / "train.jsonl", [record(), record(flag=[], context=[])] * 2)
     out = tmp_path / "adapter"
 
     def config(steps):
-        return MultiHeadTrainingConfig(
-            output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none",
-            max_steps=steps, per_device_train_batch_size=2, save_steps=2, npcs_dir=str(NPCS_DIR),
-            retrieve_lore=False, heads_inner_size=16, heads_refit_epochs=0, disable_tqdm=True)
+        return tiny_training_config(tiny_model_dir, out, max_steps=steps, save_steps=2, heads_refit_epochs=0)
 
     with pytest.raises(TrainingConfigError, match="no checkpoint"):
         train_adapter([train], out, config(2), resume=True)
@@ -286,7 +288,6 @@ def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
 
 
 def test_recalibrating_only_keeps_the_heads_and_records_the_precision_floors(tiny_model_dir, tmp_path):
-    from persona_agents.multihead.trainer import MultiHeadTrainingConfig
     from persona_agents.multihead.training import train_adapter
 
     records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]), record(flag=["give_item", "give_hint"])] * 2
@@ -294,11 +295,8 @@ def test_recalibrating_only_keeps_the_heads_and_records_the_precision_floors(tin
     val = write_jsonl(tmp_path / "val.jsonl", records[:3])
     out = tmp_path / "adapter"
 
-    config = MultiHeadTrainingConfig(
-        output_dir=str(out / "checkpoints"), base_model=str(tiny_model_dir), quantization="none", max_steps=1,
-        per_device_train_batch_size=2, npcs_dir=str(NPCS_DIR), retrieve_lore=False, heads_inner_size=16,
-        heads_refit_epochs=5, disable_tqdm=True)
-    first = train_adapter([train], out, config, validation=val)
+    first = train_adapter([train], out, tiny_training_config(tiny_model_dir, out, max_steps=1, heads_refit_epochs=5),
+                          validation=val)
     heads = (out / "heads.safetensors").read_bytes()
     assert first["heads_refit"]["epochs"] == 5 and first["calibration_min_precision"] == {}
     done = subprocess.run(  # the command a studio runs, as a real subprocess

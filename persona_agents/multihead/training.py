@@ -37,6 +37,14 @@ def _data_record(paths: Sequence[str | Path], examples: int) -> dict[str, Any]:
     return {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths], "examples": examples}
 
 
+def _refit_settings(config: MultiHeadTrainingConfig) -> RefitSettings | None:
+    """The heads refit the config asks for; None when --heads-refit-epochs is 0."""
+    if config.heads_refit_epochs <= 0:
+        return None
+    return RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
+                         delta_weight=config.delta_loss_weight, seed=config.seed)
+
+
 def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
                  refit: RefitSettings | None, batch_size: int = 8,
                  min_precision: Mapping[str, float] | None = None) -> dict[str, Any]:
@@ -52,8 +60,8 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
     scored = list(val_examples or train_examples)
     log.info("Scoring %d %s examples with the saved adapter...", len(scored), "validation" if val_examples else "training")
     scored_set = EncodedDataset(scored, **encode, strict=False)  # scored whole, as inference sees them
-    pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size, keep_states=True,
-                   progress="Scoring")
+    pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size,
+                   keep_states=refit is not None, progress="Scoring")  # the refit rescores these states
     fields: dict[str, Any] = {}
     if refit is not None:
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
@@ -148,10 +156,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
     if not val_examples:
         log.warning("No --validation data: thresholds are calibrated on the training data (optimistic).")
-    refit = None
-    if config.heads_refit_epochs > 0:
-        refit = RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
-                              delta_weight=config.delta_loss_weight, seed=config.seed)
+    refit = _refit_settings(config)
     meta.update(finish_heads(out, train_examples, val_examples, refit, min_precision=min_precision))
     written = write_metadata(out, meta)
     checkpoints = Path(config.output_dir)
@@ -177,10 +182,7 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     personas = load_personas_for_data(config.npcs_dir)
     train_examples = load_examples(data, flags, personas)  # checked even when only validation is scored
     val_examples = load_examples([validation], flags, personas) if validation else []
-    refit = None
-    if config.heads_refit_epochs > 0:
-        refit = RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
-                              delta_weight=config.delta_loss_weight, seed=config.seed)
+    refit = _refit_settings(config)
     if meta.get("retrieve_lore") and personas:
         if refit is None and val_examples:  # recalibration scores validation only: no lore for the rest
             val_examples = retrieve_lore(val_examples, config.npcs_dir)
