@@ -36,7 +36,7 @@ def test_dataset_passes_its_checks_and_rebuilds_byte_identical():
 def test_every_npc_meets_a_threat_as_the_first_line_in_training_and_held_out():
     # The plans caught it: with a turn always before the threat, a first-line threat to
     # Dorian ended the talk with p 0.01.
-    for name in ("train", "heldout_paraphrased"):
+    for name in ("train", "heldout_paraphrased", "heldout_fresh"):
         ended_at_once = defaultdict(int)
         for turns in conversations(name).values():
             if len(turns) == 1:

@@ -8,6 +8,10 @@ Modules beside it: scenarios.py (initial states and intent sequences), datacard.
                                   then the COVERAGE conversations (train only)
   heldout_paraphrased.jsonl       the same NPCs and situations, composed only from the
                                   separate 'heldout' phrasing pools (different words)
+  heldout_fresh.jsonl             the same NPCs and situations again, larger: player lines
+                                  only from the third, 'fresh' pools (words no other file
+                                  uses), replies from the 'heldout' pools; for judging
+                                  adapters on unseen wordings, never for training
   README.md                       the data card, with the counts of this build
 
 How it works: every conversation follows a scenario (a sequence of player intents, some
@@ -17,8 +21,8 @@ which reply branch, which flags, which delta band. Text comes from hand-written 
 src/*.json. The state then moves by the turn's delta and effects (trust, relationship,
 quest stage, items, mood), so later turns of a conversation see the updated tags.
 
-Deterministic: stdlib only, seeded random.Random streams (SCENARIOS, OPENINGS and
-COVERAGE each have their own, so adding one changed no earlier record); running it twice
+Deterministic: stdlib only, seeded random.Random streams (SCENARIOS, OPENINGS, COVERAGE
+and FRESH each have their own, so adding one changed no earlier record); running it twice
 gives identical files. Usage: python training/data/build_dataset.py [--out DIR]
 """
 from __future__ import annotations
@@ -42,6 +46,9 @@ SRC_DIR = os.path.join(HERE, "src")
 SEED = 1234
 OPENINGS_SEED = 1235      # the openings' own stream: adding them changed no earlier record
 COVERAGE_SEED = 1236      # the coverage stream's own, for the same reason
+FRESH_SEED = 1237         # heldout_fresh.jsonl's own stream, for the same reason
+FRESH_SHARE = 0.25        # fresh conversations per scenario: this share of its `main` count
+FRESH_REPLIES = "heldout"  # the fresh file's replies (only its player lines are new words)
 
 NPC_KEYS = ("brann", "hale", "silvia", "pip", "maren", "dorian")
 FLAG_ORDER = ("give_item", "give_hint", "npc_main_story", "quest_start",
@@ -346,9 +353,11 @@ def sort_items(items):
 
 
 class Composer:
-    def __init__(self, rng, common, npcs):
+    def __init__(self, rng, common, npcs, replies=None):
         self.rng, self.common, self.npcs = rng, common, npcs
         self.forced = None        # (intent, phrasing) the next conversations must say
+        self.replies = replies    # the reply pool; None: the same pool as the player lines
+        self.said = None          # Counter of player lines said so far: prefer the least said
 
     def player_pool(self, key, intent, pool):
         src = self.npcs[key]["player"].get(intent) or self.common[intent]
@@ -358,8 +367,11 @@ class Composer:
         return self.npcs[key]["reply"][branch][pool]
 
     def pick(self, options, used):
-        fresh = [o for o in options if o not in used]
-        choice = self.rng.choice(fresh or options)
+        unused = [o for o in options if o not in used] or options
+        if self.said is not None:         # only the fresh stream: spread over its phrasings
+            least = min(self.said[o] for o in unused)
+            unused = [o for o in unused if self.said[o] == least]
+        choice = self.rng.choice(unused)
         used.add(choice)
         return choice
 
@@ -411,7 +423,7 @@ class Composer:
                 used.add(utterance)
             else:
                 utterance = self.pick(self.player_pool(key, intent, pool), used)
-            reply = self.pick(self.reply_pool(key, out.branch, pool), used)
+            reply = self.pick(self.reply_pool(key, out.branch, self.replies or pool), used)
             delta = draw_delta(rng, out.band)
             flags = [f for f in FLAG_ORDER if f in out.flags]
             as_label = (not out.numeric_rel) and rng.random() < LABEL_SHARE
@@ -516,13 +528,85 @@ def cover(rng, common, npcs, scenarios, numbers):
     return train
 
 
+def scheduled(seq):
+    """Every intent a scenario sequence can schedule (optional steps included)."""
+    out = set()
+    for el in seq:
+        if isinstance(el, str):
+            out.add(el)
+        elif isinstance(el, list):
+            out |= scheduled(el)
+        elif el[0] == "?":
+            out |= scheduled([el[2]])
+        elif el[0] == "|":
+            out |= scheduled(el[1])
+        elif el[0] == "k":
+            out |= set(el[3])
+    return out
+
+
+def fresh(rng, common, npcs, numbers):
+    """heldout_fresh.jsonl: player lines only from the 'fresh' pools, replies from 'heldout'.
+
+    FRESH_SHARE of every SCENARIOS and OPENINGS scenario's `main` count (at least one),
+    each draw preferring the phrasings said least so far; then, for every fresh phrasing
+    still left out, one conversation more that says it (a random scenario of an NPC that
+    uses the pool and schedules the intent), so each fresh phrasing is judged at least
+    once. Ids `brann-f001` ... in NPC order."""
+    comp = Composer(rng, common, npcs, replies=FRESH_REPLIES)
+    comp.said = Counter()
+    scenarios = {key: SCENARIOS.get(key, []) + OPENINGS.get(key, []) for key in NPC_KEYS}
+
+    def source(key, intent):          # whose pool the NPC's line for this intent comes from
+        return key if intent in npcs[key]["player"] else "common"
+
+    def named(key, conv):
+        numbers[key, "fresh"] += 1
+        for record, _ in conv:
+            record["conversation_id"] = f"{key}-f{numbers[key, 'fresh']:03d}"
+            comp.said[record["player_utterance"]] += 1
+        return conv
+
+    convs = []
+    for key in NPC_KEYS:
+        for scen in scenarios[key]:
+            for _ in range(max(1, round(FRESH_SHARE * scen["main"]))):
+                convs.append(named(key, comp.conversation(key, scen, "fresh", "")))
+    said = {(source(meta["npc"], meta["intent"]), meta["intent"], record["player_utterance"])
+            for conv in convs for record, meta in conv}
+    for src, pools in [("common", common)] + [(key, npcs[key]["player"]) for key in NPC_KEYS]:
+        for intent, pool in pools.items():
+            places = [(key, scen) for key in NPC_KEYS if source(key, intent) == src
+                      for scen in scenarios[key] if intent in scheduled(scen["seq"])]
+            for line in pool["fresh"]:
+                if (src, intent, line) in said:
+                    continue
+                if not places:
+                    raise RuntimeError(f"{src}/{intent}: no scenario schedules this intent")
+                comp.forced = (intent, line)
+                for _ in range(200):
+                    key, scen = rng.choice(places)
+                    conv = comp.conversation(key, scen, "fresh", "")
+                    if any(record["player_utterance"] == line for record, _ in conv):
+                        break
+                else:
+                    raise RuntimeError(f"{src}/{intent}: cannot compose a turn saying {line!r}")
+                convs.append(named(key, conv))
+                said |= {(source(meta["npc"], meta["intent"]), meta["intent"],
+                          record["player_utterance"]) for record, meta in conv}
+    comp.forced = None
+    convs.sort(key=lambda conv: NPC_KEYS.index(conv[0][1]["npc"]))   # stable: ids stay in order
+    return convs
+
+
 def build(common, npcs):
     numbers = Counter()
     train, val, heldout = compose(random.Random(SEED), common, npcs, SCENARIOS, numbers)
     o_train, o_val, o_heldout = compose(random.Random(OPENINGS_SEED), common, npcs, OPENINGS, numbers)
     c_train = cover(random.Random(COVERAGE_SEED), common, npcs, COVERAGE, numbers)
+    f_heldout = fresh(random.Random(FRESH_SEED), common, npcs, numbers)
     return {"train": train + o_train + c_train, "validation": val + o_val,
-            "heldout_paraphrased": heldout + o_heldout}
+            "heldout_paraphrased": heldout + o_heldout, "heldout_fresh": f_heldout}
 
 
 # ---------------------------------------------------------------------------------------

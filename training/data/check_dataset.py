@@ -19,8 +19,14 @@ from collections import Counter, defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC_DIR = os.path.join(HERE, "src")
-FILES = ("train", "validation", "heldout_paraphrased")
-OUTPUTS = ("train.jsonl", "validation.jsonl", "heldout_paraphrased.jsonl", "README.md")
+FILES = ("train", "validation", "heldout_paraphrased", "heldout_fresh")
+OUTPUTS = ("train.jsonl", "validation.jsonl", "heldout_paraphrased.jsonl", "heldout_fresh.jsonl",
+           "README.md")
+PLAYER_KINDS = ("main", "heldout", "fresh")   # player pools; replies have main and heldout
+FRESH_MIN_PHRASINGS = 6     # fresh phrasings per player intent
+FRESH_MIN_TURNS = 500       # heldout_fresh.jsonl must be large enough to rank adapters
+FRESH_MIN_POSITIVES = 20    # ... with at least this many positives per flag
+NEAR = 0.7                  # word-set overlap (Jaccard) at which two phrasings are near-duplicates
 
 FLAG_ORDER = ("give_item", "give_hint", "npc_main_story", "quest_start",
               "quest_complete", "unlock_hidden_path", "open_trade", "end_conversation")
@@ -62,6 +68,16 @@ def norm(text):
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
 
 
+def bag(text):
+    """The words of a phrasing, in any order: "same words reordered" compare equal."""
+    return tuple(sorted(norm(text).split()))
+
+
+def jaccard(a, b):
+    a, b = set(norm(a).split()), set(norm(b).split())
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
 class Checker:
     def __init__(self):
         self.failures = []
@@ -78,25 +94,29 @@ def load(path):
 
 
 def load_pools():
-    """(npc key, utterance) -> intent, and the main/heldout string sets, from src/."""
+    """(npc key, utterance) -> intent; the main/heldout/fresh string sets (player lines and
+    replies; replies have no fresh pools); and the player pools as
+    {(source, intent): {kind: [phrasings]}}, source "common" or an NPC key, from src/."""
     with open(os.path.join(SRC_DIR, "common.json"), encoding="utf-8") as f:
         common = json.load(f)["player"]
-    intent_of, strings = {}, {"main": set(), "heldout": set()}
+    intent_of, strings = {}, {kind: set() for kind in PLAYER_KINDS}
+    player = {("common", intent): pool for intent, pool in common.items()}
     for key in LOCATION:
         with open(os.path.join(SRC_DIR, f"{key}.json"), encoding="utf-8") as f:
             npc = json.load(f)
+        player.update({(key, intent): pool for intent, pool in npc["player"].items()})
         pools = dict(common)
         pools.update(npc["player"])
         for intent, pool in pools.items():
-            for kind in ("main", "heldout"):
-                for text in pool[kind]:
+            for kind in PLAYER_KINDS:
+                for text in pool.get(kind, []):
                     prev = intent_of.setdefault((key, text), intent)
                     assert prev == intent, f"{key}: {text!r} is in pools {prev} and {intent}"
                     strings[kind].add(text)
         for branch in npc["reply"].values():
             for kind in ("main", "heldout"):
                 strings[kind].update(branch[kind])
-    return intent_of, strings
+    return intent_of, strings, player
 
 
 def conversations(records):
@@ -273,12 +293,21 @@ def check_totals(c, data):
         c.check(pos >= 40, f"{f}: {pos} positives in train+validation (< 40)")
         c.check(val >= 8, f"{f}: {val} positives in validation (< 8)")
         c.check(held >= 3, f"{f}: {held} positives in heldout_paraphrased (< 3)")
+        fresh = sum(f in r["flag"] for r in data["heldout_fresh"])
+        c.check(fresh >= FRESH_MIN_POSITIVES,
+                f"{f}: {fresh} positives in heldout_fresh (< {FRESH_MIN_POSITIVES})")
     labels = sum(isinstance(r["tags"]["relationship"], str) for r in tv)
     c.check(0.05 <= labels / n <= 0.15, f"relationship labels in {labels / n:.1%} of records")
     ids = {name: {r["conversation_id"] for r in data[name]} for name in FILES}
     c.check(not ids["train"] & ids["validation"], "conversations split across train/validation")
     c.check(not (ids["train"] | ids["validation"]) & ids["heldout_paraphrased"],
             "heldout conversation ids reused")
+    others = ids["train"] | ids["validation"] | ids["heldout_paraphrased"]
+    c.check(not others & ids["heldout_fresh"], "heldout_fresh conversation ids reused")
+    c.check(all(re.fullmatch(r"[a-z]+-f\d{3}", i) for i in ids["heldout_fresh"]),
+            "heldout_fresh conversation ids are not <npc>-fNNN")
+    n_fresh = len(data["heldout_fresh"])
+    c.check(n_fresh >= FRESH_MIN_TURNS, f"heldout_fresh has {n_fresh} turns (< {FRESH_MIN_TURNS})")
 
 
 def check_near_misses(c, data, intent_of):
@@ -311,11 +340,41 @@ def check_near_misses(c, data, intent_of):
     c.check(len(pip_close) >= 3, "near miss missing: Pip asked at relationship just under 0.5")
 
 
-def check_paraphrase(c, data, strings):
-    c.check(not strings["main"] & strings["heldout"], "a string is in both main and heldout pools")
-    main_norm = {norm(s) for s in strings["main"]}
-    c.check(not main_norm & {norm(s) for s in strings["heldout"]},
-            "main and heldout pools share a phrasing (up to case/punctuation)")
+def check_pools(c, strings, player):
+    """The three player pools are disjoint: exactly, up to case/punctuation, up to word
+    order, and (for fresh) without near-duplicates; every intent has its fresh pool."""
+    for a, b in (("main", "heldout"), ("main", "fresh"), ("heldout", "fresh")):
+        c.check(not strings[a] & strings[b], f"a string is in both {a} and {b} pools")
+        shared = {norm(s) for s in strings[a]} & {norm(s) for s in strings[b]}
+        c.check(not shared, f"{a} and {b} pools share a phrasing (up to case/punctuation): "
+                            f"{sorted(shared)[:5]}")
+    player_text = {kind: {t for pool in player.values() for t in pool.get(kind, [])}
+                   for kind in PLAYER_KINDS}
+    earlier = player_text["main"] | player_text["heldout"]
+    bags = defaultdict(set)
+    for text in earlier:
+        bags[bag(text)].add(text)
+    for (source, intent), pool in sorted(player.items()):
+        where = f"{source}/{intent}"
+        fresh = pool.get("fresh", [])
+        c.check(len(fresh) >= FRESH_MIN_PHRASINGS,
+                f"{where}: {len(fresh)} fresh phrasings (< {FRESH_MIN_PHRASINGS})")
+        for text in fresh:
+            c.check(not bags.get(bag(text)),
+                    f"{where}: fresh {text!r} is {sorted(bags.get(bag(text), ()))[:1]} reordered")
+            near = [e for e in earlier if jaccard(text, e) >= NEAR]
+            c.check(not near, f"{where}: fresh {text!r} nearly repeats {near[:1]}")
+        if intent in ("answer_correct", "answer_wrong"):
+            for kind in PLAYER_KINDS:
+                for text in pool.get(kind, []):
+                    c.check(("shadow" in text.lower()) == (intent == "answer_correct"),
+                            f"{where}/{kind}: {text!r} and the answer 'shadow'")
+    fresh_norm = Counter(norm(t) for pool in player.values() for t in pool.get("fresh", []))
+    twice = sorted(t for t, n in fresh_norm.items() if n > 1)
+    c.check(not twice, f"a fresh phrasing is in two pools (up to case/punctuation): {twice[:5]}")
+
+
+def check_paraphrase(c, data, strings, player):
     tv = data["train"] + data["validation"]
     for r in tv:
         c.check(r["player_utterance"] in strings["main"] and r["response"] in strings["main"],
@@ -328,6 +387,25 @@ def check_paraphrase(c, data, strings):
     c.check(not tv_texts & held_texts, "held-out text appears in train/validation")
     c.check(len({NPC_KEY[r["npc_id"]] for r in data["heldout_paraphrased"]}) == 6,
             "held-out set does not cover the six NPCs")
+    # heldout_fresh: player lines from the fresh pools only, replies from the heldout ones
+    for r in data["heldout_fresh"]:
+        c.check(r["player_utterance"] in strings["fresh"],
+                f"{r['conversation_id']}: heldout_fresh player line not from the fresh pools")
+        c.check(r["response"] in strings["heldout"],
+                f"{r['conversation_id']}: heldout_fresh reply not from the heldout pools")
+    earlier = {r["player_utterance"] for name in ("train", "validation", "heldout_paraphrased")
+               for r in data[name]}
+    c.check(not earlier & {r["player_utterance"] for r in data["heldout_fresh"]},
+            "a heldout_fresh player line appears in another file")
+    said = {(NPC_KEY[r["npc_id"]], r["player_utterance"]) for r in data["heldout_fresh"]}
+    for (source, intent), pool in sorted(player.items()):   # each fresh phrasing said once
+        keys = [source] if source != "common" else [
+            k for k in LOCATION if (k, intent) not in player]    # NPCs using the common pool
+        unsaid = [t for t in pool.get("fresh", []) if not any((k, t) in said for k in keys)]
+        c.check(not unsaid, f"{source}/{intent}: fresh phrasings never said in heldout_fresh: "
+                            f"{unsaid[:3]}")
+    c.check(len({NPC_KEY[r["npc_id"]] for r in data["heldout_fresh"]}) == 6,
+            "heldout_fresh does not cover the six NPCs")
 
 
 def check_determinism(c):
@@ -348,14 +426,15 @@ def main(argv=None):
     parser.add_argument("--no-rebuild", action="store_true", help="skip the determinism rebuild")
     args = parser.parse_args(argv)
     c = Checker()
-    intent_of, strings = load_pools()
+    intent_of, strings, player = load_pools()
     data = {name: load(os.path.join(HERE, f"{name}.jsonl")) for name in FILES}
     for name in FILES:
         check_records(c, name, data[name], intent_of)
         check_conversations(c, name, data[name])
     check_totals(c, data)
     check_near_misses(c, data, intent_of)
-    check_paraphrase(c, data, strings)
+    check_pools(c, strings, player)
+    check_paraphrase(c, data, strings, player)
     if not args.no_rebuild:
         check_determinism(c)
     if c.failures:
@@ -364,8 +443,9 @@ def main(argv=None):
             print("  -", message)
         return 1
     tv = data["train"] + data["validation"]
-    print(f"OK: {len(tv)} train+validation examples, {len(data['heldout_paraphrased'])} held-out; "
-          f"all checks passed" + ("" if args.no_rebuild else ", rebuild is byte-identical"))
+    print(f"OK: {len(tv)} train+validation examples, {len(data['heldout_paraphrased'])} held-out, "
+          f"{len(data['heldout_fresh'])} fresh held-out; all checks passed"
+          + ("" if args.no_rebuild else ", rebuild is byte-identical"))
     return 0
 
 

@@ -4,6 +4,9 @@ Used by build_dataset.py; every figure in the README is computed from the build 
 """
 from collections import Counter, defaultdict
 
+TRAINING = ("train", "validation")    # the files the delta / band / length figures describe
+
+
 def turns_of(convs):
     return [t for conv in convs for t in conv]
 
@@ -18,14 +21,16 @@ def stats(splits, npc_keys):
     s = {"files": {}, "npc": defaultdict(Counter), "flag": defaultdict(Counter),
          "noflag": Counter(), "total": Counter(), "convs": Counter(),
          "delta_t": Counter(), "delta_r": Counter(), "labels": Counter(),
-         "turns_per_conv": Counter(), "band_of_intent": defaultdict(Counter)}
+         "turns_per_conv": Counter(), "band_of_intent": defaultdict(Counter),
+         "said": defaultdict(set)}
     for name, convs in splits.items():
         turns = turns_of(convs)
         s["files"][name] = (len(convs), len(turns))
         for conv in convs:
-            if name != "heldout_paraphrased":
+            if name in TRAINING:
                 s["turns_per_conv"][len(conv)] += 1
         for record, meta in turns:
+            s["said"][name].add(record["player_utterance"])
             s["npc"][meta["npc"]][name] += 1
             s["total"][name] += 1
             if not record["flag"]:
@@ -34,7 +39,7 @@ def stats(splits, npc_keys):
                 s["flag"][f][name] += 1
             if isinstance(record["tags"]["relationship"], str):
                 s["labels"][name] += 1
-            if name != "heldout_paraphrased":
+            if name in TRAINING:
                 for key, value in (("delta_t", record["delta"][0]), ("delta_r", record["delta"][1])):
                     for label, lo, hi in DELTA_BINS:
                         if lo < value <= hi:
@@ -66,28 +71,30 @@ def md_table(header, rows):
 
 
 def pool_sizes(common, npcs, npc_keys):
-    """Smallest and largest pool sizes: player phrasings per intent, replies per branch."""
-    sizes = {("player", kind): [] for kind in ("main", "heldout")}
+    """Smallest and largest pool sizes: player phrasings per intent, replies per branch;
+    and the set of all 'fresh' player phrasings."""
+    sizes = {("player", kind): [] for kind in ("main", "heldout", "fresh")}
     sizes.update({("reply", kind): [] for kind in ("main", "heldout")})
-    n_intents, n_branches = set(), 0
+    n_intents, n_branches, fresh = set(), 0, set()
     for key in npc_keys:
         player = dict(common)
         player.update(npcs[key]["player"])
         for intent, pool in player.items():
             n_intents.add(intent)
-            for kind in ("main", "heldout"):
+            fresh.update(pool["fresh"])
+            for kind in ("main", "heldout", "fresh"):
                 sizes[("player", kind)].append(len(pool[kind]))
         for pool in npcs[key]["reply"].values():
             n_branches += 1
             for kind in ("main", "heldout"):
                 sizes[("reply", kind)].append(len(pool[kind]))
     fmt = {k: f"{min(v)}-{max(v)}" if min(v) != max(v) else str(min(v)) for k, v in sizes.items()}
-    return fmt, len(n_intents), n_branches
+    return fmt, len(n_intents), n_branches, fresh
 
 
 def write_readme(path, s, common, npcs, npc_keys, flag_order, band_ranges):
-    names = ["train", "validation", "heldout_paraphrased"]
-    sizes, n_intents, n_branches = pool_sizes(common, npcs, npc_keys)
+    names = ["train", "validation", "heldout_paraphrased", "heldout_fresh"]
+    sizes, n_intents, n_branches, fresh = pool_sizes(common, npcs, npc_keys)
     tv = s["total"]["train"] + s["total"]["validation"]
     file_rows = [[f"`{n}.jsonl`", s["files"][n][0], s["files"][n][1],
                   f"{s['noflag'][n] / s['files'][n][1]:.1%}",
@@ -113,9 +120,8 @@ def write_readme(path, s, common, npcs, npc_keys, flag_order, band_ranges):
     text = README_TEMPLATE.format(
         files=md_table(["file", "conversations", "examples", "no-flag turns",
                         "relationship as label"], file_rows),
-        npcs=md_table(["NPC", "train", "validation", "heldout_paraphrased"], npc_rows),
-        flags=md_table(["flag", "train", "validation", "heldout_paraphrased", "train+validation"],
-                       flag_rows),
+        npcs=md_table(["NPC"] + names, npc_rows),
+        flags=md_table(["flag"] + names + ["train+validation"], flag_rows),
         noflag=f"{noflag_tv / tv:.1%}", tv=tv, val_share=f"{s['total']['validation'] / tv:.1%}",
         deltas=md_table(["delta value", "trust change", "relationship change"], delta_rows),
         bands=md_table(["intent", "delta band (turns)"], intent_rows),
@@ -123,6 +129,8 @@ def write_readme(path, s, common, npcs, npc_keys, flag_order, band_ranges):
         tpc=tpc, n_intents=n_intents, n_branches=n_branches,
         p_main=sizes[("player", "main")], p_held=sizes[("player", "heldout")],
         r_main=sizes[("reply", "main")], r_held=sizes[("reply", "heldout")],
+        p_fresh=sizes[("player", "fresh")], n_fresh=len(fresh),
+        fresh_said=len(fresh & s["said"]["heldout_fresh"]),
     )
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
@@ -134,14 +142,14 @@ Generated by `build_dataset.py` from the hand-written material in `src/`. Do not
 JSONL files or this card by hand: change `src/*.json` or the script and regenerate.
 
 ```
-python training/data/build_dataset.py     # writes the three JSONL files and this README
+python training/data/build_dataset.py     # writes the four JSONL files and this README
 python training/data/check_dataset.py     # asserts the acceptance criteria, rebuilds in a
                                           # temporary folder and compares sha256
 ```
 
 The build is deterministic (stdlib only, seeded `random.Random` streams: 1234 for
-`SCENARIOS`, 1235 for `OPENINGS`, 1236 for `COVERAGE`): running it again gives
-byte-identical files.
+`SCENARIOS`, 1235 for `OPENINGS`, 1236 for `COVERAGE`, 1237 for `heldout_fresh.jsonl`):
+running it again gives byte-identical files.
 
 ## Files
 
@@ -155,10 +163,21 @@ byte-identical files.
   player utterance and every NPC reply comes from separate `heldout` pools that the
   train/validation files never use (`check_dataset.py` asserts the pools are disjoint).
   Use it to check that a figure measured on validation is not bound to the exact wording.
+- `heldout_fresh.jsonl`: the larger unseen-wording set, for judging and ranking adapters
+  (flag prediction) on player lines worded as no other file words them. **Never train,
+  calibrate thresholds or select checkpoints on it**, or it stops measuring that. Its
+  player lines come only from a third pool per player intent, `fresh` ({p_fresh}
+  phrasings per intent, {n_fresh} in all), written apart from the `main` and `heldout`
+  pools and checked disjoint from both (also up to case, punctuation and word order);
+  every one of them is said at least once ({fresh_said} of {n_fresh}). The same six NPCs,
+  scenarios (`SCENARIOS` and `OPENINGS`, in proportion to each scenario's `main` count)
+  and labelling rules, on a fourth random stream. Its NPC replies reuse the `heldout`
+  reply pools: the replies are not what it measures, and its reply LM loss is not
+  independent of `heldout_paraphrased.jsonl`'s.
 
 Conversation ids: `brann-0001` ... for train/validation, `brann-p001` ... for the
-paraphrased set. Conversations have 2 to 6 turns, or one where the player's first line
-ends the talk ({tpc}).
+paraphrased set, `brann-f001` ... for the fresh set. Conversations have 2 to 6 turns, or
+one where the player's first line ends the talk (train+validation: {tpc}).
 
 ## Record format
 
@@ -209,7 +228,8 @@ Scripted composition from hand-written pools, not model generation.
    gossip, Maren riddling and wry, Dorian wary). {n_intents} player intents and
    {n_branches} reply branches over the six NPCs. Each pool has a `main` list ({p_main}
    player phrasings per intent, {r_main} replies per reply branch) and a separate
-   `heldout` list ({p_held} player phrasings, {r_held} replies).
+   `heldout` list ({p_held} player phrasings, {r_held} replies); each player intent has a
+   third list, `fresh` ({p_fresh} phrasings), used by `heldout_fresh.jsonl` alone.
 2. Each NPC has scenarios in `scenarios.py` (`SCENARIOS`): an initial state range
    (quest stage, trust, relationship, items) and a sequence of player intents with
    optional steps. Near-miss scenarios put the same request under different conditions:
@@ -226,7 +246,10 @@ Scripted composition from hand-written pools, not model generation.
    adds, to train only, one conversation for every `main` phrasing of the decisive lines
    that random draws had left out (Hale bribed, Dorian threatened, Pip asked for the map
    above and under relationship 0.5, Dorian asked for the letter, Silvia given word of
-   Jason), on a third stream; validation and held-out did not change.
+   Jason), on a third stream; validation and held-out did not change. The fresh file is
+   composed on a fourth stream from the same `SCENARIOS` and `OPENINGS` (each draw
+   preferring the fresh phrasings said least so far, then one conversation more for each
+   phrasing still unsaid); none of the other files changed.
 3. For every turn, the NPC's rule function in `build_dataset.py` (`brann()`, `hale()`,
    ...) reads only the game state (tags, items, and what happened earlier in the
    conversation) and returns the reply branch, the flags and the delta band. The reply text is drawn from that
@@ -306,7 +329,10 @@ The bands (deltas are drawn uniformly inside them and rounded to 2 decimals):
 ## Limits
 
 - Synthetic and small: the pools repeat, so a model can memorise phrasings; the
-  paraphrased set exists to measure how much. Replies do not quote the exact player words.
+  paraphrased and fresh sets exist to measure how much. Replies do not quote the exact
+  player words.
+- The fresh phrasings were written by hand to mean exactly their intent; like every pool
+  they are one writer's idea of how players talk, not logs of real players.
 - The world facts follow `/work/shared/world.md` and the lore in `npcs/lore/`; ids of
   NPCs, items, quests and places are used exactly as written there.
 """
