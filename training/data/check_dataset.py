@@ -73,8 +73,12 @@ def bag(text):
     return tuple(sorted(norm(text).split()))
 
 
+def words(text):
+    return frozenset(norm(text).split())
+
+
 def jaccard(a, b):
-    a, b = set(norm(a).split()), set(norm(b).split())
+    """Word-set overlap of two phrasings' `words`."""
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
@@ -354,6 +358,7 @@ def check_pools(c, strings, player):
     bags = defaultdict(set)
     for text in earlier:
         bags[bag(text)].add(text)
+    earlier_words = [(text, words(text)) for text in earlier]   # once, not per fresh line
     for (source, intent), pool in sorted(player.items()):
         where = f"{source}/{intent}"
         fresh = pool.get("fresh", [])
@@ -362,7 +367,8 @@ def check_pools(c, strings, player):
         for text in fresh:
             c.check(not bags.get(bag(text)),
                     f"{where}: fresh {text!r} is {sorted(bags.get(bag(text), ()))[:1]} reordered")
-            near = [e for e in earlier if jaccard(text, e) >= NEAR]
+            mine = words(text)
+            near = [e for e, w in earlier_words if jaccard(mine, w) >= NEAR]
             c.check(not near, f"{where}: fresh {text!r} nearly repeats {near[:1]}")
         if intent in ("answer_correct", "answer_wrong"):
             for kind in PLAYER_KINDS:
