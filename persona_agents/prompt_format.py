@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .markers import neutralize
-from .turn import Turn
+from .turn import Turn, effective_stage
+
+__all__ = ["SECTIONED_FORMAT_VERSION", "effective_stage", "effective_location", "render_sectioned",
+           "render_system_message", "render_messages"]
 
 #: Bumped whenever the sectioned layout changes; saved with trained adapters.
 SECTIONED_FORMAT_VERSION = 1
@@ -23,11 +26,6 @@ def _safe(text: Any) -> str:
 
 def _game_state_line(game_state: Mapping[str, Any]) -> str:
     return ", ".join(f"{_safe(k)}={_safe(v)}" for k, v in sorted(game_state.items()))
-
-
-def effective_stage(turn: Turn) -> str:
-    """The game's quest stage wins over the stored one."""
-    return turn.context.quest_stage or turn.state.quest_stage
 
 
 def effective_location(turn: Turn) -> str | None:

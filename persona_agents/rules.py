@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .persona import AxisPolicy, DeltaPolicy, FlagRule
+from .turn import Turn, effective_stage
 
 REASONS: tuple[str, ...] = (
     "not_allowed", "stage", "trust_below", "relationship_below",
@@ -32,6 +33,16 @@ class RuleFacts:
     actions: frozenset[str]
     turn_number: int
     fired_at: tuple[int, ...]  # earlier turns at which this flag fired
+
+
+def turn_facts(turn: Turn, fired_at: tuple[int, ...] = ()) -> RuleFacts:
+    """The facts of a turn, before the NPC answers, for one flag that fired at `fired_at`."""
+    ctx = turn.context
+    return RuleFacts(
+        quest_stage=effective_stage(turn), trust=turn.state.trust, relationship=turn.state.relationship,
+        items=frozenset(ctx.items), actions=frozenset(ctx.actions), turn_number=turn.turn_number,
+        fired_at=tuple(fired_at),
+    )
 
 
 @dataclass(frozen=True)
@@ -98,3 +109,14 @@ def limit_deltas(policy: DeltaPolicy, trust: float, relationship: float, d_trust
 
 def payload_for(rule: FlagRule | None) -> Mapping[str, object]:
     return dict(rule.payload) if rule else {}
+
+
+def allowed_flags(turn: Turn) -> tuple[str, ...]:
+    """The flags of the persona's `flag_rules` whose state conditions hold now, sorted.
+
+    Only the state (stage, trust, relationship, items, actions): once-only and cooldown
+    rules, which depend on the conversation's flag history, are left to `game_rules`, so
+    the prompt reads the same for a training row and for the live turn it stands for.
+    """
+    facts = turn_facts(turn)
+    return tuple(sorted(name for name, rule in turn.persona.flag_rules.items() if check_flag(rule, facts) is None))

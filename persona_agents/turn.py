@@ -148,6 +148,11 @@ class Turn:
         return dataclasses.replace(self, meta=_frozen_mapping(merged))
 
 
+def effective_stage(turn: Turn) -> str:
+    """The quest stage this turn is played at: the game's (request) stage wins over the stored one."""
+    return turn.context.quest_stage or turn.state.quest_stage
+
+
 @dataclass(frozen=True)
 class TurnResponse:
     text: str

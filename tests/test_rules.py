@@ -9,7 +9,7 @@ from persona_agents.default_plugins.game_rules import GameRules
 from persona_agents.persona import DeltaPolicy, FlagRule
 from persona_agents.plugins import load_plugins
 from persona_agents.persona_loader import load_personas
-from persona_agents.rules import RuleFacts, check_flag, limit_deltas
+from persona_agents.rules import RuleFacts, allowed_flags, check_flag, limit_deltas
 from persona_agents.runtime import Runtime
 from persona_agents.turn import Deltas, FiredFlag, GameContext, NpcState, Turn
 
@@ -110,3 +110,17 @@ def test_persona_delta_policy_is_applied_and_reported(samples):
     assert out.deltas.trust == pytest.approx(cap)
     assert out.deltas.relationship == pytest.approx(-0.9)  # relationship -0.1 cannot go below -1
     assert out.meta["deltas_proposed"] == {"trust": 0.9, "relationship": -2.0}
+
+
+def test_allowed_flags_reads_the_state_not_the_flag_history(samples):
+    # Pip's map: relationship gated and once only. The list is what the state allows; the
+    # once-only refusal is game_rules' work, with the conversation's flag history.
+    _, _, out = run_rules(samples, "merchant_traveling", [], relationship=0.6, history={"give_item": (1,)})
+    assert allowed_flags(out) == ("end_conversation", "give_hint", "give_item", "open_trade")
+    _, rejected, out = run_rules(samples, "merchant_traveling", ["give_item"], relationship=0.2)
+    assert "give_item" not in allowed_flags(out) and rejected == {"give_item": "relationship_below"}
+    # The game's stage in the request wins over the stored one, as for the rules.
+    _, _, out = run_rules(samples, "blacksmith_village_center", [], stage="not_started")
+    staged = out.replace(context=GameContext(quest_stage="in_progress", items=("iron_ore",)))
+    assert "quest_start" in allowed_flags(out) and "quest_start" not in allowed_flags(staged)
+    assert {"give_item", "quest_complete"} <= set(allowed_flags(staged))

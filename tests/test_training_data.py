@@ -99,3 +99,20 @@ def test_guard_plans_are_the_targets_minus_the_listed_misses():
         assert (ROOT / "npcs" / "tests" / source.name).read_text(encoding="utf-8") == text, (
             f"npcs/tests/{source.name} is stale: run python training/eval_plans/derive_guard_plans.py")
     assert removed == len(derive.MISSES)
+
+
+def test_every_labelled_flag_is_one_the_npc_rules_allow_at_that_turn():
+    # The prompt lists the flags the persona's rules allow now (`allowed_flags`): a label
+    # the rules forbid would teach the heads to ignore that line, and the game would
+    # refuse the flag anyway. Data and personas must agree.
+    from persona_agents.multihead.data import load_examples, load_personas_for_data
+    from persona_agents.rules import allowed_flags
+
+    personas = load_personas_for_data(ROOT / "npcs")
+    files = sorted(DATA.glob("*.jsonl"))
+    refused = [
+        f"{e.turn.npc_id} {flag} at {e.turn.state.quest_stage}: {e.turn.utterance!r}"
+        for e in load_examples(files, personas=personas)
+        for flag in e.flags if flag not in allowed_flags(e.turn)
+    ]
+    assert len(files) == 4 and refused == []

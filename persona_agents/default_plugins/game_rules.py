@@ -10,8 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from persona_agents.hookspecs import hookimpl
-from persona_agents.prompt_format import effective_stage
-from persona_agents.rules import RuleFacts, check_flag, limit_deltas, payload_for
+from persona_agents.rules import check_flag, limit_deltas, payload_for, turn_facts
 from persona_agents.steps import Step, StepOptions
 from persona_agents.turn import Deltas, FiredFlag, RejectedFlag
 
@@ -28,14 +27,9 @@ class GameRules(Step):
 
     def run(self, turn):
         rules = self.persona.flag_rules
-        ctx = turn.context
         fired, rejected = [], list(turn.flags_rejected)
         for flag in turn.flags:
-            facts = RuleFacts(
-                quest_stage=effective_stage(turn), trust=turn.state.trust, relationship=turn.state.relationship,
-                items=frozenset(ctx.items), actions=frozenset(ctx.actions), turn_number=turn.turn_number,
-                fired_at=tuple(turn.flag_history.get(flag.name, ())),
-            )
+            facts = turn_facts(turn, turn.flag_history.get(flag.name, ()))
             rule = rules.get(flag.name)
             refusal = check_flag(rule, facts, self.options.allow_unlisted_flags)
             if refusal:
