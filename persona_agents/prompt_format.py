@@ -24,8 +24,15 @@ def _safe(text: Any) -> str:
     return neutralize(str(text))
 
 
+def _safe_line(text: Any) -> str:
+    """Request text on one line: a newline in a player's text must not start a line of its
+    own in the sectioned prompt, where each line is a field (`items: ...`). Text without
+    line breaks or runs of spaces, all of the training data's, renders as before."""
+    return " ".join(_safe(text).split())
+
+
 def _game_state_line(game_state: Mapping[str, Any]) -> str:
-    return ", ".join(f"{_safe(k)}={_safe(v)}" for k, v in sorted(game_state.items()))
+    return ", ".join(f"{_safe_line(k)}={_safe_line(v)}" for k, v in sorted(game_state.items()))
 
 
 def effective_location(turn: Turn) -> str | None:
@@ -40,9 +47,9 @@ def render_sectioned(turn: Turn, history_turns: int = 6) -> str:
         f"npc_id: {p.id}",
         f"name: {p.name}",
         f"role: {p.role}",
-        f"location: {_safe(location) if location else 'unknown'}",
+        f"location: {_safe_line(location) if location else 'unknown'}",
         f"tags: mood={s.mood}, trust={s.trust:.2f}, relationship={s.relationship:+.2f}, "
-        f"quest_stage={_safe(effective_stage(turn))}",
+        f"quest_stage={_safe_line(effective_stage(turn))}",
     ]
     if p.traits:
         sys_lines.append("traits: " + ", ".join(p.traits))
@@ -52,21 +59,21 @@ def render_sectioned(turn: Turn, history_turns: int = 6) -> str:
     if p.backstory:
         rag_lines.append("DESCRIPTION: " + " ".join(p.backstory.split()))
     state_lines = [
-        "items: " + (", ".join(_safe(i) for i in ctx.items) or "none"),
-        "actions: " + (", ".join(_safe(a) for a in ctx.actions) or "none"),
+        "items: " + (", ".join(_safe_line(i) for i in ctx.items) or "none"),
+        "actions: " + (", ".join(_safe_line(a) for a in ctx.actions) or "none"),
     ]
     if ctx.game_state:
         state_lines.append("game_state: " + _game_state_line(ctx.game_state))
     ctx_lines = []
     for exchange in turn.history[-history_turns:] if history_turns else ():
-        ctx_lines.append(f"<PLAYER> {_safe(exchange.player)}")
-        ctx_lines.append(f"<NPC> {_safe(exchange.npc)}")
+        ctx_lines.append(f"<PLAYER> {_safe_line(exchange.player)}")
+        ctx_lines.append(f"<NPC> {_safe_line(exchange.npc)}")
     return (
         "<SYS>\n" + "\n".join(sys_lines) + "\n</SYS>\n"
         "<RAG>\n" + "\n".join(rag_lines) + "\n</RAG>\n"
         "<PLAYER_STATE>\n" + "\n".join(state_lines) + "\n</PLAYER_STATE>\n"
         "<CTX>\n" + "\n".join(ctx_lines) + "\n</CTX>\n"
-        f"<PLAYER> {_safe(turn.utterance)}\n<STATE>\n<NPC>"
+        f"<PLAYER> {_safe_line(turn.utterance)}\n<STATE>\n<NPC>"
     )
 
 

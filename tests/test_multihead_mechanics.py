@@ -310,3 +310,22 @@ def test_recalibrating_only_keeps_the_heads_and_records_the_precision_floors(tin
     assert (out / "heads.safetensors").read_bytes() == heads  # only the thresholds were redone
     assert meta["heads_refit"] == first["heads_refit"] and "heads_refit_data" not in meta["training"]
     assert meta["calibration_min_precision"] == {"give_hint": 1.0} and meta["calibrated_on"] == "validation"
+
+
+def test_scores_after_the_game_rules_drop_what_the_rules_forbid(tmp_path, personas):
+    from persona_agents.multihead.evaluate import Predictions, format_report, score
+
+    # Silvia mid-quest: a hint is labelled; her heirloom (give_item) is allowed only at
+    # `complete`, so a predicted give_item is a false alarm the game would refuse.
+    examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(flag=[])])], DEFAULT_FLAGS, personas)
+    probs = [[0.9 if f in ("give_hint", "give_item") else 0.0 for f in DEFAULT_FLAGS]] * 2
+    report = score(Predictions(probs, [[0.0, 0.0]] * 2, 1.0), examples, DEFAULT_FLAGS, dict.fromkeys(DEFAULT_FLAGS, 0.5))
+    assert report["per_flag"]["give_item"]["precision"] == 0.0 and report["flag_micro_precision"] == 0.25
+    ruled = report["after_rules"]
+    assert ruled["per_flag"]["give_item"]["support"] == 0 and ruled["flag_micro_precision"] == 0.5
+    assert ruled["flag_micro_f1"] == pytest.approx(2 / 3, abs=1e-4)
+    assert "micro-F1 after rules" in format_report(report)
+    # Without persona rules there is nothing to apply, and no such figures.
+    bare = load_examples([write_jsonl(tmp_path / "b.jsonl", [record()])], DEFAULT_FLAGS, {})
+    assert "after_rules" not in score(Predictions(probs[:1], [[0.0, 0.0]], 1.0), bare, DEFAULT_FLAGS,
+                                      dict.fromkeys(DEFAULT_FLAGS, 0.5))

@@ -3,7 +3,10 @@
 Figures: flag micro- and macro-F1 (macro over the flags that occur in the data or are
 predicted: F1 is undefined for a flag absent from both), precision and recall per flag,
 the mean absolute error of the trust and relationship deltas, and the LM loss (mean
-cross-entropy per reply token, end token included).
+cross-entropy per reply token, end token included). Where the personas have `flag_rules`,
+the flag figures are also given after the game's rules (`after_rules`): a predicted flag
+the rules do not allow in the example's state is dropped, as `game_rules` would refuse it
+in the game; that is what a player sees fire.
 
 The baseline predicts, for each flag, its majority value in the evaluated data (for rare
 events: never), and for each delta the data's median; its LM loss is the base model's
@@ -19,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..rules import allowed_flags
 from .collator import EncodedDataset, MultiHeadCollator
 from .data import Example
 from .heads import MultiHeadModel
@@ -122,12 +126,27 @@ def delta_metrics(predicted: Sequence[Sequence[float]], examples: Sequence[Examp
     }
 
 
+def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example], flags: Sequence[str]) -> list[list[bool]] | None:
+    """`fired` less the flags the example's persona rules forbid in its state (state-only:
+    no flag history in the data); None when no persona has rules (nothing to apply)."""
+    if not any(e.turn.persona.flag_rules for e in examples):
+        return None
+    kept = []
+    for row, example in zip(fired, examples):
+        allowed = set(allowed_flags(example.turn)) if example.turn.persona.flag_rules else set(flags)
+        kept.append([bool(f) and name in allowed for f, name in zip(row, flags)])
+    return kept
+
+
 def score(pred: Predictions, examples: Sequence[Example], flags: Sequence[str], thresholds: dict[str, float]) -> dict[str, Any]:
     fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in pred.flag_probs]
     report = {"n_examples": len(examples), **flag_metrics(fired, examples, flags), **delta_metrics(pred.deltas, examples),
               "lm_loss": _r(pred.lm_loss)}
     for name in flags:
         report["per_flag"][name]["threshold"] = _r(thresholds[name])
+    kept = after_rules(fired, examples, flags)
+    if kept is not None:
+        report["after_rules"] = flag_metrics(kept, examples, flags)
     return report
 
 
@@ -175,8 +194,13 @@ def format_report(report: dict[str, Any]) -> str:
     for label, key in rows:
         base = b.get(key)
         lines.append(f"{label:<24}{report[key]:>10.4f}" + (f"{base:>10.4f}" if base is not None else f"{'-':>10}"))
-    lines += ["", f"{'flag':<20}{'prec':>7}{'recall':>7}{'F1':>7}{'support':>8}{'thresh':>8}"]
+    ruled = report.get("after_rules")
+    if ruled:
+        for label, key in (("micro-F1 after rules", "flag_micro_f1"), ("macro-F1 after rules", "flag_macro_f1")):
+            lines.append(f"{label:<24}{ruled[key]:>10.4f}{'-':>10}")
+    lines += ["", f"{'flag':<20}{'prec':>7}{'recall':>7}{'F1':>7}{'support':>8}{'thresh':>8}"
+              + (f"{'F1 ruled':>10}" if ruled else "")]
     for name, m in report["per_flag"].items():
         lines.append(f"{name:<20}{m['precision']:>7.3f}{m['recall']:>7.3f}{m['f1']:>7.3f}{m['support']:>8}"
-                     f"{m.get('threshold', 0):>8.3f}")
+                     f"{m.get('threshold', 0):>8.3f}" + (f"{ruled['per_flag'][name]['f1']:>10.3f}" if ruled else ""))
     return "\n".join(lines)
