@@ -115,8 +115,9 @@ def allowed_flags(turn: Turn) -> tuple[str, ...]:
     """The flags of the persona's `flag_rules` whose state conditions hold now, sorted.
 
     Only the state (stage, trust, relationship, items, actions): once-only and cooldown
-    rules, which depend on the conversation's flag history, are left to `game_rules`, so
-    the prompt reads the same for a training row and for the live turn it stands for.
+    rules depend on the conversation's flag history, which labelled data does not carry,
+    and are left to `game_rules`. Used to score adapters after the rules (`eval`) and to
+    check that the data labels no flag the rules forbid.
     """
     facts = turn_facts(turn)
     return tuple(sorted(name for name, rule in turn.persona.flag_rules.items() if check_flag(rule, facts) is None))
