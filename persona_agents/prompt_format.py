@@ -13,9 +13,6 @@ from typing import Any, Mapping
 from .markers import neutralize
 from .turn import Turn, effective_stage
 
-__all__ = ["SECTIONED_FORMAT_VERSION", "effective_stage", "effective_location", "render_sectioned",
-           "render_system_message", "render_messages"]
-
 #: Bumped whenever the sectioned layout changes; saved with trained adapters.
 SECTIONED_FORMAT_VERSION = 1
 

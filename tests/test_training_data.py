@@ -102,9 +102,9 @@ def test_guard_plans_are_the_targets_minus_the_listed_misses():
 
 
 def test_every_labelled_flag_is_one_the_npc_rules_allow_at_that_turn():
-    # The prompt lists the flags the persona's rules allow now (`allowed_flags`): a label
-    # the rules forbid would teach the heads to ignore that line, and the game would
-    # refuse the flag anyway. Data and personas must agree.
+    # A label the persona's rules forbid where it stands teaches the heads an event the
+    # game refuses anyway, and `eval`'s after-rules figures would count it as missed.
+    # Data and personas must agree.
     from persona_agents.multihead.data import load_examples, load_personas_for_data
     from persona_agents.rules import allowed_flags
 

@@ -6,7 +6,7 @@ An NPC may see an entry when all of these hold:
 2. the scope allows it: `world` (anyone listing the file), `npc` (the NPC's id is in
    `known_by`), or `faction` (the NPC's `knowledge.factions` share one with `factions`);
 3. the entry has no `stages`, or the current quest stage is one of them (the game's
-   stage from the request wins over the stored one: `prompt_format.effective_stage`).
+   stage from the request wins over the stored one: `turn.effective_stage`).
 
 Retrieval applies this rule *before* ranking, so an entry an NPC may not know can never
 be scored, let alone reach the prompt.
