@@ -36,7 +36,8 @@ adapter: setup
 	$(BIN)/persona-agents train --data training/data/train.jsonl \
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none --epochs 1 \
-		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42
+		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42 \
+		--min-precision end_conversation=0.8
 
 # Refit only the heads (and recalibrate) of the shipped adapter on the current data, with
 # its LoRA weights frozen (about 25 min): for a data change that does not need a new LoRA.
@@ -44,7 +45,8 @@ adapter-heads: setup
 	$(BIN)/persona-agents train --data training/data/train.jsonl \
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none \
-		--max-length 448 --history-turns 4 --seed 42 --heads-only
+		--max-length 448 --history-turns 4 --seed 42 --heads-only \
+		--min-precision end_conversation=0.8
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,8 @@ Modules beside it: scenarios.py (initial states and intent sequences), datacard.
 (statistics and README.md). Writes, beside this script (or under --out):
   train.jsonl, validation.jsonl   conversations composed from the 'main' phrasing pools,
                                   split by conversation (~18% of examples to validation),
-                                  then the COVERAGE conversations (train only)
+                                  then the COVERAGE and COVERAGE_FIRST_LINES conversations
+                                  (train only)
   heldout_paraphrased.jsonl       the same NPCs and situations, composed only from the
                                   separate 'heldout' phrasing pools (different words)
   heldout_fresh.jsonl             the same NPCs and situations again, larger: player lines
@@ -21,8 +22,8 @@ which reply branch, which flags, which delta band. Text comes from hand-written 
 src/*.json. The state then moves by the turn's delta and effects (trust, relationship,
 quest stage, items, mood), so later turns of a conversation see the updated tags.
 
-Deterministic: stdlib only, seeded random.Random streams (SCENARIOS, OPENINGS, COVERAGE
-and FRESH each have their own, so adding one changed no earlier record); running it twice
+Deterministic: stdlib only, seeded random.Random streams (SCENARIOS, OPENINGS, COVERAGE,
+FRESH and COVERAGE_FIRST_LINES each have their own, so adding one changed no earlier record); running it twice
 gives identical files. Usage: python training/data/build_dataset.py [--out DIR]
 """
 from __future__ import annotations
@@ -40,13 +41,14 @@ if HERE not in sys.path:          # the sibling modules, also when imported from
 
 import datacard  # noqa: E402
 from scenarios import (BACKGROUND_ACTIONS, BACKGROUND_ITEMS, DONE, IP, NS,  # noqa: E402
-                       COVERAGE, OPENINGS, SCENARIOS, TIMES)
+                       COVERAGE, COVERAGE_FIRST_LINES, OPENINGS, SCENARIOS, TIMES)
 
 SRC_DIR = os.path.join(HERE, "src")
 SEED = 1234
 OPENINGS_SEED = 1235      # the openings' own stream: adding them changed no earlier record
 COVERAGE_SEED = 1236      # the coverage stream's own, for the same reason
 FRESH_SEED = 1237         # heldout_fresh.jsonl's own stream, for the same reason
+FIRST_LINES_SEED = 1238   # COVERAGE_FIRST_LINES's own, composed after the fresh file
 FRESH_SHARE = 0.25        # fresh conversations per scenario: this share of its `main` count
 FRESH_REPLIES = "heldout"  # the fresh file's replies (only its player lines are new words)
 
@@ -605,7 +607,9 @@ def build(common, npcs):
     o_train, o_val, o_heldout = compose(random.Random(OPENINGS_SEED), common, npcs, OPENINGS, numbers)
     c_train = cover(random.Random(COVERAGE_SEED), common, npcs, COVERAGE, numbers)
     f_heldout = fresh(random.Random(FRESH_SEED), common, npcs, numbers)
-    return {"train": train + o_train + c_train, "validation": val + o_val,
+    # Last, so the conversation numbers of every file above stay as they were.
+    f_train = cover(random.Random(FIRST_LINES_SEED), common, npcs, COVERAGE_FIRST_LINES, numbers)
+    return {"train": train + o_train + c_train + f_train, "validation": val + o_val,
             "heldout_paraphrased": heldout + o_heldout, "heldout_fresh": f_heldout}
 
 

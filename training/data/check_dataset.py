@@ -278,8 +278,11 @@ def check_totals(c, data):
     tv = data["train"] + data["validation"]
     n = len(tv)
     c.check(n >= 900, f"train+validation has {n} examples (< 900)")
-    c.check(len(data["validation"]) >= 0.15 * n,
-            f"validation share {len(data['validation']) / n:.1%} (< 15%)")
+    # Thresholds are calibrated on validation, so it needs enough examples; the coverage
+    # rounds (train only, on purpose) lower its share, so the share floor is loose.
+    c.check(len(data["validation"]) >= 300, f"validation has {len(data['validation'])} examples (< 300)")
+    c.check(len(data["validation"]) >= 0.12 * n,
+            f"validation share {len(data['validation']) / n:.1%} (< 12%)")
     noflag = sum(1 for r in tv if not r["flag"])
     c.check(noflag >= n / 3, f"no-flag share {noflag / n:.1%} (< 1/3)")
     per_npc = Counter(NPC_KEY[r["npc_id"]] for r in tv)

@@ -148,7 +148,8 @@ python training/data/check_dataset.py     # asserts the acceptance criteria, reb
 ```
 
 The build is deterministic (stdlib only, seeded `random.Random` streams: 1234 for
-`SCENARIOS`, 1235 for `OPENINGS`, 1236 for `COVERAGE`, 1237 for `heldout_fresh.jsonl`):
+`SCENARIOS`, 1235 for `OPENINGS`, 1236 for `COVERAGE`, 1237 for `heldout_fresh.jsonl`, 1238
+for `COVERAGE_FIRST_LINES`):
 running it again gives byte-identical files.
 
 ## Files
@@ -249,7 +250,11 @@ Scripted composition from hand-written pools, not model generation.
    Jason), on a third stream; validation and held-out did not change. The fresh file is
    composed on a fourth stream from the same `SCENARIOS` and `OPENINGS` (each draw
    preferring the fresh phrasings said least so far, then one conversation more for each
-   phrasing still unsaid); none of the other files changed.
+   phrasing still unsaid); none of the other files changed. `COVERAGE_FIRST_LINES` adds, to
+   train only and last (its own fifth stream), one two-turn conversation for every `main`
+   phrasing of three decisive first lines at states where the game allows the event: Hale
+   shown the pass, Pip asked for the map by a friend (relationship 0.52-0.9), Dorian asked
+   about Jason by a player he trusts (0.52-0.9); no earlier record changed.
 3. For every turn, the NPC's rule function in `build_dataset.py` (`brann()`, `hale()`,
    ...) reads only the game state (tags, items, and what happened earlier in the
    conversation) and returns the reply branch, the flags and the delta band. The reply text is drawn from that

@@ -277,6 +277,28 @@ COVERAGE = {
 }
 
 
+# First lines, a second coverage round: the decisive line said first, at states where the
+# game allows its event, for the plan lines every adapter variant missed at least once
+# (Hale's pass shown first: 5 of 1,755 training turns; Pip's map asked first by a friend;
+# Dorian asked about Jason first by a player he trusts). One train conversation per 'main'
+# phrasing, like COVERAGE, and a second line (every conversation that goes on has 2 to 6
+# turns). build_dataset.py composes them last, on their own stream, so
+# every earlier record (heldout_fresh.jsonl's ids included) is byte-identical.
+COVERAGE_FIRST_LINES = {
+    "hale": [
+        sc("pass_first_cover", 0, 0, ["show_pass", one_of("thanks", "ask_curfew")],
+           stage=STAGES_ANY, trust=(0.1, 0.58), items=["city_pass"], cover="show_pass"),
+    ],
+    "pip": [
+        sc("map_friend_first_cover", 0, 0, ["ask_map", one_of("thanks", "ask_trade", "ask_gossip")],
+           stage=STAGES_ANY, trust=(0.3, 0.8), rel=(0.52, 0.9), cover="ask_map"),
+    ],
+    "dorian": [
+        sc("truth_first_cover", 0, 0, ["ask_jason", one_of("ask_letter", "ask_smugglers", "thanks")],
+           trust=(0.52, 0.9), rel=(0.0, 0.4), actions=["talked_to_silvia"], cover="ask_jason"),
+    ],
+}
+
 # Items the player may carry that do not touch this NPC's rules (so labels stay exact).
 BACKGROUND_ITEMS = {
     "brann": (("photo_forgotten_party", .6), ("jasons_id_card", .25), ("city_pass", .1),
