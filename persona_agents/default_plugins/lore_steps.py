@@ -13,9 +13,8 @@ from pydantic import Field
 from persona_agents.hookspecs import hookimpl
 from persona_agents.lore.retrieval import LoreHit, keyword_search, semantic_search, within_budget
 from persona_agents.lore.scope import check_knowledge
-from persona_agents.turn import effective_stage
 from persona_agents.steps import Step, StepOptions
-from persona_agents.turn import LoreChunk, Turn
+from persona_agents.turn import LoreChunk, Turn, effective_stage
 
 _BUDGET_HELP = (
     "Token budget of the lore section, counted as words plus punctuation marks (an estimate "

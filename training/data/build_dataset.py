@@ -23,8 +23,8 @@ src/*.json. The state then moves by the turn's delta and effects (trust, relatio
 quest stage, items, mood), so later turns of a conversation see the updated tags.
 
 Deterministic: stdlib only, seeded random.Random streams (SCENARIOS, OPENINGS, COVERAGE,
-FRESH and COVERAGE_FIRST_LINES each have their own, so adding one changed no earlier record); running it twice
-gives identical files. Usage: python training/data/build_dataset.py [--out DIR]
+FRESH and COVERAGE_FIRST_LINES each have their own, so adding one changed no earlier
+record); running it twice gives identical files. Usage: python training/data/build_dataset.py [--out DIR]
 """
 from __future__ import annotations
 

@@ -282,8 +282,8 @@ COVERAGE = {
 # (Hale's pass shown first: 5 of 1,755 training turns; Pip's map asked first by a friend;
 # Dorian asked about Jason first by a player he trusts). One train conversation per 'main'
 # phrasing, like COVERAGE, and a second line (every conversation that goes on has 2 to 6
-# turns). build_dataset.py composes them last, on their own stream, so
-# every earlier record (heldout_fresh.jsonl's ids included) is byte-identical.
+# turns). build_dataset.py composes them last, on their own stream, so every earlier
+# record (heldout_fresh.jsonl's ids included) is byte-identical.
 COVERAGE_FIRST_LINES = {
     "hale": [
         sc("pass_first_cover", 0, 0, ["show_pass", one_of("thanks", "ask_curfew")],
