@@ -10,6 +10,7 @@ import click
 
 from .cli_common import friendly_errors, npcs_dir_option, setup_logging
 from .flags import DEFAULT_FLAGS
+from .multihead.calibrate import DEFAULT_MIN_THRESHOLD
 
 DEFAULT_ADAPTER = "training/adapters/smollm2-npc"
 
@@ -85,14 +86,20 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="Calibrate FLAG's threshold for the best F1 among those with validation precision >= P, "
                    "for a flag whose false alarm costs more than a miss (repeat per flag). "
                    "E.g. end_conversation=0.8.")
+@click.option("--calibrate-after-rules/--calibrate-raw", "calibrate_after_rules", default=True, show_default=True,
+              help="Choose thresholds for the F1 of what the game keeps after the personas' flag rules "
+                   "(a flag the rules forbid never fires), or for the raw head output.")
+@click.option("--min-threshold", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_THRESHOLD, show_default=True,
+              help="No threshold under this probability: the rules say when an NPC may act, the model must "
+                   "still say it means to.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @npcs_dir_option
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
           lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_only, min_precision, seed,
-          threads, npcs_dir):
+          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_only, min_precision,
+          calibrate_after_rules, min_threshold, seed, threads, npcs_dir):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 
     Example: persona-agents train --data training/data/train.jsonl
@@ -102,6 +109,7 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
     setup_logging()
     import torch
 
+    from .multihead.calibrate import CalibrationPolicy
     from .multihead.trainer import MultiHeadTrainingConfig
     from .multihead.training import refit_adapter, train_adapter
 
@@ -116,12 +124,13 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
         heads_refit_epochs=heads_refit_epochs, disable_tqdm=False,
     )
-    floors = parse_min_precision(min_precision, config.flags)
+    policy = CalibrationPolicy(min_precision=parse_min_precision(min_precision, config.flags),
+                               after_rules=calibrate_after_rules, min_threshold=min_threshold)
     if heads_only:
-        meta = refit_adapter(list(data), out, config, validation=validation, min_precision=floors)
+        meta = refit_adapter(list(data), out, config, validation=validation, calibration=policy)
     else:
         meta = train_adapter(list(data), out, config, validation=validation, resume=True if resume else None,
-                             keep_checkpoints=keep_checkpoints, min_precision=floors)
+                             keep_checkpoints=keep_checkpoints, calibration=policy)
     if not meta:  # not the main process of a multi-process run
         return
     m = meta["metrics"]
@@ -139,6 +148,10 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         f"(majority baseline {m['baseline']['flag_micro_f1']:.3f}), macro-F1 {m['flag_macro_f1']:.3f}, "
         f"delta MAE trust {m['delta_mae_trust']:.4f} / relationship {m['delta_mae_relationship']:.4f}, "
         f"reply LM loss {m['lm_loss']:.3f}.")
+    ruled = m.get("after_rules")
+    basis = "the F1 after the personas' flag rules" if meta.get("calibration_after_rules") else "the raw F1"
+    click.echo(f"Thresholds calibrated for {basis}, none under {meta.get('calibration_min_threshold', 0.0):g}"
+               + (f"; after the rules: flag micro-F1 {ruled['flag_micro_f1']:.3f}." if ruled else "."))
     for name, floor in (meta.get("calibration_min_precision") or {}).items():
         click.echo(f"{name}: threshold {meta['thresholds'][name]:.3f} calibrated under precision >= {floor:g}.")
 

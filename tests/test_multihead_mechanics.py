@@ -197,6 +197,34 @@ def test_precision_floor_raises_a_threshold_that_best_f1_puts_among_false_alarms
     assert thresholds["a"] == round(plain.threshold, 6) and thresholds["b"] == round(floored.threshold, 6)
 
 
+def test_calibrating_after_the_rules_scores_only_what_the_game_keeps():
+    # Allowed by the rules: positives at 0.6 and 0.3, negatives at 0.1 and 0.02. Forbidden:
+    # negatives at 0.4 and 0.35 (the game drops them) and a positive at 0.8 (a miss at any
+    # threshold, since the game would drop it too).
+    probs = [0.8, 0.6, 0.4, 0.35, 0.3, 0.1, 0.02]
+    truth = [1, 1, 0, 0, 1, 0, 0]
+    allowed = [False, True, False, False, True, True, True]
+    # Raw, the forbidden negatives make firing down to 0.3 cost two false alarms: the cut
+    # stays at 0.6 (F1 2*2 / (2*2 + 1)).
+    raw = calibrate_flag(probs, truth)
+    assert raw.threshold == pytest.approx(0.5) and raw.f1 == pytest.approx(0.8)
+    # After the rules they cannot fire: the cut goes down to 0.3 (2 of 3 positives kept,
+    # no false alarm), halfway to the allowed negative at 0.1.
+    ruled = calibrate_flag(probs, truth, allowed=allowed)
+    assert ruled.threshold == pytest.approx(0.2) and ruled.f1 == pytest.approx(0.8) and ruled.precision == 1.0
+    # A floor above the halfway point keeps the cut and lifts the threshold to the floor.
+    assert calibrate_flag(probs, truth, allowed=allowed, min_threshold=0.25).threshold == pytest.approx(0.25)
+    # A floor above a positive removes that cut: only the 0.6 one is left.
+    floored = calibrate_flag(probs, truth, allowed=allowed, min_threshold=0.32)
+    assert floored.threshold == pytest.approx(0.45) and floored.f1 == pytest.approx(0.5)
+    # No allowed positive reaches the floor: no cut, the floor (or the default if higher).
+    assert calibrate_flag(probs, truth, allowed=allowed, min_threshold=0.7).threshold == 0.7
+    assert calibrate_flag(probs, truth, allowed=[False] * 7).threshold == 0.5
+    thresholds, scores = calibrate_thresholds([[p] for p in probs], [[t] for t in truth], ["a"],
+                                              allowed=[[a] for a in allowed], min_threshold=0.25)
+    assert thresholds == {"a": 0.25} and scores == {"a": 0.8}
+
+
 def test_config_rejects_incompatible_options(tmp_path):
     from persona_agents.multihead.trainer import MultiHeadTrainingConfig
 
@@ -310,6 +338,11 @@ def test_recalibrating_only_keeps_the_heads_and_records_the_precision_floors(tin
     assert (out / "heads.safetensors").read_bytes() == heads  # only the thresholds were redone
     assert meta["heads_refit"] == first["heads_refit"] and "heads_refit_data" not in meta["training"]
     assert meta["calibration_min_precision"] == {"give_hint": 1.0} and meta["calibrated_on"] == "validation"
+    # By default the thresholds fit what the game keeps after the personas' rules, none under 0.15.
+    assert first["calibration_after_rules"] is True and meta["calibration_after_rules"] is True
+    assert meta["calibration_min_threshold"] == 0.15 and min(meta["thresholds"].values()) >= 0.15
+    assert "Thresholds calibrated for the F1 after the personas' flag rules, none under 0.15; after the rules" \
+        in done.stdout
 
 
 def test_scores_after_the_game_rules_drop_what_the_rules_forbid(tmp_path, personas):

@@ -8,7 +8,8 @@ relationship) and flags.
     modeling.py    tokenizer with markers, 4-bit/full base, LoRA with marker rows
     trainer.py     MultiHeadTrainingConfig (TrainingArguments), MultiHeadTrainer (Trainer)
     refit.py       after training: the heads refitted on the final model's <STATE> vectors
-    calibrate.py   per-flag thresholds maximising F1 (optionally under a precision floor)
+    calibrate.py   per-flag thresholds maximising F1 after the game's rules (floors on
+                   precision and on the threshold)
     artifacts.py   save/load the adapter folder (checks base model and flag vocabulary)
     evaluate.py    flag F1, delta MAE, reply LM loss, and a majority baseline
     training.py    one run end to end (what `persona-agents train` calls)

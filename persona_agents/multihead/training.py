@@ -5,8 +5,9 @@
    with `MultiHeadTrainer` (checkpoints under `<out>/checkpoints`, resumable);
 3. save the adapter; reload it exactly as inference does (full-precision base, adapter
    merged), refit the heads on its `<STATE>` vectors (`refit.py`), and calibrate the flag
-   thresholds on the validation data with it, so heads and thresholds fit the model the
-   game runs, not the (possibly 4-bit) one that trained;
+   thresholds on the validation data with it (for what the game keeps after the personas'
+   rules: `calibrate.py`), so heads and thresholds fit the model the game runs, not the
+   (possibly 4-bit) one that trained;
 4. evaluate on the validation data and record the figures in multihead.json.
 """
 
@@ -16,15 +17,15 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import TrainingConfigError
 from .artifacts import load_adapter, save_artifacts, save_heads, write_metadata
-from .calibrate import calibrate_thresholds
+from .calibrate import CalibrationPolicy, calibrate_thresholds
 from .collator import EncodedDataset, MultiHeadCollator
 from .data import Example, file_sha256, load_examples, load_personas_for_data, retrieve_lore
-from .evaluate import majority_baseline, predict, score
+from .evaluate import after_rules, majority_baseline, predict, score
 from .heads import MultiHeadModel
 from .modeling import build_trainable_model
 from .refit import RefitSettings, refit_heads, state_vectors, targets
@@ -47,11 +48,12 @@ def _refit_settings(config: MultiHeadTrainingConfig) -> RefitSettings | None:
 
 def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
                  refit: RefitSettings | None, batch_size: int = 8,
-                 min_precision: Mapping[str, float] | None = None) -> dict[str, Any]:
+                 calibration: CalibrationPolicy | None = None) -> dict[str, Any]:
     """Reload the saved adapter as inference does; refit the heads on its <STATE> vectors
-    (unless `refit` is None); calibrate thresholds (with the precision floors of
-    `min_precision`) and score on the validation examples (the training examples if there
-    are none). Saves the heads; returns metadata fields."""
+    (unless `refit` is None); calibrate thresholds (by `calibration`, default
+    `CalibrationPolicy()`) and score on the validation examples (the training examples if
+    there are none). Saves the heads; returns metadata fields."""
+    policy = calibration or CalibrationPolicy()
     bundle = load_adapter(adapter_dir, merge=True)
     flags, tok = bundle.flags, bundle.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -72,19 +74,21 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
                                                    settings=refit)
         pred = pred.rescore(heads)
         save_heads(adapter_dir, heads)
+    # What the personas' rules let through on each example (None when no persona has rules).
+    allowed = after_rules([[True] * len(flags)] * len(scored), scored, flags) if policy.after_rules else None
     thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags,
-                                           min_precision)
+                                           policy.min_precision, allowed=allowed, min_threshold=policy.min_threshold)
     report = score(pred, scored, flags, thresholds)
     report["baseline"] = majority_baseline(scored, flags)
     split = "validation" if val_examples else "train"
-    fields.update(thresholds=thresholds, calibrated_on=split, calibration_f1=f1s,
-                  calibration_min_precision=dict(min_precision or {}), metrics={"split": split, **report})
+    fields.update(thresholds=thresholds, calibrated_on=split, calibration_f1=f1s, **policy.metadata(),
+                  metrics={"split": split, **report})
     return fields
 
 
 def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
                   validation: str | Path | None = None, resume: str | bool | None = None,
-                  keep_checkpoints: bool = False, min_precision: Mapping[str, float] | None = None) -> dict[str, Any]:
+                  keep_checkpoints: bool = False, calibration: CalibrationPolicy | None = None) -> dict[str, Any]:
     """Train, calibrate, evaluate and save; returns the written metadata."""
     from transformers import set_seed
 
@@ -157,7 +161,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     if not val_examples:
         log.warning("No --validation data: thresholds are calibrated on the training data (optimistic).")
     refit = _refit_settings(config)
-    meta.update(finish_heads(out, train_examples, val_examples, refit, min_precision=min_precision))
+    meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration))
     written = write_metadata(out, meta)
     checkpoints = Path(config.output_dir)
     if not keep_checkpoints and checkpoints.is_dir() and checkpoints.resolve().is_relative_to(out.resolve()):
@@ -167,7 +171,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
 
 def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
-                  validation: str | Path | None = None, min_precision: Mapping[str, float] | None = None,
+                  validation: str | Path | None = None, calibration: CalibrationPolicy | None = None,
                   ) -> dict[str, Any]:
     """Keep an adapter's LoRA weights; refit its heads and recalibrate its thresholds on
     `data` / `validation` (e.g. new labels for the same replies). With
@@ -189,7 +193,7 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         else:
             both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
             train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
-    meta.update(finish_heads(out, train_examples, val_examples, refit, min_precision=min_precision))
+    meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration))
     if refit is not None:
         meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
     meta["training"]["validation"] = _data_record([validation], len(val_examples)) if validation else None
