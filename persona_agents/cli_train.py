@@ -79,6 +79,10 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/checkpoints after a successful run.")
 @click.option("--heads-refit-epochs", type=int, default=300, show_default=True,
               help="After training, refit the heads on the final model's <STATE> vectors (0: off).")
+@click.option("--heads-flags-where-allowed/--heads-flags-everywhere", "heads_flags_where_allowed", default=False,
+              show_default=True,
+              help="In the heads refit, fit each flag only on the examples where the persona's rules allow it: "
+                   "the rules keep the gate, the head learns whether the NPC means to act.")
 @click.option("--heads-only", is_flag=True,
               help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT "
                    "(with --heads-refit-epochs 0: recalibrate only).")
@@ -98,7 +102,8 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
           lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_only, min_precision,
+          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed,
+          heads_only, min_precision,
           calibrate_after_rules, min_threshold, seed, threads, npcs_dir):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 
@@ -122,7 +127,7 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
         max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
-        heads_refit_epochs=heads_refit_epochs, disable_tqdm=False,
+        heads_refit_epochs=heads_refit_epochs, heads_flags_where_allowed=heads_flags_where_allowed, disable_tqdm=False,
     )
     policy = CalibrationPolicy(min_precision=parse_min_precision(min_precision, config.flags),
                                after_rules=calibrate_after_rules, min_threshold=min_threshold)

@@ -299,6 +299,48 @@ def test_heads_refit_learns_from_fixed_vectors_despite_an_outlier_dimension():
     assert fitted.scale[0] < 0.01 and 1 <= info["best_epoch"] <= info["epochs_run"]
 
 
+def test_heads_refit_where_allowed_learns_intent_and_leaves_the_gate_to_the_rules():
+    from persona_agents.multihead.refit import RefitSettings, refit_heads
+
+    # Feature 3 says "the player asks for the item"; the gate (relationship, say) is not in
+    # the vectors. Asked where the gate is open the item is given (1), where it is closed
+    # not (0): the same vectors with both labels. Never asked: 0.
+    torch.manual_seed(2)
+    x = torch.randn(400, 8)
+    asked, gate_open = x[:, 3] > 0, torch.rand(400) < 0.5
+    x[:, 3] = torch.where(asked, 2.0, -2.0)  # a clear signal, as a trained <STATE> vector gives
+    flags = (asked & gate_open).float().unsqueeze(1)
+    mask = (gate_open | ~asked).float().unsqueeze(1)  # the rules forbid the item where the gate is closed
+    deltas = torch.zeros(400, 2)
+    settings = RefitSettings(epochs=80, seed=3)
+
+    def p_asked(fitted):
+        with torch.no_grad():
+            probs = fitted(x).flag_probs[:, 0]
+        return float(probs[asked].mean()), float(probs[~asked].mean())
+
+    heads = StateHeads(HeadsConfig(hidden_size=8, num_flags=1, inner_size=16))
+    everywhere, _ = refit_heads(heads, x, flags, deltas, settings=settings)
+    where_allowed, _ = refit_heads(heads, x, flags, deltas, settings=settings, mask=mask)
+    # Fitted everywhere, an ask is a coin toss; fitted where allowed, an ask means "give".
+    assert 0.3 < p_asked(everywhere)[0] < 0.7
+    assert p_asked(where_allowed)[0] > 0.9 and p_asked(where_allowed)[1] < 0.1
+
+
+def test_allowed_mask_follows_the_persona_rules_and_keeps_labelled_flags(tmp_path, personas):
+    from persona_agents.multihead.refit import allowed_mask
+
+    # Silvia mid-quest: her heirloom (give_item) is allowed only at `complete`.
+    examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(flag=["give_item"])])],
+                             DEFAULT_FLAGS, personas)
+    mask = allowed_mask(examples, DEFAULT_FLAGS)
+    item = DEFAULT_FLAGS.index("give_item")
+    assert mask[0, item] == 0.0 and mask[0, DEFAULT_FLAGS.index("give_hint")] == 1.0
+    assert mask[1, item] == 1.0  # labelled although forbidden: it still counts
+    bare = load_examples([write_jsonl(tmp_path / "b.jsonl", [record()])], DEFAULT_FLAGS, {})
+    assert allowed_mask(bare, DEFAULT_FLAGS).min() == 1.0  # no rules: every flag counts
+
+
 def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     from persona_agents.multihead.training import train_adapter
 

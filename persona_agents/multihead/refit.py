@@ -16,6 +16,11 @@ the heads are fitted again on those fixed vectors for many epochs, which takes s
   mean absolute error; on the paraphrased held-out set the refit with MSE had a delta MAE
   above the median baseline (0.075 / 0.066), with Huber below it (0.052 / 0.054).
 - dropout 0.3 and weight decay 0.1: the vectors of 1,400 examples are easy to memorise.
+- `flags_where_allowed`: the flag loss only where the persona's rules allow the flag in
+  the example's state. The game drops a forbidden flag whatever the head says, so the
+  head need not learn the gate (a stranger asking Pip for the map, labelled "no item"
+  only because the relationship is too low); it learns whether the NPC means to act
+  where acting is possible, and the rules keep the gate.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class RefitSettings:
     huber_beta: float = 0.05
     patience: int = 40
     seed: int = 42
+    flags_where_allowed: bool = False
 
 
 @torch.inference_mode()
@@ -72,8 +78,13 @@ def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: in
     return torch.stack(out)
 
 
-def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: RefitSettings) -> torch.Tensor:
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.flag_logits, flags)
+def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: RefitSettings,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
+    if mask is None:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.flag_logits, flags)
+    else:  # the mean over the (example, flag) pairs that count
+        bce = (torch.nn.functional.binary_cross_entropy_with_logits(out.flag_logits, flags, reduction="none")
+               * mask).sum() / mask.sum().clamp(min=1.0)
     if s.delta_loss == "huber":
         delta = torch.nn.functional.smooth_l1_loss(out.deltas, deltas, beta=s.huber_beta)
     else:
@@ -82,9 +93,11 @@ def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: R
 
 
 def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas: torch.Tensor,
-                val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                settings: RefitSettings | None = None) -> tuple[StateHeads, dict[str, Any]]:
-    """Fresh heads with `heads`' config, fitted on fixed vectors; returns (heads, info)."""
+                val: tuple[torch.Tensor, ...] | None = None, settings: RefitSettings | None = None,
+                mask: torch.Tensor | None = None) -> tuple[StateHeads, dict[str, Any]]:
+    """Fresh heads with `heads`' config, fitted on fixed vectors; returns (heads, info).
+    `mask` (examples x flags, 1 where the flag's loss counts) and an optional fourth `val`
+    item, its validation counterpart, restrict the flag loss (`flags_where_allowed`)."""
     settings = settings or RefitSettings()
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -96,7 +109,8 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
     for epoch in range(1, settings.epochs + 1):
         fitted.train()
         for batch in torch.randperm(len(x), generator=generator).split(settings.batch_size):
-            loss = _loss(fitted(x[batch]), flags[batch], deltas[batch], settings)
+            loss = _loss(fitted(x[batch]), flags[batch], deltas[batch], settings,
+                         None if mask is None else mask[batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -104,7 +118,7 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
             continue
         fitted.eval()
         with torch.no_grad():
-            val_loss = float(_loss(fitted(val[0]), val[1], val[2], settings))
+            val_loss = float(_loss(fitted(val[0]), val[1], val[2], settings, val[3] if len(val) > 3 else None))
         if val_loss < best_loss - 1e-5:
             best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), val_loss, epoch, 0
         else:
@@ -123,3 +137,14 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
 def targets(examples: Sequence, flags: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.tensor([[float(n in e.flags) for n in flags] for e in examples]),
             torch.tensor([list(e.delta) for e in examples], dtype=torch.float32))
+
+
+def allowed_mask(examples: Sequence, flags: Sequence[str]) -> torch.Tensor:
+    """(examples x flags) 1.0 where the example's persona rules allow the flag in its
+    state (everywhere for a persona without rules). A labelled flag counts even where the
+    rules forbid it, so a data/rules disagreement shows in the loss instead of vanishing."""
+    from .evaluate import after_rules
+
+    allowed = after_rules([[True] * len(flags)] * len(examples), examples, flags)
+    rows = allowed if allowed is not None else [[True] * len(flags)] * len(examples)
+    return torch.tensor([[float(a or n in e.flags) for a, n in zip(row, flags)] for row, e in zip(rows, examples)])

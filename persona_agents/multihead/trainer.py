@@ -51,6 +51,9 @@ class MultiHeadTrainingConfig(TrainingArguments):
         "help": "After training, refit the heads on the final model's <STATE> vectors for up to N epochs "
                 "(early stopping on validation); 0 keeps the jointly trained heads."})
     heads_refit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the heads refit."})
+    heads_flags_where_allowed: bool = field(default=False, metadata={
+        "help": "In the heads refit, count each flag's loss only where the persona's rules allow the flag: "
+                "the rules keep the gate, the head learns whether the NPC means to act (refit.py)."})
     npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
     retrieve_lore: bool = field(default=True, metadata={
         "help": "Fill each prompt's LORE lines with the NPC's own retrieve step, as inference does."})

@@ -28,7 +28,7 @@ from .data import Example, file_sha256, load_examples, load_personas_for_data, r
 from .evaluate import after_rules, majority_baseline, predict, score
 from .heads import MultiHeadModel
 from .modeling import build_trainable_model
-from .refit import RefitSettings, refit_heads, state_vectors, targets
+from .refit import RefitSettings, allowed_mask, refit_heads, state_vectors, targets
 from .trainer import MultiHeadTrainer, MultiHeadTrainingConfig, build_optimizer
 
 log = logging.getLogger("persona_agents.multihead")
@@ -43,7 +43,8 @@ def _refit_settings(config: MultiHeadTrainingConfig) -> RefitSettings | None:
     if config.heads_refit_epochs <= 0:
         return None
     return RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
-                         delta_weight=config.delta_loss_weight, seed=config.seed)
+                         delta_weight=config.delta_loss_weight, seed=config.seed,
+                         flags_where_allowed=config.heads_flags_where_allowed)
 
 
 def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
@@ -69,9 +70,12 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size,
                           progress="<STATE> vectors")
-        val = (pred.states, *targets(val_examples, flags)) if val_examples else None
+        masked = refit.flags_where_allowed
+        val = ((pred.states, *targets(val_examples, flags), *([allowed_mask(val_examples, flags)] if masked else []))
+               if val_examples else None)
         heads, fields["heads_refit"] = refit_heads(bundle.heads, x, *targets(train_examples, flags), val=val,
-                                                   settings=refit)
+                                                   settings=refit,
+                                                   mask=allowed_mask(train_examples, flags) if masked else None)
         pred = pred.rescore(heads)
         save_heads(adapter_dir, heads)
     # What the personas' rules let through on each example (None when no persona has rules).
