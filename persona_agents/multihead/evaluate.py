@@ -126,16 +126,25 @@ def delta_metrics(predicted: Sequence[Sequence[float]], examples: Sequence[Examp
     }
 
 
-def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example], flags: Sequence[str]) -> list[list[bool]] | None:
-    """`fired` less the flags the example's persona rules forbid in its state (state-only:
-    no flag history in the data); None when no persona has rules (nothing to apply)."""
+def allowed_table(examples: Sequence[Example], flags: Sequence[str]) -> list[list[bool]] | None:
+    """(examples x flags): whether the example's persona rules allow each flag in its state
+    (state-only: no flag history in the data); None when no persona has rules."""
     if not any(e.turn.persona.flag_rules for e in examples):
         return None
-    kept = []
-    for row, example in zip(fired, examples):
+    table = []
+    for example in examples:
         allowed = set(allowed_flags(example.turn)) if example.turn.persona.flag_rules else set(flags)
-        kept.append([bool(f) and name in allowed for f, name in zip(row, flags)])
-    return kept
+        table.append([name in allowed for name in flags])
+    return table
+
+
+def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example], flags: Sequence[str]) -> list[list[bool]] | None:
+    """`fired` less the flags the example's persona rules forbid in its state; None when no
+    persona has rules (nothing to apply)."""
+    table = allowed_table(examples, flags)
+    if table is None:
+        return None
+    return [[bool(f) and a for f, a in zip(row, allowed)] for row, allowed in zip(fired, table)]
 
 
 def score(pred: Predictions, examples: Sequence[Example], flags: Sequence[str], thresholds: dict[str, float]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from .collator import EncodedDataset
-from .evaluate import batch_starts
+from .evaluate import allowed_table, batch_starts
 from .heads import StateHeads, StateHeadsOutput
 
 log = logging.getLogger("persona_agents.multihead")
@@ -143,8 +143,5 @@ def allowed_mask(examples: Sequence, flags: Sequence[str]) -> torch.Tensor:
     """(examples x flags) 1.0 where the example's persona rules allow the flag in its
     state (everywhere for a persona without rules). A labelled flag counts even where the
     rules forbid it, so a data/rules disagreement shows in the loss instead of vanishing."""
-    from .evaluate import after_rules
-
-    allowed = after_rules([[True] * len(flags)] * len(examples), examples, flags)
-    rows = allowed if allowed is not None else [[True] * len(flags)] * len(examples)
+    rows = allowed_table(examples, flags) or [[True] * len(flags)] * len(examples)
     return torch.tensor([[float(a or n in e.flags) for a, n in zip(row, flags)] for row, e in zip(rows, examples)])

@@ -25,7 +25,7 @@ from .artifacts import load_adapter, save_artifacts, save_heads, write_metadata
 from .calibrate import CalibrationPolicy, calibrate_thresholds
 from .collator import EncodedDataset, MultiHeadCollator
 from .data import Example, file_sha256, load_examples, load_personas_for_data, retrieve_lore
-from .evaluate import after_rules, majority_baseline, predict, score
+from .evaluate import allowed_table, majority_baseline, predict, score
 from .heads import MultiHeadModel
 from .modeling import build_trainable_model
 from .refit import RefitSettings, allowed_mask, refit_heads, state_vectors, targets
@@ -79,7 +79,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         pred = pred.rescore(heads)
         save_heads(adapter_dir, heads)
     # What the personas' rules let through on each example (None when no persona has rules).
-    allowed = after_rules([[True] * len(flags)] * len(scored), scored, flags) if policy.after_rules else None
+    allowed = allowed_table(scored, flags) if policy.after_rules else None
     thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags,
                                            policy.min_precision, allowed=allowed, min_threshold=policy.min_threshold)
     report = score(pred, scored, flags, thresholds)
