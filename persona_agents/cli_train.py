@@ -81,7 +81,7 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="After training, refit the heads on the final model's <STATE> vectors (0: off).")
 @click.option("--heads-flags-where-allowed/--heads-flags-everywhere", "heads_flags_where_allowed", default=False,
               show_default=True,
-              help="In the heads refit, fit each flag only on the examples where the persona's rules allow it: "
+              help="In the heads refit, no flag loss where a state gate of the persona's rules closes the flag: "
                    "the rules keep the gate, the head learns whether the NPC means to act.")
 @click.option("--heads-only", is_flag=True,
               help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT "

@@ -337,6 +337,8 @@ def test_allowed_mask_follows_the_persona_rules_and_keeps_labelled_flags(tmp_pat
     item = DEFAULT_FLAGS.index("give_item")
     assert mask[0, item] == 0.0 and mask[0, DEFAULT_FLAGS.index("give_hint")] == 1.0
     assert mask[1, item] == 1.0  # labelled although forbidden: it still counts
+    # She never opens trade (`allowed: false`): that is not a gate, the head must learn it.
+    assert mask[0, DEFAULT_FLAGS.index("open_trade")] == 1.0
     bare = load_examples([write_jsonl(tmp_path / "b.jsonl", [record()])], DEFAULT_FLAGS, {})
     assert allowed_mask(bare, DEFAULT_FLAGS).min() == 1.0  # no rules: every flag counts
 

@@ -16,11 +16,12 @@ the heads are fitted again on those fixed vectors for many epochs, which takes s
   mean absolute error; on the paraphrased held-out set the refit with MSE had a delta MAE
   above the median baseline (0.075 / 0.066), with Huber below it (0.052 / 0.054).
 - dropout 0.3 and weight decay 0.1: the vectors of 1,400 examples are easy to memorise.
-- `flags_where_allowed`: the flag loss only where the persona's rules allow the flag in
-  the example's state. The game drops a forbidden flag whatever the head says, so the
-  head need not learn the gate (a stranger asking Pip for the map, labelled "no item"
+- `flags_where_allowed`: no flag loss where a state gate of the persona's rules closes the
+  flag in the example's state. The game drops a forbidden flag whatever the head says, so
+  the head need not learn the gate (a stranger asking Pip for the map, labelled "no item"
   only because the relationship is too low); it learns whether the NPC means to act
-  where acting is possible, and the rules keep the gate.
+  where acting is possible, and the rules keep the gate. Flags a persona never allows
+  keep their loss (`allowed_mask`).
 """
 
 from __future__ import annotations
@@ -139,9 +140,22 @@ def targets(examples: Sequence, flags: Sequence[str]) -> tuple[torch.Tensor, tor
             torch.tensor([list(e.delta) for e in examples], dtype=torch.float32))
 
 
+def never_allowed(persona, flag: str) -> bool:
+    """Whether the persona's rules forbid `flag` in every state (`allowed: false`, or not
+    listed by a persona that has rules)."""
+    if not persona.flag_rules:
+        return False
+    rule = persona.flag_rules.get(flag)
+    return rule is None or not rule.allowed
+
+
 def allowed_mask(examples: Sequence, flags: Sequence[str]) -> torch.Tensor:
-    """(examples x flags) 1.0 where the example's persona rules allow the flag in its
-    state (everywhere for a persona without rules). A labelled flag counts even where the
-    rules forbid it, so a data/rules disagreement shows in the loss instead of vanishing."""
+    """(examples x flags) 1.0 where the flag's loss counts in a refit `flags_where_allowed`:
+    where the example's persona rules allow the flag in its state (everywhere for a persona
+    without rules), and where they forbid it in every state: the head must learn that an
+    NPC never means to do what it can never do, or nothing holds those probabilities down
+    and writers read noise in `flags_rejected`. Only a state gate is masked. A labelled flag
+    counts even where the rules forbid it, so a data/rules disagreement shows in the loss."""
     rows = allowed_table(examples, flags) or [[True] * len(flags)] * len(examples)
-    return torch.tensor([[float(a or n in e.flags) for a, n in zip(row, flags)] for row, e in zip(rows, examples)])
+    return torch.tensor([[float(a or n in e.flags or never_allowed(e.turn.persona, n)) for a, n in zip(row, flags)]
+                         for row, e in zip(rows, examples)])

@@ -52,7 +52,7 @@ class MultiHeadTrainingConfig(TrainingArguments):
                 "(early stopping on validation); 0 keeps the jointly trained heads."})
     heads_refit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the heads refit."})
     heads_flags_where_allowed: bool = field(default=False, metadata={
-        "help": "In the heads refit, count each flag's loss only where the persona's rules allow the flag: "
+        "help": "In the heads refit, no flag loss where a state gate of the persona's rules closes the flag: "
                 "the rules keep the gate, the head learns whether the NPC means to act (refit.py)."})
     npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
     retrieve_lore: bool = field(default=True, metadata={
