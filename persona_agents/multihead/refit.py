@@ -94,11 +94,12 @@ def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: R
 
 
 def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas: torch.Tensor,
-                val: tuple[torch.Tensor, ...] | None = None, settings: RefitSettings | None = None,
-                mask: torch.Tensor | None = None) -> tuple[StateHeads, dict[str, Any]]:
+                val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                settings: RefitSettings | None = None, mask: torch.Tensor | None = None,
+                val_mask: torch.Tensor | None = None) -> tuple[StateHeads, dict[str, Any]]:
     """Fresh heads with `heads`' config, fitted on fixed vectors; returns (heads, info).
-    `mask` (examples x flags, 1 where the flag's loss counts) and an optional fourth `val`
-    item, its validation counterpart, restrict the flag loss (`flags_where_allowed`)."""
+    `mask` / `val_mask` (examples x flags, 1 where the flag's loss counts) restrict the
+    flag loss on the training / validation vectors (`flags_where_allowed`)."""
     settings = settings or RefitSettings()
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -119,7 +120,7 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
             continue
         fitted.eval()
         with torch.no_grad():
-            val_loss = float(_loss(fitted(val[0]), val[1], val[2], settings, val[3] if len(val) > 3 else None))
+            val_loss = float(_loss(fitted(val[0]), val[1], val[2], settings, val_mask))
         if val_loss < best_loss - 1e-5:
             best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), val_loss, epoch, 0
         else:

@@ -70,12 +70,11 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size,
                           progress="<STATE> vectors")
-        masked = refit.flags_where_allowed
-        val = ((pred.states, *targets(val_examples, flags), *([allowed_mask(val_examples, flags)] if masked else []))
-               if val_examples else None)
+        val = (pred.states, *targets(val_examples, flags)) if val_examples else None
+        masks = ((allowed_mask(train_examples, flags), allowed_mask(val_examples, flags) if val_examples else None)
+                 if refit.flags_where_allowed else (None, None))
         heads, fields["heads_refit"] = refit_heads(bundle.heads, x, *targets(train_examples, flags), val=val,
-                                                   settings=refit,
-                                                   mask=allowed_mask(train_examples, flags) if masked else None)
+                                                   settings=refit, mask=masks[0], val_mask=masks[1])
         pred = pred.rescore(heads)
         save_heads(adapter_dir, heads)
     # What the personas' rules let through on each example (None when no persona has rules).
