@@ -37,7 +37,7 @@ adapter: setup
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none --epochs 1 \
 		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42 \
-		--min-precision end_conversation=0.8
+		--heads-flags-where-allowed --min-precision end_conversation=0.8
 
 # Refit only the heads (and recalibrate) of the shipped adapter on the current data, with
 # its LoRA weights frozen (about 25 min): for a data change that does not need a new LoRA.
@@ -46,7 +46,7 @@ adapter-heads: setup
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none \
 		--max-length 448 --history-turns 4 --seed 42 --heads-only \
-		--min-precision end_conversation=0.8
+		--heads-flags-where-allowed --min-precision end_conversation=0.8
 
 clean:
 	rm -rf $(VENV) .pytest_cache

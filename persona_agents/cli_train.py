@@ -79,10 +79,11 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/checkpoints after a successful run.")
 @click.option("--heads-refit-epochs", type=int, default=300, show_default=True,
               help="After training, refit the heads on the final model's <STATE> vectors (0: off).")
-@click.option("--heads-flags-where-allowed/--heads-flags-everywhere", "heads_flags_where_allowed", default=False,
+@click.option("--heads-flags-where-allowed/--heads-flags-everywhere", "heads_flags_where_allowed", default=True,
               show_default=True,
-              help="In the heads refit, no flag loss where a state gate of the persona's rules closes the flag: "
-                   "the rules keep the gate, the head learns whether the NPC means to act.")
+              help="In the heads refit, no flag loss where the persona's rules close the flag for want of trust, "
+                   "relationship, an item or an action: the rules keep that gate, the head learns whether the NPC "
+                   "means to act. Stage gates and never-allowed flags keep their loss.")
 @click.option("--heads-only", is_flag=True,
               help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT "
                    "(with --heads-refit-epochs 0: recalibrate only).")

@@ -327,18 +327,30 @@ def test_heads_refit_where_allowed_learns_intent_and_leaves_the_gate_to_the_rule
     assert p_asked(where_allowed)[0] > 0.9 and p_asked(where_allowed)[1] < 0.1
 
 
-def test_allowed_mask_follows_the_persona_rules_and_keeps_labelled_flags(tmp_path, personas):
+def test_allowed_mask_drops_only_the_standing_gates_and_keeps_labelled_flags(tmp_path, personas):
     from persona_agents.multihead.refit import allowed_mask
 
-    # Silvia mid-quest: her heirloom (give_item) is allowed only at `complete`.
-    examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(flag=["give_item"])])],
-                             DEFAULT_FLAGS, personas)
+    def brann(stage: str, items: list[str], flag: list[str]) -> dict:
+        return record(npc_id="blacksmith_village_center", flag=flag, player_state={"items": items, "actions": []},
+                      tags={"location": "village_center", "quest_stage": stage, "relationship": "neutral",
+                            "trust": 0.5, "npc_mood": "gruff"})
+
+    # Brann repairs the sword (give_item) at `in_progress` once the player brings iron ore.
+    examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [
+        brann("in_progress", [], []),               # no ore: an item gate, the rules keep it
+        brann("in_progress", [], ["give_item"]),     # labelled although forbidden: it still counts
+        brann("not_started", ["iron_ore"], []),      # a stage gate: the head must learn it
+        brann("in_progress", ["iron_ore"], []),      # allowed
+    ])], DEFAULT_FLAGS, personas)
     mask = allowed_mask(examples, DEFAULT_FLAGS)
     item = DEFAULT_FLAGS.index("give_item")
-    assert mask[0, item] == 0.0 and mask[0, DEFAULT_FLAGS.index("give_hint")] == 1.0
-    assert mask[1, item] == 1.0  # labelled although forbidden: it still counts
-    # She never opens trade (`allowed: false`): that is not a gate, the head must learn it.
-    assert mask[0, DEFAULT_FLAGS.index("open_trade")] == 1.0
+    assert mask[:, item].tolist() == [0.0, 1.0, 1.0, 1.0]
+    # Without ore only the ore-gated flags are masked (give_item and quest_complete).
+    gated = [n for n, m in zip(DEFAULT_FLAGS, mask[0].tolist()) if m == 0.0]
+    assert gated == ["give_item", "quest_complete"]
+    # Silvia never opens trade (`allowed: false`): that is not a gate, the head must learn it.
+    silvia = load_examples([write_jsonl(tmp_path / "s.jsonl", [record()])], DEFAULT_FLAGS, personas)
+    assert allowed_mask(silvia, DEFAULT_FLAGS)[0, DEFAULT_FLAGS.index("open_trade")] == 1.0
     bare = load_examples([write_jsonl(tmp_path / "b.jsonl", [record()])], DEFAULT_FLAGS, {})
     assert allowed_mask(bare, DEFAULT_FLAGS).min() == 1.0  # no rules: every flag counts
 

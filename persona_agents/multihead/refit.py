@@ -16,12 +16,14 @@ the heads are fitted again on those fixed vectors for many epochs, which takes s
   mean absolute error; on the paraphrased held-out set the refit with MSE had a delta MAE
   above the median baseline (0.075 / 0.066), with Huber below it (0.052 / 0.054).
 - dropout 0.3 and weight decay 0.1: the vectors of 1,400 examples are easy to memorise.
-- `flags_where_allowed`: no flag loss where a state gate of the persona's rules closes the
-  flag in the example's state. The game drops a forbidden flag whatever the head says, so
-  the head need not learn the gate (a stranger asking Pip for the map, labelled "no item"
-  only because the relationship is too low); it learns whether the NPC means to act
-  where acting is possible, and the rules keep the gate. Flags a persona never allows
-  keep their loss (`allowed_mask`).
+- `flags_where_allowed`: no flag loss where a gate on the player's standing or progress
+  (trust, relationship, items, actions) closes the flag in the example's state. The game
+  drops a forbidden flag whatever the head says, so the head need not learn that gate (a
+  stranger asking Pip for the map, labelled "no item" only because the relationship is
+  too low); it learns whether the NPC means to act, and the rules keep the gate. Stage
+  gates and flags a persona never allows keep their loss (`allowed_mask`): the quest
+  stage is in the prompt and decides what the NPC is talking about, so the head can
+  learn it; masked, Brann's first line read `give_item` 0.81 in `flags_rejected`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import rules
 from .collator import EncodedDataset
-from .evaluate import allowed_table, batch_starts
+from .evaluate import batch_starts
 from .heads import StateHeads, StateHeadsOutput
 
 log = logging.getLogger("persona_agents.multihead")
@@ -53,7 +56,7 @@ class RefitSettings:
     huber_beta: float = 0.05
     patience: int = 40
     seed: int = 42
-    flags_where_allowed: bool = False
+    flags_where_allowed: bool = True  # read by `finish_heads`, which builds the masks
 
 
 @torch.inference_mode()
@@ -141,22 +144,24 @@ def targets(examples: Sequence, flags: Sequence[str]) -> tuple[torch.Tensor, tor
             torch.tensor([list(e.delta) for e in examples], dtype=torch.float32))
 
 
-def never_allowed(persona, flag: str) -> bool:
-    """Whether the persona's rules forbid `flag` in every state (`allowed: false`, or not
-    listed by a persona that has rules)."""
-    if not persona.flag_rules:
-        return False
-    rule = persona.flag_rules.get(flag)
-    return rule is None or not rule.allowed
+# The refusals a refit `flags_where_allowed` masks: gates on what the player has earned.
+# Not `stage` (the head can read it from the prompt and must, or the probabilities of a
+# stage-gated flag are untrained noise in other stages) nor `not_allowed` (the head must
+# learn that an NPC never means to do what it can never do); `once_only` and `cooldown`
+# need a flag history that labelled data does not carry.
+MASKED_REFUSALS = frozenset({"trust_below", "relationship_below", "missing_item", "missing_action"})
 
 
 def allowed_mask(examples: Sequence, flags: Sequence[str]) -> torch.Tensor:
     """(examples x flags) 1.0 where the flag's loss counts in a refit `flags_where_allowed`:
-    where the example's persona rules allow the flag in its state (everywhere for a persona
-    without rules), and where they forbid it in every state: the head must learn that an
-    NPC never means to do what it can never do, or nothing holds those probabilities down
-    and writers read noise in `flags_rejected`. Only a state gate is masked. A labelled flag
-    counts even where the rules forbid it, so a data/rules disagreement shows in the loss."""
-    rows = allowed_table(examples, flags) or [[True] * len(flags)] * len(examples)
-    return torch.tensor([[float(a or n in e.flags or never_allowed(e.turn.persona, n)) for a, n in zip(row, flags)]
-                         for row, e in zip(rows, examples)])
+    everywhere except where the example's persona rules refuse the flag for a reason in
+    `MASKED_REFUSALS`; everywhere for a persona without rules. A labelled flag counts even
+    where the rules forbid it, so a data/rules disagreement shows in the loss."""
+    def counts(example, flag: str) -> bool:
+        persona = example.turn.persona
+        if not persona.flag_rules or flag in example.flags:
+            return True
+        refusal = rules.check_flag(persona.flag_rules.get(flag), rules.turn_facts(example.turn))
+        return refusal is None or refusal.reason not in MASKED_REFUSALS
+
+    return torch.tensor([[float(counts(e, n)) for n in flags] for e in examples])

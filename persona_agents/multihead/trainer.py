@@ -51,9 +51,10 @@ class MultiHeadTrainingConfig(TrainingArguments):
         "help": "After training, refit the heads on the final model's <STATE> vectors for up to N epochs "
                 "(early stopping on validation); 0 keeps the jointly trained heads."})
     heads_refit_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the heads refit."})
-    heads_flags_where_allowed: bool = field(default=False, metadata={
-        "help": "In the heads refit, no flag loss where a state gate of the persona's rules closes the flag: "
-                "the rules keep the gate, the head learns whether the NPC means to act (refit.py)."})
+    heads_flags_where_allowed: bool = field(default=True, metadata={
+        "help": "In the heads refit, no flag loss where the persona's rules close the flag for want of trust, "
+                "relationship, an item or an action: the rules keep that gate, the head learns whether the NPC "
+                "means to act (refit.py `allowed_mask`)."})
     npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
     retrieve_lore: bool = field(default=True, metadata={
         "help": "Fill each prompt's LORE lines with the NPC's own retrieve step, as inference does."})

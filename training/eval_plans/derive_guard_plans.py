@@ -19,15 +19,12 @@ HERE = Path(__file__).resolve().parent
 GUARDS = HERE.parent.parent / "npcs" / "tests"
 
 #: (plan name, turn number from 1, flag) the shipped adapter misses, measured with
-#: --repeat 3 on the adapter retrained on 2026-12-04 over the data with COVERAGE_FIRST_LINES
-#: (`make adapter`; 50 of 52 target expectations pass).
-MISSES = {
-    ("Dorian trusts the player with the truth and the letter", 2, "give_item"),
-    ("Pip hands a friend the map fragment", 1, "give_item"),
-}
+#: --repeat 3. None today: the heads refitted on 2026-12-04 with the standing gates masked
+#: (`make adapter-heads`) pass all 52 target expectations 3 of 3.
+MISSES: set[tuple[str, int, str]] = set()
 
-NOTE = ("# The shipped adapter does not yet show every behaviour: the expectations it misses\n"
-        "# are kept in training/eval_plans/ (the full targets) and out of this folder, which\n"
+NOTE = ("# The expectations the shipped adapter misses (none today) are kept in\n"
+        "# training/eval_plans/ (the full targets) and left out of this folder, which\n"
         "# `make test` runs. Every refusal is here: the game's rules guarantee them.\n"
         "# Written by training/eval_plans/derive_guard_plans.py: edit the targets, then rerun it.\n")
 
