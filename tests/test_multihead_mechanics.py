@@ -328,7 +328,10 @@ def test_heads_refit_where_allowed_learns_intent_and_leaves_the_gate_to_the_rule
 
 
 def test_allowed_mask_drops_only_the_standing_gates_and_keeps_labelled_flags(tmp_path, personas):
-    from persona_agents.multihead.refit import allowed_mask
+    from persona_agents.multihead.refit import MASKED_REFUSALS, allowed_mask
+    from persona_agents.rules import REASONS
+
+    assert MASKED_REFUSALS < set(REASONS) and not MASKED_REFUSALS & {"stage", "not_allowed"}
 
     def brann(stage: str, items: list[str], flag: list[str]) -> dict:
         return record(npc_id="blacksmith_village_center", flag=flag, player_state={"items": items, "actions": []},
