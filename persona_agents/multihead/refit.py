@@ -157,11 +157,10 @@ def allowed_mask(examples: Sequence, flags: Sequence[str]) -> torch.Tensor:
     everywhere except where the example's persona rules refuse the flag for a reason in
     `MASKED_REFUSALS`; everywhere for a persona without rules. A labelled flag counts even
     where the rules forbid it, so a data/rules disagreement shows in the loss."""
-    def counts(example, flag: str) -> bool:
-        persona = example.turn.persona
-        if not persona.flag_rules or flag in example.flags:
-            return True
-        refusal = rules.check_flag(persona.flag_rules.get(flag), rules.turn_facts(example.turn))
-        return refusal is None or refusal.reason not in MASKED_REFUSALS
-
-    return torch.tensor([[float(counts(e, n)) for n in flags] for e in examples])
+    rows = []
+    for example in examples:
+        flag_rules, facts = example.turn.persona.flag_rules, rules.turn_facts(example.turn)
+        # A persona without rules refuses every flag as `not_allowed`, which is never masked.
+        refusals = [None if n in example.flags else rules.check_flag(flag_rules.get(n), facts) for n in flags]
+        rows.append([float(r is None or r.reason not in MASKED_REFUSALS) for r in refusals])
+    return torch.tensor(rows)
