@@ -21,6 +21,14 @@ from .cli_common import db_option, friendly_errors, make_manager, npcs_dir_optio
               help="Turns per player in a sliding window: N/sec, N/min or N/hour, or 'off'.")
 @click.option("--max-body-kb", default=64, show_default=True, type=click.IntRange(1, 10_240),
               help="Largest request body accepted (larger: 413).")
+@click.option("--turn-workers", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Threads that run turns (health checks and state reads have their own).")
+@click.option("--player-turns", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Turns one player may have running at once; the rest queue behind them.")
+@click.option("--player-queue", default=4, show_default=True, type=click.IntRange(0, 1024),
+              help="Turns one player may have waiting; more are refused with 429 and Retry-After.")
+@click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(1, 100_000),
+              help="Turns waiting for a worker, all players together; more are refused with 503 and Retry-After.")
 @click.option("--no-warm-up", is_flag=True, help="Do not load models at startup (they load on first use).")
 @click.option("--torch-threads", type=click.IntRange(1, 512), default=None,
               help="Threads per model computation (default: torch's, one per core). On a CPU shared with other "
@@ -28,14 +36,15 @@ from .cli_common import db_option, friendly_errors, make_manager, npcs_dir_optio
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @friendly_errors
-def serve(host, port, npcs_dir, plugins_dir, db_url, api_key, rate_limit, max_body_kb, no_warm_up, torch_threads,
-          log_level):
+def serve(host, port, npcs_dir, plugins_dir, db_url, api_key, rate_limit, max_body_kb, turn_workers, player_turns,
+          player_queue, max_waiting, no_warm_up, torch_threads, log_level):
     """Serve the NPCs over HTTP: turns, streamed turns, the seed's /ask, state; docs at /docs."""
     import uvicorn
 
     from .server import ServerSettings, create_app
     from .server.auth import is_loopback
     from .server.ratelimit import parse_rate_limit
+    from .server.scheduler import SchedulerSettings
 
     if api_key is not None and not api_key.strip():
         raise click.BadParameter("the API key is empty.", param_hint="--api-key")
@@ -56,7 +65,9 @@ def serve(host, port, npcs_dir, plugins_dir, db_url, api_key, rate_limit, max_bo
     store = open_store(db_url)
     manager = make_manager(npcs_dir, plugins_dir, store=store)
     settings = ServerSettings(api_key=api_key or None, rate_limit=limit, max_body_bytes=max_body_kb * 1024,
-                              warm_up=not no_warm_up)
+                              warm_up=not no_warm_up,
+                              scheduler=SchedulerSettings(workers=turn_workers, per_player=player_turns,
+                                                          player_queue=player_queue, max_waiting=max_waiting))
     app = create_app(manager, settings)
     click.echo(
         f"persona-agents: {len(manager.npc_ids())} NPC(s) from {npcs_dir}, state in {store.url}; "

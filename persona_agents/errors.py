@@ -44,6 +44,20 @@ class InputError(PersonaAgentsError):
         super().__init__(f"{field}: {message}")
 
 
+class RequestIdConflictError(PersonaAgentsError):
+    """A request_id already answered for this (player, NPC) came back with a different request."""
+
+    field = "request_id"
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        super().__init__(
+            f"request_id: '{request_id}' was already used with a different request (utterance, context or "
+            "seed) for this player and NPC; send a new request_id for a new request, or repeat the original "
+            "request exactly to get its stored response."
+        )
+
+
 class ModelLoadError(PersonaAgentsError):
     """A model, tokenizer or embedded weight file could not be found or loaded."""
 

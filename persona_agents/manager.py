@@ -10,11 +10,13 @@ NPC) are ordered by a lock; turns for different players run in parallel.
 
 from __future__ import annotations
 
+import json
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownNpcError
+from .errors import RequestIdConflictError, UnknownNpcError
 from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
 from .plugins import PluginHost, load_plugins
@@ -47,13 +49,39 @@ def next_state(state: NpcState, turn: Turn) -> NpcState:
     )
 
 
-def request_record(turn: Turn, request_id: str | None) -> dict[str, Any]:
-    ctx = turn.context
-    return {
-        "utterance": turn.utterance, "request_id": request_id, "seed": turn.seed,
-        "context": {"quest_stage": ctx.quest_stage, "location": ctx.location, "items": list(ctx.items),
-                    "actions": list(ctx.actions), "game_state": dict(ctx.game_state)},
-    }
+def _context_record(ctx: GameContext) -> dict[str, Any]:
+    return {"quest_stage": ctx.quest_stage, "location": ctx.location, "items": list(ctx.items),
+            "actions": list(ctx.actions), "game_state": dict(ctx.game_state)}
+
+
+def client_request(utterance: str, context: GameContext, seed: int | None) -> dict[str, Any]:
+    """What the client sent, as stored in a turn record's "client" key: the utterance before
+    preprocessing and the seed before the turn offset, so a repeat can be recognised."""
+    return {"utterance": utterance, "seed": seed, "context": _context_record(context)}
+
+
+def request_record(turn: Turn, request_id: str | None, client: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = {"utterance": turn.utterance, "request_id": request_id, "seed": turn.seed,
+              "context": _context_record(turn.context)}
+    if client is not None:
+        record["client"] = client
+    return record
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=list))
+
+
+def same_request(stored: dict[str, Any], client: dict[str, Any]) -> bool:
+    """Does a stored turn record answer this client request (same utterance, context, seed)?
+
+    Records written before the "client" key existed hold the preprocessed utterance and the
+    effective seed: for those, the utterance is compared with whitespace collapsed and the
+    seed is not compared."""
+    if "client" in stored:
+        return _json(stored["client"]) == _json(client)
+    return (" ".join(str(stored.get("utterance", "")).split()) == " ".join(client["utterance"].split())
+            and _json(stored.get("context")) == _json(client["context"]))
 
 
 class AgentManager:
@@ -75,7 +103,8 @@ class AgentManager:
         self.store = store or StateStore.in_memory()
         self._pipelines: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
-        self._turn_locks: dict[tuple[str, str], threading.Lock] = {}
+        #: (player, NPC) -> [lock, threads holding or waiting on it]; an entry goes away at zero.
+        self._turn_locks: dict[tuple[str, str], list] = {}
 
     # -- personas and pipelines ------------------------------------------------------
     def npc_ids(self) -> list[str]:
@@ -111,9 +140,23 @@ class AgentManager:
             self.store.reset(player_id, npc_id)
         return self.conversation(player_id, npc_id).state
 
-    def _turn_lock(self, player_id: str, npc_id: str) -> threading.Lock:
+    @contextmanager
+    def _turn_lock(self, player_id: str, npc_id: str):
+        """Hold the (player, NPC) turn lock; the table keeps only keys in use (refcounted)."""
+        key = (player_id, npc_id)
         with self._lock:
-            return self._turn_locks.setdefault((player_id, npc_id), threading.Lock())
+            entry = self._turn_locks.get(key)
+            if entry is None:
+                entry = self._turn_locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._turn_locks[key]
 
     # -- turns -----------------------------------------------------------------------
     def turn(
@@ -125,19 +168,25 @@ class AgentManager:
         seed: int | None = None,
         request_id: str | None = None,
     ) -> TurnResponse:
-        """Run one turn and commit it; a repeated `request_id` returns the stored response."""
+        """Run one turn and commit it. A repeated `request_id` with the same request returns the
+        stored response; with a different request it raises RequestIdConflictError."""
         pipeline = self.pipeline(npc_id)
         loaded = self.get_persona(npc_id)
         context = context or GameContext()
+        client = client_request(utterance, context, seed)
         with self._turn_lock(player_id, npc_id):
             for attempt in range(MAX_TURN_ATTEMPTS):
                 if request_id is not None:
-                    stored = self.store.find_response(player_id, npc_id, request_id)
-                    if stored is not None:
-                        return response_from_dict(stored)
+                    found = self.store.find_request_and_response(player_id, npc_id, request_id)
+                    if found is not None:
+                        stored_request, stored_response = found
+                        if not same_request(stored_request, client):
+                            raise RequestIdConflictError(request_id)
+                        return response_from_dict(stored_response)
                 convo = self.store.load(player_id, npc_id, initial_state(loaded))
                 try:
-                    return self._run_and_commit(pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id)
+                    return self._run_and_commit(pipeline, loaded, convo, npc_id, player_id, utterance, context, seed,
+                                                request_id, client)
                 except DuplicateRequestError:
                     continue  # another process answered this request: return its response
                 except ConcurrentTurnError:
@@ -145,7 +194,8 @@ class AgentManager:
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_and_commit(self, pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id):
+    def _run_and_commit(self, pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id,
+                        client=None):
         state = convo.state
         if context.quest_stage:  # the game's own state wins over what we stored
             state = NpcState(state.trust, state.relationship, state.mood, context.quest_stage)
@@ -160,6 +210,7 @@ class AgentManager:
             turn_number=convo.turns + 1,
             seed=None if seed is None else seed + convo.turns,
             flag_history=convo.flag_history,
+            delta_history=convo.delta_history,
         )
         done: Turn = self.host.hook.run_turn(turn=turn, pipeline=pipeline)
         new_state = next_state(state, done)
@@ -178,7 +229,7 @@ class AgentManager:
             player_id, npc_id, convo.version, new_state, done.turn_number,
             Exchange(player=done.utterance, npc=done.reply),
             [(f.name, f.payload) for f in done.flags],
-            request_record(done, request_id), body, request_id,
+            request_record(done, request_id, client), body, request_id,
         )
         self.host.hook.turn_completed(turn=done, response=response)
         return response

@@ -33,6 +33,35 @@ class ExampleLine(_Strict):
     npc: str = Field(description="How this NPC answers, in its own voice.")
 
 
+class AuthoredLine(_Strict):
+    """A line the writers wrote, and when it fits (the `authored_lines` step says it)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$", description="Stable id, recorded in a turn's meta.")
+    text: str = Field(min_length=1, description="What the NPC says, verbatim.")
+    events: list[str] = Field(
+        default_factory=list, description="Flags this line goes with: it fits only a turn on which exactly these "
+        "fired (none: a turn on which none fired).")
+    refuses: list[str] = Field(
+        default_factory=list, description="Flags this line refuses in words: it fits only when the game refused "
+        "one of them this turn.")
+    stages: list[str] | None = Field(None, description="Quest stages in which it fits; absent: any.")
+    min_trust: float | None = Field(None, ge=0.0, le=1.0)
+    max_trust: float | None = Field(None, ge=0.0, le=1.0)
+    min_relationship: float | None = Field(None, ge=-1.0, le=1.0)
+    max_relationship: float | None = Field(None, ge=-1.0, le=1.0)
+    examples: list[str] = Field(
+        default_factory=list, description="Player lines or topics it answers; matched by meaning.")
+
+    @field_validator("events", "refuses")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in DEFAULT_FLAGS]
+        if unknown:
+            raise ValueError(f"unknown flag(s) {', '.join(repr(u) for u in unknown)}; "
+                             f"valid flags: {', '.join(DEFAULT_FLAGS)}")
+        return names
+
+
 class InitialState(_Strict):
     trust: float = Field(0.3, ge=0.0, le=1.0, description="How far the NPC believes the player (0..1).")
     relationship: float = Field(0.0, ge=-1.0, le=1.0, description="Warmth towards the player (-1..1).")
@@ -71,16 +100,45 @@ class FlagRule(_Strict):
     allowed: bool = Field(True, description="False forbids the flag for this NPC entirely.")
 
 
+class GainWindow(_Strict):
+    """A cap on gains over a run of turns, so no run of lines farms an axis (issue 33)."""
+
+    turns: int = Field(ge=2, le=100, description="Length of the window, in turns (this one included).")
+    max_up: float = Field(ge=0.0, le=2.0, description="Largest net increase of the axis within any such window "
+                          "(the sum of the deltas applied on those turns).")
+
+
 class AxisPolicy(_Strict):
     max_up: float = Field(1.0, ge=0.0, le=2.0, description="Largest increase applied in one turn.")
     max_down: float = Field(1.0, ge=0.0, le=2.0, description="Largest decrease applied in one turn.")
     min: float | None = Field(None, description="Lowest value this NPC's axis may reach.")
     max: float | None = Field(None, description="Highest value this NPC's axis may reach.")
+    window: GainWindow | None = Field(
+        None, description="Cap on gains over several turns (e.g. {turns: 5, max_up: 0.1}): lines that each "
+        "earn a little cannot add up to a trust gate in a few turns.")
 
 
 class DeltaPolicy(_Strict):
     trust: AxisPolicy = Field(default_factory=AxisPolicy)
     relationship: AxisPolicy = Field(default_factory=AxisPolicy)
+
+
+class RequestBudget(_Strict):
+    """How much of the prompt a request may fill, in tokens of the model that reads it.
+
+    The core checks every turn against it before any model work (see
+    `persona_agents/request_budget.py`): a value or section over its budget is refused
+    (422 naming the field), the stored history is truncated, oldest exchanges first.
+    """
+
+    utterance: int = Field(128, ge=1, le=8192, description="The player's line.")
+    value: int = Field(24, ge=1, le=8192, description="Each single value: an item, an action, the location, "
+                       "the quest stage, one game_state key=value pair.")
+    items: int = Field(64, ge=1, le=8192, description="All items together.")
+    actions: int = Field(64, ge=1, le=8192, description="All actions together.")
+    game_state: int = Field(96, ge=1, le=8192, description="All game_state pairs together.")
+    history: int = Field(256, ge=0, le=65536, description="Earlier exchanges shown to the model; older ones "
+                         "are left out of the prompt (not refused) once the newest fill this budget.")
 
 
 class GenerationSettings(_Strict):
@@ -138,12 +196,24 @@ class Persona(_Strict):
     speaking_style: str = ""
     language: str = Field("en", description="Language the NPC speaks (BCP 47 code).")
     example_lines: list[ExampleLine] = Field(default_factory=list)
+    lines: list[AuthoredLine] = Field(
+        default_factory=list, description="The writers' own lines, said verbatim where they fit (step authored_lines).")
     initial_state: InitialState = Field(default_factory=InitialState)
     knowledge: Knowledge = Field(default_factory=Knowledge)
     flag_rules: dict[str, FlagRule] = Field(default_factory=dict)
     delta_policy: DeltaPolicy = Field(default_factory=DeltaPolicy)
+    request_budget: RequestBudget = Field(default_factory=RequestBudget)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     pipeline: PipelineSpec
+
+    @field_validator("lines")
+    @classmethod
+    def _unique_line_ids(cls, lines: list[AuthoredLine]) -> list[AuthoredLine]:
+        seen: set[str] = set()
+        repeated = sorted({line.id for line in lines if line.id in seen or seen.add(line.id)})
+        if repeated:
+            raise ValueError(f"line id(s) used more than once: {', '.join(repeated)}; give each line its own id")
+        return lines
 
     @field_validator("flag_rules")
     @classmethod

@@ -1,7 +1,7 @@
 """The pipeline: an NPC's steps, run stage by stage in the fixed order.
 
 preprocess -> retrieve -> prompt -> generate -> postprocess. This module holds that
-order and nothing else: what each stage must produce is checked here so a faulty
+order, with the request budget applied after preprocess (request_budget.py), and nothing else: what each stage must produce is checked here so a faulty
 plugin fails with its name, not three stages later.
 """
 
@@ -11,6 +11,8 @@ import time
 
 from .errors import PersonaAgentsError, StepError
 from .persona import STAGES, Persona
+from .request_budget import TokenCounter, apply_request_budget
+from .streaming import current_sink, stream_to
 from .steps import Step
 from .turn import Deltas, FiredFlag, Turn
 
@@ -28,16 +30,41 @@ class Pipeline:
                     step.warm_up()
             self._warm = True
 
+    def token_counter(self) -> TokenCounter | None:
+        """Tokens of the model that reads the prompt: the generate step's counter, if it has one."""
+        for step in self.steps["generate"]:
+            counter = step.token_counter()
+            if counter is not None:
+                return counter
+        return None
+
     def step_names(self) -> dict[str, list[str]]:
         return {stage: [s.name for s in self.steps[stage]] for stage in STAGES}
 
     def run(self, turn: Turn) -> Turn:
         self.warm_up()
+        sink = current_sink()
+        if sink is not None and self.rewrites_text():
+            # A postprocess step may change the text (a writer's line, a word filter): the
+            # player must see only what it lets through, so the reply is sent once, after it.
+            with stream_to(None):
+                done = self._run_stages(turn)
+            if done.reply:
+                sink(done.reply)
+            return done.with_meta(streamed="after postprocess")
+        return self._run_stages(turn)
+
+    def rewrites_text(self) -> bool:
+        return any(step.rewrites_text for step in self.steps["postprocess"])
+
+    def _run_stages(self, turn: Turn) -> Turn:
         timings: dict[str, float] = {}
         for stage in STAGES:
             started = time.perf_counter()
             for step in self.steps[stage]:
                 turn = self._run_step(step, turn)
+            if stage == "preprocess":  # the line is normalised now; bound the request before model work
+                turn = apply_request_budget(turn, self.persona.request_budget, self.token_counter())
             if stage == "generate":
                 turn = self._outcome_from_generation(turn)
             timings[stage] = round((time.perf_counter() - started) * 1000.0, 2)

@@ -1,7 +1,9 @@
 """Game rules: may this flag fire now, and how far may the state move in one turn?
 
 Pure functions over a persona's `flag_rules` and `delta_policy` and the turn's facts,
-used by the `game_rules` postprocess step. The model proposes; these decide. Every
+used by the `game_rules` postprocess step. The model proposes; these decide. A delta
+policy caps each turn's change and, with a `window`, the net rise over several turns, so
+a run of flattering lines cannot farm trust up to a gate. Every
 refusal carries a machine-readable reason:
 
     not_allowed, stage, trust_below, relationship_below, missing_item, missing_action,
@@ -11,10 +13,10 @@ refusal carries a machine-readable reason:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .persona import AxisPolicy, DeltaPolicy, FlagRule
-from .turn import Turn, effective_stage
+from .turn import Deltas, Turn, effective_stage
 
 REASONS: tuple[str, ...] = (
     "not_allowed", "stage", "trust_below", "relationship_below",
@@ -91,19 +93,37 @@ def check_flag(rule: FlagRule | None, facts: RuleFacts, unlisted_allowed: bool =
     return None
 
 
-def _limit_axis(delta: float, current: float, axis: AxisPolicy, low: float, high: float) -> float:
+def window_allowance(axis: AxisPolicy, earlier: Sequence[float]) -> float | None:
+    """How far the axis may still rise this turn under its window (None: no window).
+
+    `earlier` are the deltas applied on earlier turns, oldest first; the window is this
+    turn and the `turns - 1` before it, and their sum may not exceed `max_up`."""
+    if axis.window is None:
+        return None
+    recent = earlier[max(0, len(earlier) - (axis.window.turns - 1)):]
+    # Rounded like the deltas themselves, so 0.1 + 0.1 + 0.05 leaves nothing of 0.25.
+    return max(0.0, round(axis.window.max_up - sum(recent), 6))
+
+
+def _limit_axis(delta: float, current: float, axis: AxisPolicy, low: float, high: float,
+                earlier: Sequence[float] = ()) -> float:
     delta = max(-axis.max_down, min(axis.max_up, delta))
+    allowance = window_allowance(axis, earlier)
+    if allowance is not None:
+        delta = min(delta, allowance)
     floor = max(low, axis.min) if axis.min is not None else low
     ceiling = min(high, axis.max) if axis.max is not None else high
     target = max(floor, min(ceiling, current + delta))
     return round(target - current, 6)
 
 
-def limit_deltas(policy: DeltaPolicy, trust: float, relationship: float, d_trust: float, d_rel: float) -> tuple[float, float]:
-    """Deltas capped per turn and bounded so the state stays in range."""
+def limit_deltas(policy: DeltaPolicy, trust: float, relationship: float, d_trust: float, d_rel: float,
+                 earlier: Sequence[Deltas] = ()) -> tuple[float, float]:
+    """Deltas capped per turn and over the policy's windows (`earlier`: the deltas applied
+    on earlier turns, oldest first), and bounded so the state stays in range."""
     return (
-        _limit_axis(d_trust, trust, policy.trust, 0.0, 1.0),
-        _limit_axis(d_rel, relationship, policy.relationship, -1.0, 1.0),
+        _limit_axis(d_trust, trust, policy.trust, 0.0, 1.0, [d.trust for d in earlier]),
+        _limit_axis(d_rel, relationship, policy.relationship, -1.0, 1.0, [d.relationship for d in earlier]),
     )
 
 

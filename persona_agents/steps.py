@@ -24,7 +24,7 @@ Steps are registered by plugins through the `register_steps(register)` hook.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +44,10 @@ class Step:
     name: ClassVar[str]
     stage: ClassVar[str]
     description: ClassVar[str] = ""
+    #: A postprocess step that may change the reply's text. While any does, a streamed
+    #: turn sends the text once, after postprocessing, so a filter stays a filter;
+    #: steps that only read or decide (game_rules) say False and keep token streaming.
+    rewrites_text: ClassVar[bool] = True
 
     class Options(StepOptions):
         pass
@@ -58,6 +62,11 @@ class Step:
 
     def run(self, turn: "Turn") -> "Turn":  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        """A generate step that knows its model's tokenizer returns a function counting a
+        text's tokens (after warm_up); the core bounds the request with it."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What `meta` shows about this step."""

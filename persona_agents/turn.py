@@ -129,6 +129,8 @@ class Turn:
     seed: int | None = None
     #: flag name -> turn numbers at which it fired before, for once-only and cooldown rules.
     flag_history: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: _frozen_mapping(None))
+    #: Deltas applied on the latest earlier turns, oldest first, for `delta_policy` windows.
+    delta_history: tuple["Deltas", ...] = ()
     lore: tuple[LoreChunk, ...] = ()
     prompt: Prompt | None = None
     generation: Generation | None = None

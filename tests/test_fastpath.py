@@ -343,3 +343,20 @@ def test_a_model_the_fast_engine_cannot_run_falls_back_or_fails_clearly(npc_fold
     assert "bfloat16" in turn["meta"]["engine_note"] and "using transformers generate" in turn["meta"]["engine_note"]
     with pytest.raises(PersonaAgentsError, match="engine 'fast' cannot run model .*bfloat16.*engine: auto"):
         manager.turn("fast_npc", "Hello there.", seed=1)
+
+
+def test_a_grown_cache_is_given_back_once_the_engine_is_idle(compute):
+    # One long prompt must not keep its cache for the life of the process (issue 33).
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model, decode_weights="float32")
+    engine = BatchEngine(decoder, VOCAB, initial_length=32, compute=compute)
+    short = engine.generate(GenerationJob(prompts(1, length=10)[0], 4))
+    assert short.new_ids and engine._cache is not None and engine._cache.max_len == 32
+    assert engine.released == 0
+    long = engine.generate(GenerationJob(prompts(1, length=100)[0], 4))
+    assert long.new_ids
+    compute.call(lambda: None)  # the round that finished the job has returned
+    assert engine.released == 1 and engine._cache is None
+    # The next short job allocates the usual size again, with the same tokens as before.
+    again = engine.generate(GenerationJob(prompts(1, length=10)[0], 4))
+    assert again.new_ids == short.new_ids and engine._cache.max_len == 32

@@ -3,6 +3,8 @@ and how far one turn may move the state."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from persona_agents.default_plugins.game_rules import GameRules
@@ -124,3 +126,39 @@ def test_allowed_flags_reads_the_state_not_the_flag_history(samples):
     staged = out.replace(context=GameContext(quest_stage="in_progress", items=("iron_ore",)))
     assert "quest_start" in allowed_flags(out) and "quest_start" not in allowed_flags(staged)
     assert {"give_item", "quest_complete"} <= set(allowed_flags(staged))
+
+
+def test_a_window_caps_the_net_rise_over_several_turns():
+    policy = DeltaPolicy.model_validate({"trust": {"max_up": 0.2, "window": {"turns": 5, "max_up": 0.25}}})
+    earlier = [Deltas(0.1, 0.0), Deltas(0.1, 0.0)]
+    assert limit_deltas(policy, 0.3, 0.0, 0.2, 0.0, earlier) == (0.05, 0.0)  # 0.2 used of 0.25
+    # A loss inside the window gives room back (the axis may rise 0.25 over any 5 turns).
+    assert limit_deltas(policy, 0.3, 0.0, 0.2, 0.0, [Deltas(0.2, 0), Deltas(-0.2, 0)]) == (0.2, 0.0)
+    # Gains older than the window no longer count; losses are never capped by it.
+    old = [Deltas(0.2, 0)] + [Deltas(0.0, 0)] * 4
+    assert limit_deltas(policy, 0.3, 0.0, 0.2, 0.0, old) == (0.2, 0.0)
+    assert limit_deltas(policy, 0.3, 0.0, -0.3, 0.0, [Deltas(0.25, 0)]) == (-0.3, 0.0)
+
+
+def test_a_run_of_gullible_turns_cannot_farm_trust_up_to_a_gate(npc_folder, tiny_model_dir):
+    # A stand-in for heads that reward every flattering line with +0.1 trust and propose
+    # the reward: without a window the gate opens on turn 4, with one never in 10 turns.
+    from persona_agents.manager import AgentManager
+
+    def gate_turns(window):
+        policy = {"trust": {"max_up": 0.2, **({"window": window} if window else {})}}
+        npc_folder("gatekeeper", flag_rules={"unlock_hidden_path": {"min_trust": 0.6}}, delta_policy=policy,
+                   pipeline={"preprocess": ["normalize_input"], "prompt": ["chat_template"],
+                             "generate": [{"name": "transformers", "options": {"model": str(tiny_model_dir)}}],
+                             "postprocess": [{"name": "propose_flags",
+                                              "options": {"flags": ["unlock_hidden_path"], "trust": 0.1}},
+                                             "game_rules"]})
+        plugins = npc_folder.folder.parent / "plugins"
+        plugins.mkdir(exist_ok=True)
+        shutil.copy(PLUGINS_DIR.parent / "tests" / "plugins" / "proposer.py", plugins)
+        manager = AgentManager(npc_folder.folder, plugins_dir=plugins)
+        return [n for n in range(1, 11)
+                if manager.turn("gatekeeper", "You are wonderful.", seed=n).flags]
+
+    assert gate_turns(None)[0] == 4  # 0.3 + 3 x 0.1 reaches 0.6
+    assert gate_turns({"turns": 10, "max_up": 0.25}) == []

@@ -141,8 +141,11 @@ def test_state_get_and_delete(api):
 def test_repeated_request_id_returns_the_stored_response(api, live):
     who = player()
     first = smith_turn(api, who, request_id="req-1").json()
-    again = smith_turn(api, who, utterance="a different line", request_id="req-1").json()
+    again = smith_turn(api, who, request_id="req-1").json()
     assert again == first
+    # The same id with another request is refused, not answered with the first response.
+    assert_problem(smith_turn(api, who, utterance="a different line", request_id="req-1"),
+                   409, "request_id_conflict", "request_id")
     assert StateStore(live.db_url).count("turn_records", player_id=who) == 1
 
 

@@ -2,7 +2,8 @@
 
 Each proposed flag is checked against the persona's `flag_rules` (persona_agents.rules);
 a refused flag moves to `flags_rejected` with its reason, a fired one gets its payload.
-Deltas are capped and bounded by the persona's `delta_policy`.
+Deltas are capped (per turn, and over a window of turns) and bounded by the persona's
+`delta_policy`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class GameRules(Step):
     name = "game_rules"
     stage = "postprocess"
     description = "Fire only the flags the persona's flag_rules allow now; cap and bound deltas."
+    rewrites_text = False
 
     class Options(StepOptions):
         allow_unlisted_flags: bool = Field(
@@ -37,7 +39,8 @@ class GameRules(Step):
             else:
                 fired.append(FiredFlag(flag.name, {**payload_for(rule), **flag.payload}))
         d_trust, d_rel = limit_deltas(
-            self.persona.delta_policy, turn.state.trust, turn.state.relationship, turn.deltas.trust, turn.deltas.relationship
+            self.persona.delta_policy, turn.state.trust, turn.state.relationship, turn.deltas.trust,
+            turn.deltas.relationship, turn.delta_history,
         )
         meta = {}
         if (d_trust, d_rel) != (turn.deltas.trust, turn.deltas.relationship):

@@ -78,6 +78,10 @@ class TransformersGenerator(Step):
         # build them once per set of markers rather than on every generate call.
         self._stop_criteria: dict[tuple[str, ...], object] = {}
 
+    def token_counter(self):
+        tok = self.loaded.tokenizer
+        return lambda text: len(tok(text)["input_ids"])
+
     def _stopping_criteria(self, markers: tuple[str, ...]):
         from transformers import StoppingCriteriaList
         from transformers.generation.stopping_criteria import StopStringCriteria

@@ -12,6 +12,7 @@ close together share the forward passes without any fixed waiting window.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections import deque
@@ -25,6 +26,15 @@ from .decoder import KVCache, LeanDecoder
 from .sampling import SamplingSettings, TokenChooser
 
 log = logging.getLogger("persona_agents.fastpath")
+
+
+def release_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the OS (no-op elsewhere): tensors of a
+    few MB are malloc'ed from the heap, which otherwise keeps its peak size."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(eq=False)
@@ -66,6 +76,8 @@ class BatchEngine:
         self._active: list[GenerationJob | None] = []  # index = cache slot
         self._lock = threading.Lock()
         self.max_active_seen = 0
+        #: How often a grown cache was given back (tests and benches read it).
+        self.released = 0
         self._compute = compute or compute_thread()
         self._compute.add_engine(self)
         # The weights of batched steps are packed while nothing runs (about 0.7 s for the
@@ -102,6 +114,20 @@ class BatchEngine:
             self._admit(job)
         if self._busy():
             self._step()
+        self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        """Give a grown cache back once nothing runs: one long prompt must not keep its
+        memory for the life of the process (the next job allocates the usual size)."""
+        cache = self._cache
+        if cache is None or cache.max_len <= self._length or self._busy():
+            return
+        with self._lock:
+            if self._pending:
+                return
+        self._cache = None
+        self.released += 1
+        release_freed_memory()
 
     def _busy(self) -> bool:
         return any(job is not None for job in self._active)

@@ -4,7 +4,9 @@ Middleware, outermost first: the API key check (auth.py), the request body limit
 and a catch-all that turns any escaped exception into a generic 500 problem. Domain
 errors become problem responses in problems.py. A lifespan starts warming up every
 NPC's pipeline in a background thread; `/readyz` answers 200 once all are loaded and
-the database answers.
+the database answers. `/docs` (Swagger UI) and `/redoc` load their JS and CSS from
+`/docs/static/` (the files of the fastapi-offline package), never from a CDN, so they
+work offline.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+import fastapi_offline
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import PersonaAgentsError
@@ -26,6 +33,7 @@ from .auth import ApiKeyMiddleware
 from .problems import PROBLEM_MEDIA_TYPE, BodyLimitMiddleware, CatchAllMiddleware, install_problem_handlers
 from .ratelimit import RateLimit, SlidingWindowLimiter
 from .routes import router
+from .scheduler import SchedulerSettings, TurnScheduler
 from .schemas import TextPiece
 
 logger = logging.getLogger("persona_agents.server")
@@ -44,6 +52,8 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024
     #: Load every NPC's pipeline at startup (in a background thread) so /readyz means it.
     warm_up: bool = True
+    #: The turn pool and its per-player and global queues (scheduler.py).
+    scheduler: SchedulerSettings = SchedulerSettings()
 
 
 class WarmUp:
@@ -99,14 +109,17 @@ def create_app(manager: AgentManager, settings: ServerSettings | None = None) ->
             app.state.warmup.mark_all_ready()
         yield
 
-    app = FastAPI(title="persona-agents", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="persona-agents", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served from local files by _install_docs
     app.state.manager = manager
     app.state.settings = settings
     app.state.limiter = SlidingWindowLimiter(settings.rate_limit)
+    app.state.scheduler = TurnScheduler(settings.scheduler)
     app.state.warmup = WarmUp(manager)
     app.state.background_tasks = set()
     install_problem_handlers(app)
     app.include_router(router)
+    _install_docs(app)
     # add_middleware wraps what is there: the last one added runs first.
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -114,6 +127,43 @@ def create_app(manager: AgentManager, settings: ServerSettings | None = None) ->
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+#: Swagger UI, ReDoc and a favicon, shipped by fastapi-offline; served at DOCS_STATIC_URL.
+DOCS_STATIC_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_STATIC_URL = "/docs/static"  # open without a key (auth.OPEN_PREFIXES)
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs, /docs/oauth2-redirect and /redoc with every asset served locally."""
+    app.mount(DOCS_STATIC_URL, StaticFiles(directory=DOCS_STATIC_DIR), name="docs-static")
+
+    def assets(request: Request) -> tuple[str, str]:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return root, f"{root}{DOCS_STATIC_URL}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root, static = assets(request)
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{app.swagger_ui_oauth2_redirect_url}",
+            swagger_js_url=f"{static}/swagger-ui-bundle.js", swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url=f"{static}/favicon.png", swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root, static = assets(request)
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{static}/redoc.standalone.js", redoc_favicon_url=f"{static}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:

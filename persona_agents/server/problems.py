@@ -7,13 +7,19 @@ a request problem also names the bad `field`. Status codes:
 - 404 `unknown_npc` (with `available`), `not_found` (no such route).
 - 405 `method_not_allowed`.
 - 409 `concurrent_turn`: another process kept winning the race for this (player, NPC); retry.
+  409 `request_id_conflict` (field `request_id`): the request_id was already used for this
+  (player, NPC) with a different request; send a new request_id.
 - 413 `request_too_large`: the request body is larger than the server accepts.
 - 422 `invalid_request` (the body, path or query does not match the schema; `errors`
   lists every problem) and `input_rejected` (the NPC's pipeline refused the input, e.g.
   an utterance over the persona's `normalize_input.max_chars`). A too long utterance is
   always 422 naming `utterance`, whichever limit it broke.
-- 429 `rate_limited`, with `Retry-After` in seconds.
-- 503 `model_unavailable`, `database_unavailable`.
+- 422 `input_rejected` also for a request over the NPC's `request_budget` (a value or list
+  that would fill too much of the prompt, counted in the model's tokens; `field` names it).
+- 429 `rate_limited`, and `player_busy` (the player already has as many turns running and
+  queued as the server allows), each with `Retry-After` in seconds.
+- 503 `model_unavailable`, `database_unavailable`, and `server_busy` (the turn queue is
+  full; `Retry-After`).
 - 500 `internal_error`: a generic message; the traceback goes to the server log only.
 """
 
@@ -30,10 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InputError, ModelLoadError, PersonaAgentsError, UnknownNpcError
+from ..errors import InputError, ModelLoadError, PersonaAgentsError, RequestIdConflictError, UnknownNpcError
 from ..store import ConcurrentTurnError
 from ..store.store import StoreError
 from .ratelimit import RateLimited
+from .scheduler import PlayerBusy, ServerBusy
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = logging.getLogger("persona_agents.server")
@@ -100,6 +107,16 @@ def describe_exception(exc: BaseException, instance: str | None = None) -> tuple
         detail = (f"{exc.field}: '{exc.key}' is over the limit of {exc.limit} turns; wait {exc.retry_after} s "
                   "(Retry-After) before the next one.")
         return 429, problem_body(429, "rate_limited", detail, instance, field=exc.field), {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, PlayerBusy):
+        detail = (f"{exc.field}: '{exc.key}' already has {exc.limit} turns running or queued; their turns run one "
+                  f"after another. Wait for an answer (Retry-After: {exc.retry_after} s) before sending more.")
+        return 429, problem_body(429, "player_busy", detail, instance, field=exc.field), {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, ServerBusy):
+        detail = (f"The server is busy: {exc.waiting} turns are waiting for a worker. Retry after "
+                  f"{exc.retry_after} s (Retry-After).")
+        return 503, problem_body(503, "server_busy", detail, instance), {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, RequestIdConflictError):
+        return 409, problem_body(409, "request_id_conflict", str(exc), instance, field=exc.field), {}
     if isinstance(exc, ConcurrentTurnError):
         detail = "Another server process kept committing turns for this player and NPC first; retry the request."
         return 409, problem_body(409, "concurrent_turn", detail, instance), {}

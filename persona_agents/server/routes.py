@@ -1,4 +1,6 @@
-"""The endpoints. Model work runs in the threadpool, never on the event loop.
+"""The endpoints. Turns run in the scheduler's turn pool (scheduler.py: per-player
+queues, a bounded wait), reads and health checks in anyio's own threads, never on the
+event loop.
 
 `AgentManager.turn` orders turns per (player, NPC) and commits each one atomically, so
 concurrent requests for different players run side by side and requests for the same
@@ -22,6 +24,7 @@ from ..streaming import stream_to
 from ..turn import GameContext
 from .ask import ask_response, ask_to_turn
 from .problems import Problem, describe_exception
+from .scheduler import Ticket
 from .schemas import (
     ID_PATTERN, MAX_ID_CHARS, SSE_EVENT_SCHEMA, AskRequest, AskResponse, Health, NpcDetail, NpcList, PlayerNpcState,
     Readiness, TurnOut, TurnRequest,
@@ -34,12 +37,16 @@ PlayerId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID
 
 _DESCRIPTIONS = {
     401: "Missing or wrong API key.", 404: "Unknown NPC (the problem lists the available ids).",
-    409: "Another server process kept winning the race for this player and NPC; retry.",
+    409: "Another server process kept winning the race for this player and NPC; retry (code concurrent_turn). "
+         "Or the request_id was already used for this player and NPC with a different request (utterance, "
+         "context or seed); send a new request_id (code request_id_conflict, field request_id).",
     413: "Request body too large.", 422: "Invalid request; `field` names the bad field.",
-    429: "The player is over the rate limit; see Retry-After.", 500: "Internal error (details in the server log).",
-    503: "The model or the state database is unavailable.",
+    429: "The player is over the rate limit, or already has as many turns running and queued as allowed; "
+         "see Retry-After.", 500: "Internal error (details in the server log).",
+    503: "The model or the state database is unavailable, or the turn queue is full (see Retry-After).",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before the next turn.", "schema": {"type": "integer"}}}
+_RETRY_CODES = (429, 503)
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -47,7 +54,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         out[code] = {"model": Problem, "description": _DESCRIPTIONS[code]}
-        if code == 429:
+        if code in _RETRY_CODES:
             out[code]["headers"] = _RETRY_AFTER
     return out
 
@@ -65,20 +72,22 @@ def _context(body: TurnRequest) -> GameContext:
                        actions=tuple(body.actions), game_state=dict(body.game_state))
 
 
-def _admit(request: Request, npc_id: str, player_id: str, field: str = "player_id") -> AgentManager:
-    """404 for an unknown NPC (before it counts against the limit), then the rate limit."""
+def _admit(request: Request, npc_id: str, player_id: str, field: str = "player_id") -> tuple[AgentManager, Ticket]:
+    """404 for an unknown NPC (before it counts against the limit), the rate limit, then
+    the scheduler's admission (429 for a player with too many turns in flight, 503 for a
+    full queue); the ticket runs the turn in the turn pool (scheduler.py)."""
     manager = _manager(request)
     manager.get_persona(npc_id)
     request.app.state.limiter.hit(player_id, field)
-    return manager
+    return manager, request.app.state.scheduler.admit(player_id, field)
 
 
 # -- turns ---------------------------------------------------------------------------
 @router.post("/v1/npcs/{npc_id}/turns", response_model=TurnOut, responses=TURN_ERRORS, tags=["turns"],
              summary="Play one turn: the NPC's reply, deltas, flags and state")
 async def create_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> dict[str, Any]:
-    manager = _admit(request, npc_id, body.player_id)
-    response = await run_in_threadpool(
+    manager, ticket = _admit(request, npc_id, body.player_id)
+    response = await ticket.run(
         manager.turn, npc_id, body.utterance, player_id=body.player_id, context=_context(body),
         seed=body.seed, request_id=body.request_id,
     )
@@ -105,7 +114,7 @@ def _sse(event: str, data: Any) -> bytes:
                      "content": {"text/event-stream": {"itemSchema": SSE_EVENT_SCHEMA}}}, **TURN_ERRORS},
 )
 async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSEResponse:
-    manager = _admit(request, npc_id, body.player_id)
+    manager, ticket = _admit(request, npc_id, body.player_id)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     path = request.url.path
@@ -120,7 +129,7 @@ async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSE
 
     async def produce() -> None:
         try:
-            response = await run_in_threadpool(work)
+            response = await ticket.run(work)
             queue.put_nowait(("final", response.to_dict()))
         except Exception as exc:  # noqa: BLE001 - becomes an `error` event with a problem body
             queue.put_nowait(("error", describe_exception(exc, path)[1]))
@@ -145,10 +154,10 @@ async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSE
              summary="The seed engine's /ask: one turn in the seed's request and response shapes",
              description="`session_id` stands for the player. See persona_agents/server/ask.py for the full mapping.")
 async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
-    manager = _admit(request, body.npc_id, body.session_id, field="session_id")
     context, ignored = ask_to_turn(body)
+    manager, ticket = _admit(request, body.npc_id, body.session_id, field="session_id")
     try:
-        response = await run_in_threadpool(
+        response = await ticket.run(
             manager.turn, body.npc_id, body.user_input, player_id=body.session_id, context=context,
             request_id=body.request_id,
         )

@@ -8,9 +8,10 @@ and also answers 422 naming `utterance`.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 #: Hard cap on a player's line at the edge; a persona's normalize_input limit is usually lower.
 MAX_UTTERANCE_CHARS = 4000
@@ -19,11 +20,33 @@ MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 100
 MAX_LIST_ITEMS = 200
 MAX_GAME_STATE_KEYS = 64
-#: Ids may hold anything printable (UUIDs, e-mails, "guild:42"), never control characters.
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: Ids (player_id, session_id, request_id; the player path segment) may hold any printable
+#: character (UUIDs, e-mails, "guild:42") except `/`, and not only dots: every id a turn
+#: accepts must also work as a path segment of /v1/players/{player_id}/..., where `/` would
+#: split the path and "." or ".." are removed by clients. Never control characters.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f/]*[^\x00-\x1f\x7f-\x9f/.][^\x00-\x1f\x7f-\x9f/]*$"
+#: What the API docs say about ids.
+ID_RULE = (f"Ids are 1 to {MAX_ID_CHARS} printable characters (letters, digits, spaces, punctuation: "
+           "UUIDs, e-mails, `guild:42`) except `/`; no control characters, and not only dots.")
 
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 StateKey = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+#: One game_state value, as JSON; the persona's request_budget then bounds it in tokens.
+MAX_STATE_VALUE_CHARS = 256
+
+
+def _bounded_json(value: Any) -> Any:
+    """A game_state value no longer than MAX_STATE_VALUE_CHARS once written as JSON."""
+    try:
+        size = len(json.dumps(value, ensure_ascii=False))
+    except ValueError:  # an integer past Python's digit limit
+        raise ValueError(f"is a number too long to accept; at most {MAX_STATE_VALUE_CHARS} characters") from None
+    if size > MAX_STATE_VALUE_CHARS:
+        raise ValueError(f"is {size} characters as JSON; at most {MAX_STATE_VALUE_CHARS} are accepted")
+    return value
+
+
+StateValue = Annotated[JsonValue, AfterValidator(_bounded_json)]
 
 
 class _Strict(BaseModel):
@@ -36,7 +59,7 @@ class TurnRequest(_Strict):
 
     player_id: str = Field(
         min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
-        description="The player's id: state and history are kept per (player, NPC).",
+        description=f"The player's id: state and history are kept per (player, NPC). {ID_RULE}",
     )
     utterance: str = Field(
         min_length=1, max_length=MAX_UTTERANCE_CHARS,
@@ -45,7 +68,8 @@ class TurnRequest(_Strict):
     )
     request_id: str | None = Field(
         None, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
-        description="Idempotency key: repeating it returns the stored response and changes nothing.",
+        description="Idempotency key: repeating it with the same request returns the stored response and "
+        "changes nothing; reusing it with a different request is a 409 (request_id_conflict). " + ID_RULE,
     )
     quest_stage: str | None = Field(
         None, min_length=1, max_length=MAX_NAME_CHARS,
@@ -60,9 +84,10 @@ class TurnRequest(_Strict):
         default_factory=list, max_length=MAX_LIST_ITEMS,
         description="Actions the player has done (flag rules may require them).",
     )
-    game_state: dict[StateKey, JsonValue] = Field(
+    game_state: dict[StateKey, StateValue] = Field(
         default_factory=dict, max_length=MAX_GAME_STATE_KEYS,
-        description="Free game state shown to the prompt as key=value pairs.",
+        description=f"Free game state shown to the prompt as key=value pairs (each value at most "
+        f"{MAX_STATE_VALUE_CHARS} characters as JSON; the NPC's request_budget bounds them in tokens).",
     )
     seed: int | None = Field(
         None, ge=0, le=2**31 - 1,
@@ -240,7 +265,7 @@ class AskRequest(_Open):
     """The seed's game-server request (`POST /ask`)."""
 
     session_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
-                            description="The game's session: stands for the player.")
+                            description=f"The game's session: stands for the player. {ID_RULE}")
     npc_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="The NPC spoken to.")
     user_input: str = Field(min_length=1, max_length=MAX_UTTERANCE_CHARS, description="What the player says.")
     context: AskContext = Field(default_factory=AskContext)
@@ -251,7 +276,7 @@ class AskRequest(_Open):
         description="Accepted; the stored history of (session, NPC) is used instead.",
     )
     request_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
-                                   description="Extension: idempotency key, as in /v1 turns.")
+                                   description=f"Extension: idempotency key, as in /v1 turns. {ID_RULE}")
 
 
 class AskDeltas(BaseModel):

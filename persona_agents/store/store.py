@@ -24,11 +24,13 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import PersonaAgentsError
 from ..models import cache_dir
-from ..turn import Exchange, NpcState
+from ..turn import Deltas, Exchange, NpcState
 from .migrations import upgrade
 from .schema import FlagEventRow, HistoryRow, NpcStateRow, TurnRecordRow
 
 DB_ENV = "PERSONA_AGENTS_DB"
+#: Earlier turns whose deltas a load returns: the longest delta_policy window allowed.
+DELTA_HISTORY_TURNS = 100
 
 
 def default_db_url() -> str:
@@ -58,6 +60,8 @@ class StoredConversation:
     flag_history: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     turns: int = 0
     version: int = 0
+    #: Deltas applied on the latest turns (up to DELTA_HISTORY_TURNS), oldest first.
+    delta_history: tuple[Deltas, ...] = ()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -122,6 +126,12 @@ class StateStore:
                 .order_by(FlagEventRow.turn_number)
             ):
                 flags.setdefault(flag, []).append(number)
+            deltas = conn.execute(
+                select(TurnRecordRow.delta_trust, TurnRecordRow.delta_relationship)
+                .where(TurnRecordRow.player_id == player_id, TurnRecordRow.npc_id == npc_id)
+                .order_by(TurnRecordRow.turn_number.desc())
+                .limit(DELTA_HISTORY_TURNS)
+            ).all()
         state = NpcState(row["trust"], row["relationship"], row["mood"], row["quest_stage"])
         return StoredConversation(
             state=state,
@@ -129,6 +139,7 @@ class StateStore:
             flag_history=MappingProxyType({k: tuple(v) for k, v in flags.items()}),
             turns=row["turns"],
             version=row["version"],
+            delta_history=tuple(Deltas(t, r) for t, r in reversed(deltas)),
         )
 
     def find_response(self, player_id: str, npc_id: str, request_id: str) -> dict[str, Any] | None:
@@ -141,6 +152,21 @@ class StateStore:
                 )
             ).first()
         return row[0] if row else None
+
+    def find_request_and_response(
+        self, player_id: str, npc_id: str, request_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(stored request record, stored response) of a request_id, or None: lets a repeat be
+        told apart from a different request that reuses the id."""
+        with self._serial, self.engine.connect() as conn:
+            row = conn.execute(
+                select(TurnRecordRow.request, TurnRecordRow.response).where(
+                    TurnRecordRow.player_id == player_id,
+                    TurnRecordRow.npc_id == npc_id,
+                    TurnRecordRow.request_id == request_id,
+                )
+            ).first()
+        return (dict(row[0] or {}), row[1]) if row else None
 
     # -- writing -----------------------------------------------------------------------
     def commit_turn(
