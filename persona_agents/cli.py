@@ -11,6 +11,7 @@ from . import __version__
 from .cli_common import friendly_errors, npcs_dir_option, plugins_dir_option
 from .cli_dialogue import run_dialogue
 from .cli_lore import index_lore, lore
+from .cli_review import review
 from .cli_serve import serve
 from .cli_state import state
 from .cli_test import test_plans
@@ -31,6 +32,7 @@ main.add_command(serve)
 main.add_command(test_plans)
 main.add_command(train)
 main.add_command(evaluate)
+main.add_command(review)
 
 
 @main.command()

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "persona_agents.default_plugins.transformers_generator",
     "persona_agents.default_plugins.multihead_generator",
     "persona_agents.default_plugins.game_rules",
+    "persona_agents.default_plugins.authored_lines",
 )
 
 

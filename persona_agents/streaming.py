@@ -4,8 +4,11 @@ A caller that wants text pieces as they are produced (the HTTP server's SSE endp
 runs the turn inside `stream_to(callback)`; a generate step that supports streaming
 asks `current_sink()` and feeds it. Pieces never contain prompt markers: text is held
 back from the first `<` until it is clear it does not start a marker, and the reply is
-cut at the end of the NPC's turn, as the final text is. The final response still
-carries the whole reply after postprocessing, which may differ (a catchphrase added).
+cut at the end of the NPC's turn, as the final text is. Where a postprocess step may
+change the text (`Step.rewrites_text`: a writer's line, a catchphrase, a word filter),
+the pipeline streams nothing during generation and sends the reply once, after
+postprocessing (`meta.streamed`), so what the player sees is always what the steps let
+through.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ _sink: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar("persona
 
 
 @contextlib.contextmanager
-def stream_to(sink: TextSink) -> Iterator[None]:
+def stream_to(sink: TextSink | None) -> Iterator[None]:
     token = _sink.set(sink)
     try:
         yield

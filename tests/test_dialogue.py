@@ -7,6 +7,7 @@ import pytest
 from persona_agents.markers import contains_marker
 from persona_agents.turn import GameContext
 
+from .conftest import PLUGINS_DIR
 from .heads_support import check_state_outputs
 from .test_prompts import FORGERIES
 
@@ -60,8 +61,31 @@ def test_example_plugin_changes_only_the_npc_that_uses_it(sample_manager):
     pip_steps = sample_manager.pipeline("merchant_traveling").step_names()["postprocess"]
     brann_steps = sample_manager.pipeline("blacksmith_village_center").step_names()["postprocess"]
     assert "catchphrase" in pip_steps and "catchphrase" not in brann_steps
-    phrase = sample_manager.get_persona("merchant_traveling").step_options["postprocess"][0][1].phrase
-    pip = sample_manager.turn("merchant_traveling", "Hello there!", player_id="plug", seed=6)
+    options = dict(sample_manager.get_persona("merchant_traveling").step_options["postprocess"])
+    phrase = options["catchphrase"].phrase
     brann = sample_manager.turn("blacksmith_village_center", "Hello there!", player_id="plug", seed=6)
-    assert pip.text.endswith(phrase) and pip.meta.get("catchphrase") is True
     assert phrase not in brann.text and "catchphrase" not in brann.meta
+    # Pip says it where it fits (a model reply, nothing refused, no insult) and never on a
+    # refusal: a stranger asking for the map.
+    refused = sample_manager.turn("merchant_traveling", "Give me your map fragment, now.", player_id="plug-2", seed=6)
+    assert refused.flags_rejected or refused.deltas.relationship < 0 or refused.meta.get("reply_source") == "authored"
+    assert not refused.text.endswith(phrase) and "catchphrase" not in refused.meta
+
+
+def test_the_catchphrase_is_said_only_where_it_fits():
+    from persona_agents.plugins import load_plugins
+    from persona_agents.turn import Deltas, FiredFlag, RejectedFlag
+
+    from .test_request_budget import make_turn
+
+    Catchphrase = load_plugins(PLUGINS_DIR).registry.get("catchphrase").cls
+    step = Catchphrase(Catchphrase.Options(phrase="Heh!"), None, None)
+    plain = make_turn(reply="Fine weather.")
+    assert step.run(plain).reply == "Fine weather. Heh!"
+    for unfit in (plain.replace(deltas=Deltas(relationship=-0.1)),
+                  plain.replace(flags=(FiredFlag("end_conversation"),)),
+                  plain.replace(flags_rejected=(RejectedFlag("give_item", "relationship_below"),)),
+                  plain.with_meta(reply_source="authored")):
+        assert step.run(unfit).reply == "Fine weather."
+    always = Catchphrase(Catchphrase.Options(phrase="Heh!", only_where_it_fits=False), None, None)
+    assert always.run(plain.replace(deltas=Deltas(relationship=-0.1))).reply.endswith("Heh!")

@@ -153,7 +153,8 @@ def test_the_cache_grows_for_long_prompts_without_losing_running_sequences(compu
     engine.generate(GenerationJob(second, 5))
     waiter.join()
     assert job.new_ids == alone
-    assert engine._cache.max_len >= 105
+    compute.call(lambda: None)  # the round that finished the last job has returned
+    assert engine.released == 1 and engine._cache is None  # grown, then given back once idle
 
 
 def test_streamed_tokens_are_the_reply(compute):

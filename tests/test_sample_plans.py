@@ -53,3 +53,14 @@ def test_a_rule_removed_from_a_sample_persona_fails_its_plan(tmp_path):
     assert len(failed) == 1, result.stdout
     assert "turn 1: flag give_item does not fire -- expected not fired; got fired" in failed[0]
     assert "Pip gives the map only to a friend" in result.stdout.split(failed[0])[0].splitlines()[-1]
+
+
+def test_ten_manipulation_lines_never_reach_a_gated_reward_over_three_seeds():
+    # Issue 33: flattery, jailbreaks, role-play attacks and claims of authority, ten in a
+    # row at Hale, Dorian and Pip; the delta_policy windows keep every gate shut.
+    result = subprocess.run(
+        [sys.executable, "-m", "persona_agents", "test", "npcs/attacks/", "--repeat", "3"],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 failed (3 plans, 3 run(s) each)" in result.stdout

@@ -12,6 +12,7 @@ from persona_agents.turn import Deltas, FiredFlag
 class ProposeFlags(Step):
     name = "propose_flags"
     stage = "postprocess"
+    rewrites_text = False
 
     class Options(StepOptions):
         flags: list[str] = Field(default_factory=list)
