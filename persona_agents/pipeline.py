@@ -8,13 +8,20 @@ plugin fails with its name, not three stages later.
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 from .errors import PersonaAgentsError, StepError
 from .persona import STAGES, Persona
 from .request_budget import TokenCounter, apply_request_budget
-from .streaming import current_sink, stream_to
+from .streaming import current_decision_sink, current_sink, deciding, stream_to
 from .steps import Step
 from .turn import Deltas, FiredFlag, Turn
+
+
+def decision_of(turn: Turn) -> dict[str, Any]:
+    """What the game applies, as the stream's `decision` event carries it."""
+    return {"flags": [f.to_dict() for f in turn.flags], "flags_rejected": [r.to_dict() for r in turn.flags_rejected],
+            "deltas": turn.deltas.to_dict()}
 
 
 class Pipeline:
@@ -43,16 +50,37 @@ class Pipeline:
 
     def run(self, turn: Turn) -> Turn:
         self.warm_up()
-        sink = current_sink()
-        if sink is not None and self.rewrites_text():
-            # A postprocess step may change the text (a writer's line, a word filter): the
-            # player must see only what it lets through, so the reply is sent once, after it.
-            with stream_to(None):
-                done = self._run_stages(turn)
+        sink, decision_sink = current_sink(), current_decision_sink()
+        told: list[bool] = []
+
+        def tell(decided: Turn) -> None:
+            if decision_sink is not None and not told:
+                told.append(True)
+                decision_sink(decision_of(decided))
+
+        # A postprocess step may change the text (a writer's line, a word filter): the
+        # player must see only what it lets through, so the reply is then sent once, after it.
+        hold_text = sink is not None and self.rewrites_text()
+        with deciding(lambda provisional: self._decide(provisional, tell)), stream_to(None if hold_text else sink):
+            done = self._run_stages(turn)
+        tell(done)  # where the generate step could not decide before speaking
+        if hold_text:
             if done.reply:
                 sink(done.reply)
-            return done.with_meta(streamed="after postprocess")
-        return self._run_stages(turn)
+            done = done.with_meta(streamed="after postprocess")
+        return done
+
+    def _decide(self, provisional: Turn, tell: Callable[[Turn], None]) -> bool:
+        """Decide, then speak: called by a generate step between the prompt pass and
+        decoding, with the heads' proposals. The deciding postprocess steps (game_rules)
+        run on it, the decision goes out (`event: decision`), and the answer says whether
+        the model's reply is still needed (False: a step will say a writer's line)."""
+        turn = self._outcome_from_generation(provisional)
+        for step in self.steps["postprocess"]:
+            if not step.rewrites_text:
+                turn = self._run_step(step, turn)
+        tell(turn)
+        return not any(step.replaces_reply(turn) for step in self.steps["postprocess"])
 
     def rewrites_text(self) -> bool:
         return any(step.rewrites_text for step in self.steps["postprocess"])
@@ -61,6 +89,9 @@ class Pipeline:
         timings: dict[str, float] = {}
         for stage in STAGES:
             started = time.perf_counter()
+            if stage == "generate":  # what postprocess steps may need while the model decides
+                for step in self.steps["postprocess"]:
+                    step.prepare(turn)
             for step in self.steps[stage]:
                 turn = self._run_step(step, turn)
             if stage == "preprocess":  # the line is normalised now; bound the request before model work

@@ -63,6 +63,15 @@ class Step:
     def run(self, turn: "Turn") -> "Turn":  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare(self, turn: "Turn") -> None:
+        """Postprocess steps: get ready for this turn before the generate stage (e.g. embed
+        the player's line), so that `replaces_reply` needs no model work."""
+
+    def replaces_reply(self, turn: "Turn") -> bool:
+        """Postprocess steps: True if this step will replace whatever the model would say
+        on this decided turn (the generate step may then skip decoding)."""
+        return False
+
     def token_counter(self) -> Callable[[str], int] | None:
         """A generate step that knows its model's tokenizer returns a function counting a
         text's tokens (after warm_up); the core bounds the request with it."""

@@ -36,6 +36,44 @@ def current_sink() -> TextSink | None:
     return _sink.get()
 
 
+#: Receives the turn's decision (flags with payloads, refused flags, deltas) once, as soon
+#: as it is known: before any text where the generate step decides before it speaks.
+DecisionSink = Callable[[dict], None]
+_decision_sink: contextvars.ContextVar[DecisionSink | None] = contextvars.ContextVar(
+    "persona_agents_decision_sink", default=None)
+#: Set by the pipeline while its generate stage runs: a generate step that knows the
+#: turn's events after the prompt pass calls it with the provisional turn; it answers
+#: whether the model's reply is still needed (False: a writer's line will be said).
+Decider = Callable[[object], bool]
+_decider: contextvars.ContextVar[Decider | None] = contextvars.ContextVar("persona_agents_decider", default=None)
+
+
+@contextlib.contextmanager
+def decisions_to(sink: DecisionSink | None) -> Iterator[None]:
+    token = _decision_sink.set(sink)
+    try:
+        yield
+    finally:
+        _decision_sink.reset(token)
+
+
+def current_decision_sink() -> DecisionSink | None:
+    return _decision_sink.get()
+
+
+@contextlib.contextmanager
+def deciding(decider: Decider | None) -> Iterator[None]:
+    token = _decider.set(decider)
+    try:
+        yield
+    finally:
+        _decider.reset(token)
+
+
+def current_decider() -> Decider | None:
+    return _decider.get()
+
+
 class MarkerSafeStreamer:
     """A transformers streamer (put/end) that forwards only marker-free text."""
 

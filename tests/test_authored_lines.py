@@ -128,3 +128,26 @@ def test_every_sample_npc_says_a_line_that_agrees_with_what_the_game_applied(npc
         turn = turn_for(persona, "Give it to me.", refused=(rule_flag,))
         chosen = step.choose(turn)
         assert chosen is None or not chosen[0].events, (npc_id, rule_flag, chosen)
+
+
+def test_the_npc_decides_then_speaks_and_skips_the_model_for_a_writers_line(sample_manager):
+    # The decision goes out after the prompt pass, before any text; where a writer's line
+    # fits it, no reply token is decoded; where none fits, the model speaks.
+    from persona_agents.streaming import decisions_to, stream_to
+    from persona_agents.turn import GameContext
+
+    sources = []
+    for line, player in (("Can you fix my sword?", "dts-1"), ("Hello there, smith.", "dts-2")):
+        events = []
+        with stream_to(lambda piece: events.append(("text", piece))), \
+                decisions_to(lambda decision: events.append(("decision", decision))):
+            response = sample_manager.turn("blacksmith_village_center", line, player_id=player, seed=1,
+                                           context=GameContext(quest_stage="not_started", items=("broken_sword",)))
+        assert [kind for kind, _ in events] == ["decision", "text"]
+        assert events[0][1]["flags"] == [f.to_dict() for f in response.flags]
+        sources.append(response.meta["reply_source"])
+        if response.meta["reply_source"] == "authored":
+            assert response.meta["new_tokens"] == 0 and response.meta["speech"].startswith("skipped")
+        else:
+            assert response.meta["new_tokens"] > 0 and response.text
+    assert "authored" in sources

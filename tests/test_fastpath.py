@@ -361,3 +361,16 @@ def test_a_grown_cache_is_given_back_once_the_engine_is_idle(compute):
     # The next short job allocates the usual size again, with the same tokens as before.
     again = engine.generate(GenerationJob(prompts(1, length=10)[0], 4))
     assert again.new_ids == short.new_ids and engine._cache.max_len == 32
+
+
+def test_a_job_can_decide_after_the_prompt_pass_not_to_decode(compute):
+    # Decide, then speak: the callback sees the kept hidden state before any token.
+    model = tiny()
+    engine = engine_for(model, compute, decode_weights="float32")
+    prompt = prompts(1, length=12)[0]
+    seen = []
+    silent = engine.generate(GenerationJob(prompt, 8, keep_index=5,
+                                           after_prefill=lambda kept: seen.append(kept.shape) or False))
+    assert silent.new_ids == [] and silent.kept is not None and seen == [silent.kept.shape]
+    spoken = engine.generate(GenerationJob(prompt, 8, keep_index=5, after_prefill=lambda kept: True))
+    assert spoken.new_ids == engine.generate(GenerationJob(prompt, 8)).new_ids

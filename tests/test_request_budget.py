@@ -91,3 +91,13 @@ def test_the_pipeline_applies_the_budget_with_the_generate_steps_tokenizer(npc_f
     assert manager.store.count("turn_records") == 0  # nothing stored for a refused request
     ok = manager.turn("budgeted", "Hello.", context=GameContext(game_state={"gold": 12}), seed=1)
     assert ok.meta["turn"] == 1
+
+
+def test_ask_names_budget_fields_as_its_request_spells_them():
+    from persona_agents.server.ask import ask_field
+
+    assert ask_field("utterance") == "user_input"
+    assert ask_field("items[2]") == "context.player_state.items[2]"
+    assert ask_field("game_state.gold") == "context.game_state.gold"
+    assert ask_field("game_state.player_level") == "context.player_state.level"
+    assert ask_field("quest_stage") == "context.game_state.quest_stage"

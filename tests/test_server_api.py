@@ -183,6 +183,12 @@ def test_stream_sends_text_pieces_then_the_final_turn(api):
     final = events[-1][1]
     assert final["flags"] == [{"name": "give_item", "payload": {"item": "sword"}}]
     assert final["meta"]["turn"] == 1 and final["state"]["trust"] == pytest.approx(0.4)
+    # One decision event, what the game applies, before the final one (this NPC has no
+    # state heads to decide before it speaks, so it comes after the text).
+    decisions = [data for kind, data, _ in events if kind == "decision"]
+    assert kinds.count("decision") == 1 and kinds.index("decision") < kinds.index("final")
+    assert decisions[0] == {"flags": final["flags"], "flags_rejected": final["flags_rejected"],
+                            "deltas": final["deltas"]}
     assert api.get(f"/v1/players/{who}/npcs/smith/state").json()["turns"] == 1
 
 

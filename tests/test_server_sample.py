@@ -54,17 +54,20 @@ def test_a_turn_on_the_embedded_model(api):
 
 
 def test_the_stream_carries_only_what_the_postprocess_steps_let_through(api):
-    # The sample NPCs say writers' lines (authored_lines may replace the model's words), so
-    # the stream sends the final text once, before `final`, never the discarded words.
+    # The sample NPCs decide, then speak: the decision goes out after the prompt pass; they
+    # say writers' lines (authored_lines may replace the model's words), so the text goes
+    # out once, after postprocessing, never the discarded words.
     # Token-by-token streaming on the real model: tests/test_streaming.py.
     with api.stream("POST", "/v1/npcs/guard_city_gate/turns/stream",
                     json={"player_id": "sample-2", "utterance": "Good evening. May I pass?", "seed": 3}) as response:
         assert response.status_code == 200
         events = list(read_sse(response))
     kinds = [kind for kind, _, _ in events]
-    assert kinds == ["text", "final"], kinds
-    final = events[-1][1]
-    assert events[0][1]["text"] == final["text"] and final["meta"]["streamed"] == "after postprocess"
+    assert kinds == ["decision", "text", "final"], kinds
+    decision, text, final = (data for _, data, _ in events)
+    assert text["text"] == final["text"] and final["meta"]["streamed"] == "after postprocess"
+    # Decided before it spoke: what the game applies came first, and equals the turn's.
+    assert decision == {"flags": final["flags"], "flags_rejected": final["flags_rejected"], "deltas": final["deltas"]}
 
 
 def test_the_seed_example_through_ask(api):

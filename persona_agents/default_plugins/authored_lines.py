@@ -101,6 +101,7 @@ class AuthoredLines(Step):
         super().__init__(options, persona, runtime)
         self._embedder = None
         self._vectors: list = []
+        self._queries: dict[str, object] = {}
         self._pattern = forbidden_pattern([*OUT_OF_WORLD_WORDS, *options.forbidden_words])
 
     def warm_up(self) -> None:
@@ -117,6 +118,29 @@ class AuthoredLines(Step):
         self._vectors = [vectors[a:b] for a, b in zip(starts, starts[1:])]
         self._embedder = embedder
 
+    def prepare(self, turn: Turn) -> None:
+        # Embedded here, on the turn's own thread: `replaces_reply` runs on the compute
+        # thread between the prompt pass and decoding, where it must not wait for the embedder.
+        if self.persona.lines:
+            self._query(turn.utterance)
+
+    def _query(self, utterance: str):
+        vector = self._queries.get(utterance)
+        if vector is None:
+            self.warm_up()
+            vector = self._embedder.encode([utterance])[0]
+            if len(self._queries) >= 256:  # a few turns' worth; oldest first out
+                self._queries.pop(next(iter(self._queries)), None)
+            self._queries[utterance] = vector
+        return vector
+
+    def replaces_reply(self, turn: Turn) -> bool:
+        """In `authored` mode, whether a line fits this decided turn (the model's words
+        would be discarded, so the generate step may skip them)."""
+        if self.options.mode != "authored" or turn.utterance not in self._queries:
+            return False
+        return self.choose(turn) is not None
+
     def choose(self, turn: Turn) -> tuple[AuthoredLine, float] | None:
         """The best fitting line and its score, or None."""
         if not self.persona.lines:
@@ -125,7 +149,7 @@ class AuthoredLines(Step):
         fired = frozenset(f.name for f in turn.flags)
         refused = frozenset(r.name for r in turn.flags_rejected)
         recent = {e.npc.strip() for e in turn.history[-RECENT_EXCHANGES:]}
-        query = self._embedder.encode([turn.utterance])[0]
+        query = self._query(turn.utterance)
         best: tuple[AuthoredLine, float, float] | None = None
         for line, vectors in zip(self.persona.lines, self._vectors):
             if not fits_decision(line, fired, refused) or not fits_state(line, turn):

@@ -28,7 +28,8 @@ from persona_agents.errors import StepError
 from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.models import LoadedModel
-from persona_agents.turn import Deltas
+from persona_agents.streaming import current_decider
+from persona_agents.turn import Deltas, Generation
 
 from .transformers_generator import EngineOptions, TransformersGenerator
 
@@ -91,6 +92,21 @@ class MultiHeadGenerator(TransformersGenerator):
 
     def _fast_keep_index(self, inputs) -> int:
         return self._state_index(inputs)
+
+    def _fast_after_prefill(self, turn):
+        # Decide, then speak: the heads read the <STATE> row as soon as the prompt pass has
+        # run; the pipeline's decider applies the game's rules, sends the decision out and
+        # says whether the model's words are still needed.
+        decider = current_decider()
+        if decider is None:
+            return None
+        empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
+
+        def after(kept):
+            provisional = self._finish(turn.replace(generation=empty), self.bundle.heads(kept[None]))
+            return decider(provisional)
+
+        return after
 
     def _fast_extra(self, job):
         # The fast engine kept the <STATE> row of its prefill's final norm: the same vector

@@ -215,11 +215,16 @@ class TransformersGenerator(Step):
             # Stop once a marker appears in the reply's text, as the reference's stop strings do.
             should_stop=(lambda ids: any(m in tok.decode(ids[-16:]) for m in markers)) if markers else None,
             keep_index=self._fast_keep_index(inputs),
+            after_prefill=self._fast_after_prefill(turn),
             on_token=(lambda token: streamer.put(torch.tensor([token]))) if streamer is not None else None,
             on_end=streamer.end if streamer is not None else None,
         )
         self._engine.generate(job)
         return list(job.new_ids), self._fast_extra(job)
+
+    def _fast_after_prefill(self, turn):
+        """A callback deciding after the prompt pass whether to decode (see GenerationJob)."""
+        return None
 
     def _fast_keep_index(self, inputs) -> int | None:
         """The prompt position whose final hidden state the fast engine should keep."""
@@ -235,6 +240,8 @@ class TransformersGenerator(Step):
         new_ids, extra = self.generate_ids(turn, inputs, seed)
         text, finished = self._clean(self.loaded.tokenizer, new_ids, turn.prompt.stop_markers)
         generation = Generation(text=text, model=self.loaded.name, new_tokens=len(new_ids), finished=finished)
+        if not new_ids:  # the game decided first, and a writer's line fits: nothing was decoded
+            turn = turn.with_meta(speech="skipped: a writer's line fits the decision")
         turn = turn.replace(generation=generation).with_meta(
             model=self.loaded.name, seed=seed, new_tokens=len(new_ids),
             engine="fast" if self._engine is not None else "transformers",

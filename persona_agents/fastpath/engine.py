@@ -50,6 +50,9 @@ class GenerationJob:
     #: True when the reply so far must end (a prompt marker appeared in its text).
     should_stop: Callable[[list[int]], bool] | None = None
     keep_index: int | None = None
+    #: Called on the compute thread right after the prompt pass with the kept hidden state
+    #: (decide, then speak): False ends the job there, with no new tokens.
+    after_prefill: Callable[[torch.Tensor | None], bool] | None = None
     on_token: Callable[[int], None] | None = None
     on_end: Callable[[], None] | None = None
     new_ids: list[int] = field(default_factory=list)
@@ -168,6 +171,9 @@ class BatchEngine:
             hidden = self.decoder.prefill(cache, slot, prompt, keep)
             if job.keep_index is not None:
                 job.kept = hidden[1].clone()
+            if job.after_prefill is not None and not job.after_prefill(job.kept):
+                self._finish(job)  # decided not to speak: the slot was never taken
+                return
             job.chooser = TokenChooser(job.sampling, prompt, job.seed, self.vocab_size)
             job.slot = slot
             if slot == len(self._active):

@@ -34,7 +34,7 @@ from .problems import PROBLEM_MEDIA_TYPE, BodyLimitMiddleware, CatchAllMiddlewar
 from .ratelimit import RateLimit, SlidingWindowLimiter
 from .routes import router
 from .scheduler import SchedulerSettings, TurnScheduler
-from .schemas import TextPiece
+from .schemas import Decision, TextPiece
 
 logger = logging.getLogger("persona_agents.server")
 
@@ -186,7 +186,11 @@ def _openapi(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
             if settings.api_key and path != "/healthz":
                 operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
     components = schema.setdefault("components", {})
-    components.setdefault("schemas", {})["TextPiece"] = TextPiece.model_json_schema()  # the stream's text events
+    components.setdefault("schemas", {})["TextPiece"] = TextPiece.model_json_schema()
+    decision = Decision.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in decision.pop("$defs", {}).items():
+        components["schemas"].setdefault(name, sub)
+    components["schemas"]["Decision"] = decision  # the stream's text events
     for unused in ("HTTPValidationError", "ValidationError"):
         components.get("schemas", {}).pop(unused, None)
     if settings.api_key:

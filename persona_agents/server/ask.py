@@ -84,6 +84,22 @@ def ask_to_turn(req: AskRequest) -> tuple[GameContext, list[str]]:
     return context, ignored
 
 
+def ask_field(field: str) -> str:
+    """A turn field named as the /ask request spells it (for 422 problems)."""
+    head, dot, rest = field.partition(".")
+    if field == "utterance":
+        return "user_input"
+    if field.startswith(("items", "actions", "location")):
+        return "context.player_state." + field
+    if field == "quest_stage":
+        return "context.game_state.quest_stage"
+    if head == "game_state" and dot:
+        if rest.startswith("player_"):  # player_state's scalar keys travel as player_<key>
+            return "context.player_state." + rest.removeprefix("player_")
+        return "context.game_state." + rest
+    return field
+
+
 def unmet_requirements(req: AskRequest, context: GameContext, response: TurnResponse) -> list[str]:
     """The `require` conditions that do not hold, one readable line each."""
     need = req.require

@@ -20,9 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InputError
 from ..manager import AgentManager, initial_state
 from ..persona_loader import LoadedPersona
-from ..streaming import stream_to
+from ..streaming import decisions_to, stream_to
 from ..turn import GameContext
-from .ask import ask_response, ask_to_turn
+from .ask import ask_field, ask_response, ask_to_turn
 from .problems import Problem, describe_exception
 from .scheduler import Ticket
 from .schemas import (
@@ -106,11 +106,13 @@ def _sse(event: str, data: Any) -> bytes:
 @router.post(
     "/v1/npcs/{npc_id}/turns/stream", response_class=SSEResponse, tags=["turns"],
     summary="Play one turn as Server-Sent Events",
-    description="Events: `text` (`{\"text\": piece}`, marker-free, as soon as tokens exist), then one `final` "
+    description="Events: one `decision` (the flags with payloads, refused flags and deltas the game applies; "
+    "before any text where the NPC decides before it speaks), `text` (`{\"text\": piece}`, marker-free, as soon "
+    "as tokens exist, or the whole reply once postprocessing has passed it), then one `final` "
     "(the whole turn body, as POST /turns returns it; its `text` is the full reply after postprocessing) or one "
     "`error` (a problem body, e.g. status 422 for an utterance over the NPC's limit). An unknown NPC, a bad "
     "body, a missing key or the rate limit are answered before the stream starts, with a problem response.",
-    responses={200: {"description": "text/event-stream: text..., then final or error.",
+    responses={200: {"description": "text/event-stream: decision, text..., then final; or error.",
                      "content": {"text/event-stream": {"itemSchema": SSE_EVENT_SCHEMA}}}, **TURN_ERRORS},
 )
 async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSEResponse:
@@ -122,8 +124,11 @@ async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSE
     def sink(piece: str) -> None:  # called in the worker thread, as tokens are generated
         loop.call_soon_threadsafe(queue.put_nowait, ("text", {"text": piece}))
 
+    def decided(decision: dict) -> None:  # called once, as soon as the game has decided
+        loop.call_soon_threadsafe(queue.put_nowait, ("decision", decision))
+
     def work():
-        with stream_to(sink):
+        with stream_to(sink), decisions_to(decided):
             return manager.turn(npc_id, body.utterance, player_id=body.player_id, context=_context(body),
                                 seed=body.seed, request_id=body.request_id)
 
@@ -162,9 +167,10 @@ async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
             request_id=body.request_id,
         )
     except InputError as exc:
-        if exc.field != "utterance":
+        field = ask_field(exc.field)
+        if field == exc.field:
             raise
-        raise InputError("user_input", str(exc).removeprefix("utterance: ")) from None  # the seed's name for it
+        raise InputError(field, str(exc).removeprefix(f"{exc.field}: ")) from None  # the seed's names for them
     return ask_response(body, context, response, ignored)
 
 

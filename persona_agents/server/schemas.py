@@ -131,6 +131,14 @@ class TurnOut(BaseModel):
     meta: dict[str, Any] = Field(description="Model, seed, lore ids, stage timings, steps, turn number.")
 
 
+class Decision(BaseModel):
+    """The data of a streamed `decision` event: what the game applies this turn."""
+
+    flags: list[FiredFlagOut]
+    flags_rejected: list[RejectedFlagOut]
+    deltas: DeltasOut
+
+
 class TextPiece(BaseModel):
     """The data of a streamed `text` event."""
 
@@ -145,7 +153,8 @@ def _sse_event(name: str, schema_name: str) -> dict[str, Any]:
 
 
 #: One event of the turn stream (OpenAPI 3.2 `itemSchema` of text/event-stream).
-SSE_EVENT_SCHEMA = {"oneOf": [_sse_event("text", "TextPiece"), _sse_event("final", "TurnOut"),
+SSE_EVENT_SCHEMA = {"oneOf": [_sse_event("decision", "Decision"), _sse_event("text", "TextPiece"),
+                              _sse_event("final", "TurnOut"),
                               _sse_event("error", "Problem")]}
 
 
