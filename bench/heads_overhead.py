@@ -15,10 +15,17 @@ Prints `heads_ratio=<median turn with heads / median turn without heads>` (targe
 1.05) and `seed_two_pass_ratio=<median seed two-pass turn / median turn with heads>`
 (above 1: our single run is faster).
 
-    python bench/heads_overhead.py [--npc ID] [--rounds N] [--max-new-tokens N] [--engine fast|transformers]
+    python bench/heads_overhead.py [--quick] [--npc ID] [--rounds N] [--max-new-tokens N] [--engine fast|transformers]
 
 On the fast engine (the default) the `<STATE>` row comes from its own prefill; the seed
-variant runs the second pass through the transformers model.
+variant runs the second pass through the transformers model (the fast engine's base is a
+weights-only skeleton without a forward, so that model is loaded beside it, as the
+`engine: transformers` path loads it). Where the fast engine decides before it speaks,
+every variant is still made to decode the reply (the decision itself runs as shipped):
+skipping the reply when a writer's line fits is not what this bench measures.
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read):
+2 rounds of 8 new tokens.
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--engine", choices=("fast", "transformers"), default="fast",
                         help="the generate step's engine (fast: the sample NPCs' default)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 8 new tokens (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.max_new_tokens = 2, 8
 
     import torch
 
@@ -64,6 +74,9 @@ def main() -> None:
         def _fast_keep_index(self, inputs):
             return None
 
+        def _fast_after_prefill(self, turn):
+            return None  # no <STATE> row kept, so nothing to decide on
+
         def _fast_extra(self, job):
             return None
 
@@ -71,8 +84,19 @@ def main() -> None:
             return turn
 
     class SeedTwoPass(MultiHeadGenerator):
+        def warm_up(self):
+            super().warm_up()
+            self.full_model = self.loaded.model
+            if self._engine is not None:
+                # The fast engine's base is a skeleton with no forward: the second pass runs on
+                # the transformers model, loaded (and shared) as `engine: transformers` loads it.
+                reference = MultiHeadGenerator(self.options.model_copy(update={"engine": "transformers"}),
+                                               self.persona, self.runtime)
+                reference.warm_up()
+                self.full_model = reference.loaded.model
+
         def _second_pass(self, ids, index):
-            again = self.loaded.model(ids, output_hidden_states=True)
+            again = self.full_model(ids, output_hidden_states=True)
             return self.bundle.heads(again.hidden_states[-1][:, index])
 
         def _generate(self, inputs, kwargs):
@@ -81,6 +105,9 @@ def main() -> None:
 
         def _fast_keep_index(self, inputs):
             return None
+
+        def _fast_after_prefill(self, turn):
+            return None  # the seed read the heads only after the reply
 
         def _fast_extra(self, job):
             ids = torch.tensor([list(job.prompt_ids) + job.new_ids])
@@ -91,12 +118,18 @@ def main() -> None:
     loaded = manager.get_persona(args.npc)
     greedy = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens,
                                 repetition_penalty=loaded.persona.generation.repetition_penalty)
-    loaded = dataclasses.replace(loaded, persona=loaded.persona.model_copy(update={"generation": greedy}))
-    for spec in loaded.persona.pipeline.generate:
-        spec.options["engine"] = args.engine
+    # The steps are built from the validated options in `step_options` (not the persona's specs).
+    generate = tuple((name, options.model_copy(update={"engine": args.engine}) if "engine" in type(options).model_fields
+                      else options) for name, options in loaded.step_options["generate"])
+    loaded = dataclasses.replace(loaded, persona=loaded.persona.model_copy(update={"generation": greedy}),
+                                 step_options={**loaded.step_options, "generate": generate})
     manager.personas[args.npc] = loaded
     pipeline = manager.pipeline(args.npc)
     pipeline.warm_up()
+    # Decide, then speak: the decision runs as shipped, but the reply is always decoded, so
+    # that every variant writes the same tokens.
+    decide = pipeline._decide
+    pipeline._decide = lambda provisional, tell: decide(provisional, tell) or True
     step = pipeline.steps["generate"][0]
     if not isinstance(step, MultiHeadGenerator):
         sys.exit(f"{args.npc} does not use the multihead generate step")
@@ -127,7 +160,7 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name:>14}: median {medians[name] * 1000:.0f} ms per turn "
               f"({', '.join(f'{v * 1000:.0f}' for v in values)})")
-    print(f"new_tokens={tokens['heads']} rounds={args.rounds}")
+    print(f"engine={args.engine} mode={'quick' if args.quick else 'full'} new_tokens={tokens['heads']} rounds={args.rounds}")
     print(f"heads_ratio={medians['heads'] / medians['no heads']:.3f}")
     print(f"seed_two_pass_ratio={medians['seed two-pass'] / medians['heads']:.3f}")
 

@@ -1,10 +1,20 @@
 """Pipeline overhead: one full NPC turn vs a bare `model.generate` of the same tokens.
 
-Both sides use the same prompt, greedy decoding and the same number of new tokens,
-and run alternately so machine noise hits both alike. The last line is
+Both sides use the same prompt (the exact input ids the pipeline's generate step
+encodes), greedy decoding and the same number of new tokens, and run alternately so
+machine noise hits both alike. The last line is
 `overhead_ratio=<median pipeline time / median bare time>` (target: at most 1.10).
 
-    python bench/turn_overhead.py [--npc ID] [--rounds N] [--max-new-tokens N]
+    python bench/turn_overhead.py [--quick] [--npc ID] [--rounds N] [--max-new-tokens N] [--engine transformers|fast]
+
+`--engine transformers` (the default): the NPC's generate step runs transformers
+`generate` (as `engine: transformers` does, on the full transformers model) and the
+bare side is `model.generate` on that model. `--engine fast`: the step runs the fast
+engine the sample NPCs use, and the bare side is that engine's own `generate` of the
+same prompt ids (its base is a weights-only skeleton with no transformers `generate`).
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read):
+2 rounds of 8 new tokens.
 """
 
 from __future__ import annotations
@@ -26,7 +36,12 @@ def main() -> None:
     parser.add_argument("--line", default="Can you fix my sword? It broke on the road.")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--engine", choices=("transformers", "fast"), default="transformers",
+                        help="the generate step's engine; the bare side runs the same engine")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 8 new tokens (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.max_new_tokens = 2, 8
 
     import torch
 
@@ -38,29 +53,51 @@ def main() -> None:
     # Greedy decoding so both sides produce the same tokens.
     greedy = GenerationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens,
                                 repetition_penalty=loaded.persona.generation.repetition_penalty)
-    loaded = dataclasses.replace(loaded, persona=loaded.persona.model_copy(update={"generation": greedy}))
+    # The steps are built from the validated options in `step_options` (not the persona's specs).
+    generate = tuple((name, options.model_copy(update={"engine": args.engine}) if "engine" in type(options).model_fields
+                      else options) for name, options in loaded.step_options["generate"])
+    loaded = dataclasses.replace(loaded, persona=loaded.persona.model_copy(update={"generation": greedy}),
+                                 step_options={**loaded.step_options, "generate": generate})
     manager.personas[args.npc] = loaded
     pipeline = manager.pipeline(args.npc)
     pipeline.warm_up()
     generator = pipeline.steps["generate"][0]
     model, tok = generator.loaded.model, generator.loaded.tokenizer
+    engine = getattr(generator, "_engine", None)
+    if (engine is not None) != (args.engine == "fast"):
+        sys.exit(f"{args.npc}'s generate step did not take engine '{args.engine}' "
+                 f"({getattr(generator, 'engine_note', None) or 'no note'})")
+
+    # The bare side gets exactly what the step encodes (sectioned or chat prompt alike).
+    encoded = []
+    encode = generator._encode
+    generator._encode = lambda prompt: encoded.append(encode(prompt)) or encoded[-1]
 
     def pipeline_turn(i: int):
         started = time.perf_counter()
         response = manager.turn(args.npc, args.line, player_id=f"bench-{i}", seed=0)
         return time.perf_counter() - started, response
 
-    _, first = pipeline_turn(-1)  # warm-up, and the token count both sides use
+    _, first = pipeline_turn(-1)  # warm-up, and the prompt and token count both sides use
     n_tokens = first.meta["new_tokens"]
-    from persona_agents.prompt_format import render_messages
-    from persona_agents.turn import NpcState, Turn
-
-    state = NpcState(**first.state.to_dict())
-    probe = Turn(npc_id=args.npc, player_id="x", utterance=args.line, persona=loaded.persona, state=state)
-    messages = render_messages(probe)
-    inputs = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    inputs = encoded[-1]
+    if n_tokens == 0:  # decide, then speak: the game's decision came first and a writer's line fit it
+        print(f"note: the pipeline decoded no reply token ({first.meta.get('speech', 'no speech')}); the bare side "
+              "is the prompt pass and one token. Pass another --line to measure a spoken reply.")
+    prompt_ids = inputs["input_ids"][0].tolist()
 
     def bare_turn():
+        if engine is not None:
+            from persona_agents.fastpath.engine import GenerationJob
+            from persona_agents.fastpath.sampling import SamplingSettings
+
+            # No end-of-turn ids: exactly n_tokens (at least 1: the engine's smallest job,
+            # the prompt pass and the token its logits give).
+            job = GenerationJob(prompt_ids, max(n_tokens, 1),
+                                SamplingSettings(repetition_penalty=greedy.repetition_penalty))
+            started = time.perf_counter()
+            engine.generate(job)
+            return time.perf_counter() - started, len(job.new_ids) if n_tokens else 0
         started = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
@@ -78,7 +115,8 @@ def main() -> None:
         bare_times.append(t)
         assert produced == n_tokens
     pipe, bare = statistics.median(pipe_times), statistics.median(bare_times)
-    print(f"npc={args.npc} prompt_tokens={inputs['input_ids'].shape[1]} new_tokens={n_tokens} rounds={args.rounds}")
+    print(f"npc={args.npc} engine={args.engine} mode={'quick' if args.quick else 'full'} "
+          f"prompt_tokens={len(prompt_ids)} new_tokens={n_tokens} rounds={args.rounds}")
     print(f"pipeline_s_median={pipe:.3f} bare_generate_s_median={bare:.3f}")
     print(f"overhead_ratio={pipe / bare:.3f}")
 

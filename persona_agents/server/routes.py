@@ -149,7 +149,7 @@ async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSE
         while True:
             kind, data = await queue.get()
             yield _sse(kind, data)
-            if kind != "text":
+            if kind in ("final", "error"):
                 return
 
     return SSEResponse(events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
