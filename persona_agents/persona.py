@@ -132,12 +132,12 @@ class RequestBudget(_Strict):
     """
 
     utterance: int = Field(128, ge=1, le=8192, description="The player's line.")
-    value: int = Field(24, ge=1, le=8192, description="Each single value: an item, an action, the location, "
+    value: int = Field(16, ge=1, le=8192, description="Each single value: an item, an action, the location, "
                        "the quest stage, one game_state key=value pair.")
-    items: int = Field(64, ge=1, le=8192, description="All items together.")
-    actions: int = Field(64, ge=1, le=8192, description="All actions together.")
-    game_state: int = Field(96, ge=1, le=8192, description="All game_state pairs together.")
-    history: int = Field(256, ge=0, le=65536, description="Earlier exchanges shown to the model; older ones "
+    items: int = Field(48, ge=1, le=8192, description="All items together, as the prompt lists them.")
+    actions: int = Field(48, ge=1, le=8192, description="All actions together, as the prompt lists them.")
+    game_state: int = Field(64, ge=1, le=8192, description="All game_state pairs together, as the prompt lists them.")
+    history: int = Field(192, ge=0, le=65536, description="Earlier exchanges shown to the model; older ones "
                          "are left out of the prompt (not refused) once the newest fill this budget.")
 
 

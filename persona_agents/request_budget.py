@@ -3,7 +3,9 @@
 A request may only fill the prompt so far: the player's line, each item, action and
 game_state pair, the location and quest stage, and each of those lists as a whole have a
 budget (`Persona.request_budget`), counted in tokens of the model that reads the prompt
-(digits cost a token each, so a 12,000-digit number is 12,000 tokens). A part over its
+(digits cost a token each, so a 12,000-digit number is 12,000 tokens), as the prompt
+shows it (neutralised: NFKC folding can turn one character into eighteen; lists with
+their separators). A part over its
 budget is refused with an `InputError` naming the field (422 on the API) before any model
 work; the stored history, which the request does not choose but earlier requests filled,
 is truncated instead: the newest exchanges that fit are kept, the oldest dropped. With
@@ -19,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import InputError
+from .markers import neutralize
 from .persona import RequestBudget
 from .turn import Turn
 
@@ -40,7 +43,15 @@ def _shown(field: str, value: Any) -> str:
         raise InputError(field, "is a number too long to show to the model; send a shorter value.") from None
 
 
+def rendered(text: str) -> str:
+    """The text as the prompt shows it: neutralised (NFKC folding can make one character
+    eighteen, `<` becomes a wider look-alike) and on one line, as prompt_format renders
+    request text. Budgets count this, not what was sent."""
+    return " ".join(neutralize(text).split())
+
+
 def _check(count: TokenCounter, field: str, text: str, limit: int, what: str) -> int:
+    text = rendered(text)
     # Counting is cheap, but a 60 KB value need not be tokenized to know it fits: bytes
     # bound tokens from above.
     if utf8_bytes(text) <= limit:
@@ -54,9 +65,12 @@ def _check(count: TokenCounter, field: str, text: str, limit: int, what: str) ->
 
 def _check_values(count: TokenCounter, field: str, values: Iterable[tuple[str, str]],
                   value_limit: int, section_limit: int) -> None:
-    total = 0
+    shown = []
     for name, text in values:
-        total += _check(count, name, text, value_limit, "one value")
+        _check(count, name, text, value_limit, "one value")
+        shown.append(rendered(text))
+    # The list as the prompt shows it, separators included.
+    total = count(", ".join(shown)) if shown else 0
     if total > section_limit:
         raise InputError(field, f"uses {total} tokens together; the list may use at most {section_limit} "
                                 "tokens of the model's prompt (request_budget in the persona). Send fewer or "
@@ -88,7 +102,7 @@ def truncate_history(turn: Turn, budget: RequestBudget, count: TokenCounter) -> 
     """The turn with only the newest exchanges that fit the history budget."""
     used, kept = 0, 0
     for exchange in reversed(turn.history):
-        used += count(exchange.player) + count(exchange.npc)
+        used += count(rendered(exchange.player)) + count(rendered(exchange.npc))
         if used > budget.history:
             break
         kept += 1

@@ -8,7 +8,7 @@ import pytest
 from persona_agents.errors import InputError
 from persona_agents.manager import AgentManager
 from persona_agents.persona import Persona, RequestBudget
-from persona_agents.request_budget import apply_request_budget, utf8_bytes
+from persona_agents.request_budget import apply_request_budget, rendered, utf8_bytes
 from persona_agents.turn import Exchange, GameContext, NpcState, Turn
 
 PERSONA = Persona.model_validate({"id": "smith", "name": "Smith", "role": "a smith.",
@@ -101,3 +101,16 @@ def test_ask_names_budget_fields_as_its_request_spells_them():
     assert ask_field("game_state.gold") == "context.game_state.gold"
     assert ask_field("game_state.player_level") == "context.player_state.level"
     assert ask_field("quest_stage") == "context.game_state.quest_stage"
+
+
+def test_budgets_count_the_text_as_the_prompt_shows_it(count):
+    # NFKC folding turns U+FDFA into 18 characters and neutralising widens `<`: a line
+    # short as sent can be long in the prompt (a bypass found by bench/request_cost.py).
+    sneaky = "\ufdfa" * 30
+    assert count(sneaky) <= 128 < count(rendered(sneaky))
+    assert refused_field(make_turn(utterance=sneaky), RequestBudget(), count) == "utterance"
+    # Separators count too: 40 one-token items fit 40 tokens, their list does not.
+    items = tuple("a" for _ in range(40))
+    assert refused_field(make_turn(context=GameContext(items=items)), RequestBudget(items=60), count) == "items"
+    history = tuple(Exchange(sneaky, "Hm.") for _ in range(3))
+    assert len(apply_request_budget(make_turn(history=history), RequestBudget(), count).history) < 3
