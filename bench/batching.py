@@ -10,14 +10,20 @@ Prints both rates, `batch8_tokens_per_s_ratio=<concurrent / sequential>` (target
 least 3), and where the time goes: the prefill (prompt pass, compute-bound, one prompt
 at a time) and the decode steps (one step per token for all active turns).
 
-    python bench/batching.py [--rounds N] [--prompt-tokens N] [--concurrency N]
+    python bench/batching.py [--quick] [--rounds N] [--prompt-tokens N] [--concurrency N]
 
 `--prompt-tokens 150` trims each prompt to 150 tokens (the issue's reference prompt).
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read): 1
+round, 8 new tokens, prompts trimmed to 64 tokens (still 8 concurrent turns), and
+OMP_WAIT_POLICY=PASSIVE unless set (on a busy shared CPU, spinning OpenMP threads made the
+fast engine's prompt pass up to 10x slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -58,7 +64,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--prompt-tokens", type=int, default=0, help="trim prompts to this many tokens (0: as rendered)")
+    parser.add_argument("--quick", action="store_true", help="1 round, 8 new tokens, 64-token prompts (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.new_tokens, args.prompt_tokens = 1, 8, 64
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
 
     from persona_agents.fastpath.engine import GenerationJob
     from persona_agents.fastpath.sampling import SamplingSettings
@@ -103,7 +113,7 @@ def main() -> None:
     one, many = statistics.median(rates["sequential"]), statistics.median(rates["concurrent"])
     lengths = [len(p) for p in prompts]
     print(f"turns={len(prompts)} prompt_tokens={min(lengths)}-{max(lengths)} (mean {statistics.mean(lengths):.0f}) "
-          f"new_tokens={args.new_tokens} rounds={args.rounds}")
+          f"new_tokens={args.new_tokens} rounds={args.rounds} mode={'quick' if args.quick else 'full'}")
     for name in ("sequential", "concurrent"):
         prefill, decode, steps = split[name]
         print(f"{name}: tokens_per_s={statistics.median(rates[name]):.1f} prefill_s={prefill:.2f} "

@@ -13,7 +13,13 @@ fresh process:
 
 Prints the median of each and `ready_s=<manager median>` (target at most 5).
 
-    python bench/cold_start.py [--runs N] [--npc ID]
+    python bench/cold_start.py [--quick] [--runs N] [--npc ID]
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read): one
+run of each, without the uncounted first run (so on a machine that never ran the model,
+its `manager_s` includes converting the checkpoint and building the lore index), and
+OMP_WAIT_POLICY=PASSIVE unless set (on a busy shared CPU, spinning OpenMP threads made
+the fast engine up to 10x slower).
 """
 
 from __future__ import annotations
@@ -91,15 +97,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--npc", default="mother_abandoned_factory")
+    parser.add_argument("--quick", action="store_true", help="1 run of each, no uncounted first run (a smoke run)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    timed_manager(args.npc)  # converts the checkpoint and builds the index if this machine never did
+    if args.quick:
+        args.runs = 1
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by every timed process
+    else:
+        timed_manager(args.npc)  # converts the checkpoint and builds the index if this machine never did
     results = {"manager": [], "serve": [], "run_dialogue": []}
     for _ in range(args.runs):
         results["manager"].append(timed_manager(args.npc))
         results["serve"].append(timed_serve())
         results["run_dialogue"].append(timed_run_dialogue(args.npc))
+    print(f"npc={args.npc} runs={args.runs} mode={'quick' if args.quick else 'full'}")
     for name, values in results.items():
         print(f"{name}_s={statistics.median(values):.2f} (runs {' '.join(f'{v:.2f}' for v in values)})")
     print(f"ready_s={statistics.median(results['manager']):.2f}")

@@ -20,7 +20,10 @@ Prints one `name=value` per line:
   add and save (`LoreIndex.sync`), per second of wall time.
 - `add_vectors_per_s`: adding the precomputed vectors to the big index (no embedding).
 
-Usage: python bench/lore_retrieval.py [--entries 100000] [--queries 200] [--build-entries 2000]
+Usage: python bench/lore_retrieval.py [--quick] [--entries 100000] [--queries 200] [--build-entries 2000]
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read):
+2,000 entries, 20 queries, 50 entries built (the build rate is then mostly fixed costs).
 """
 
 from __future__ import annotations
@@ -101,9 +104,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--build-entries", type=int, default=2_000)
     parser.add_argument("--dimension", type=int, default=384)
+    parser.add_argument("--quick", action="store_true", help="2000 entries, 20 queries, 50 built (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.entries, args.queries, args.build_entries = 2_000, 20, 50
     logging.disable(logging.INFO)
     rng = np.random.default_rng(0)
+    # faiss's default, read before the lore code (load_faiss) limits it to one thread.
+    default_threads = faiss.omp_get_max_threads()
 
     build_rate = bench_build(args.build_entries, rng)
 
@@ -124,11 +132,13 @@ def main() -> None:
     scoped = faiss.SearchParameters(sel=scope)
     index.search(queries[:5], 5)  # first-call setup out of the timings
 
+    faiss.omp_set_num_threads(default_threads)
     all_threads = faiss.omp_get_max_threads()
     all_threads_p50 = p50_ms(index, queries, 5)
     # One thread for the figures below; set after the embedding build (torch shares
     # the OpenMP runtime, so this would have slowed the embedder).
     faiss.omp_set_num_threads(1)
+    print(f"mode={'quick' if args.quick else 'full'}")
     print(f"entries={args.entries}")
     print(f"dimension={args.dimension}")
     print(f"query_p50_ms={p50_ms(index, queries, 5):.3f}")

@@ -14,12 +14,18 @@ commits to the store. On the fast engine concurrent turns share decode steps (th
 prompt passes, compute-bound, do not); on the transformers engine generation is
 serialised per model.
 
-    python bench/server_throughput.py [--npc ID] [--turns-c1 8] [--turns-c8 16] [--stream-turns 8] [--torch-threads N]
+    python bench/server_throughput.py [--quick] [--npc ID] [--turns-c1 8] [--turns-c8 16] [--stream-turns 8] [--torch-threads N]
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read): 2
+turns one after another, 8 from 8 concurrent clients, 2 streamed; 1 torch thread unless
+--torch-threads is given, and OMP_WAIT_POLICY=PASSIVE unless set (on a busy shared CPU,
+spinning OpenMP threads made the fast engine up to 10x slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -71,7 +77,14 @@ def main() -> None:
     parser.add_argument("--stream-turns", type=int, default=8)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="passed to `serve` (1 on a CPU shared with other busy processes)")
+    parser.add_argument("--quick", action="store_true", help="2 c1 turns, 8 c8 turns, 2 streamed, 1 torch thread "
+                        "unless --torch-threads is given (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.turns_c1, args.turns_c8, args.stream_turns = 2, 8, 2
+        if args.torch_threads is None:
+            args.torch_threads = 1  # a smoke run: never stalled by other work on a shared CPU
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the server process
     with tempfile.TemporaryDirectory() as tmp:
         extra = ("--torch-threads", str(args.torch_threads)) if args.torch_threads else ()
         server = start_cli_server(Path(tmp), REPO / "npcs", api_key=None, rate_limit="off", ready_timeout=600,
@@ -93,7 +106,7 @@ def main() -> None:
         finally:
             server.stop()
     print(f"npc={npc} turns_c1={args.turns_c1} turns_c8={args.turns_c8} stream_turns={args.stream_turns} "
-          f"torch_threads={args.torch_threads or 'default'}")
+          f"torch_threads={args.torch_threads or 'default'} mode={'quick' if args.quick else 'full'}")
     print(f"new_tokens_mean_c1={statistics.mean(t for _, t in c1):.1f} new_tokens_mean_c8={statistics.mean(t for _, t in c8):.1f}")
     print(f"latency_ms_p50_c1={statistics.median(s for s, _ in c1) * 1000:.0f} "
           f"latency_ms_p50_c8={statistics.median(s for s, _ in c8) * 1000:.0f}")

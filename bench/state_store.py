@@ -5,7 +5,9 @@ recent history, flag history), then commit state + history line + flags + turn r
 in one transaction. Players are spread over NPCs as in a game. Prints
 `turn_commits_per_s=` (target at least 500).
 
-    python bench/state_store.py [--turns N] [--players N]
+    python bench/state_store.py [--quick] [--turns N] [--players N]
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read): 200 turns.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=3000)
     parser.add_argument("--players", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="200 turns (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.turns = 200
     npcs = ["blacksmith_village_center", "guard_city_gate", "merchant_traveling"]
     initial = NpcState(0.3, 0.0, "neutral", "not_started")
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,7 +51,7 @@ def main() -> None:
                               {"utterance": "Can you fix my sword?"}, response, request_id=f"r{i}")
         elapsed = time.perf_counter() - started
         assert store.count("turn_records") == args.turns
-    print(f"turns={args.turns} players={args.players} seconds={elapsed:.2f}")
+    print(f"turns={args.turns} players={args.players} seconds={elapsed:.2f} mode={'quick' if args.quick else 'full'}")
     print(f"turn_commits_per_s={args.turns / elapsed:.0f}")
 
 

@@ -5,7 +5,12 @@ backward, optimizer step: what one `MultiHeadTrainer` step does), alternating st
 step so machine noise hits both alike. Prints seconds per step and examples per second
 for each, and `nf4_over_fp32=<median nf4 step / median fp32 step>`.
 
-    python bench/train_speed.py [--data training/data/train.jsonl] [--steps 6] [--batch-size 4]
+    python bench/train_speed.py [--quick] [--data training/data/train.jsonl] [--steps 6] [--batch-size 4]
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read): a
+step on the real model takes tens of seconds here, so the quick mode trains a tiny random
+2-layer Llama with the embedded model's tokenizer (as the tests' `tiny_model_dir`), 2 steps
+of 2 examples. Its figures say nothing about the real model's speed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +39,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--history-turns", type=int, default=4)
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny random model, 2 steps of 2 examples (a smoke run)")
     args = parser.parse_args()
 
     import torch
@@ -43,6 +51,10 @@ def main() -> None:
     from persona_agents.multihead.heads import multihead_losses
     from persona_agents.multihead.modeling import build_trainable_model
 
+    tmp = None
+    if args.quick:
+        tmp = tempfile.TemporaryDirectory()
+        args.base, args.steps, args.batch_size = tiny_model(Path(tmp.name)), 2, 2
     examples = load_examples([args.data], DEFAULT_FLAGS, load_personas_for_data(REPO / "npcs"))
     random.Random(0).shuffle(examples)
     sides = {}
@@ -85,6 +97,30 @@ def main() -> None:
         print(f"nf4_over_fp32={statistics.median(times['nf4']) / statistics.median(times['none']):.3f}")
     else:
         print("4-bit NF4 was not available: only the full-precision base was measured")
+    print(f"base={'tiny-random' if args.quick else args.base} steps={args.steps} batch_size={args.batch_size} "
+          f"mode={'quick' if args.quick else 'full'}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def tiny_model(folder: Path) -> str:
+    """A randomly initialised 2-layer Llama with the embedded model's tokenizer, saved in
+    `folder` (the recipe of tests/conftest.py's `tiny_model_dir`)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from persona_agents.models import embedded_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,20 @@ Prints per-side medians, `vs_llamacpp_ratio=<our time / llama.cpp time>` (target
 how many greedy replies to 8 real sample-NPC prompts are the reference's exactly, and the
 largest head-output difference.
 
-    python bench/vs_llamacpp.py [--runs N] [--threads N] [--new-tokens N]
+    python bench/vs_llamacpp.py [--quick] [--runs N] [--threads N] [--new-tokens N] [--install-llamacpp]
 
-The first run builds llama-cpp-python from source into .cache/bench-llamacpp (about 5 to
-10 minutes on 2 cores); later runs reuse it.
+The first run builds llama-cpp-python from source into .cache/bench-llamacpp (about 8
+minutes on 2 cores; `--install-llamacpp` only builds it); later runs reuse it. The build
+is portable rather than native: GGML_NATIVE and AMX off, and the x86 instruction sets the
+kernel reports in /proc/cpuinfo (AVX2, FMA, F16C, AVX-512...) on explicitly. A native
+build on a CPU whose CPUID reports AMX that the kernel has not enabled stops with an
+illegal instruction. A build made without these flags (no build.json beside it saying
+so) is rebuilt.
+
+`--quick` (a smoke run that only shows the bench still works, not a figure to read): 2
+runs of 8 new tokens, the int4-vs-float32 check on 2 prompts, and OMP_WAIT_POLICY=PASSIVE
+unless set. It never builds llama.cpp: where it is not installed, it measures our side,
+says so and how to install it, and prints `llamacpp_s=n/a` and `vs_llamacpp_ratio=n/a`.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ from fastpath_support import REPO, fast_engine, load_bundle, sample_prompts, sta
 
 LLAMA_VENV = REPO / ".cache" / "bench-llamacpp"
 LLAMA_PACKAGE = "llama-cpp-python==0.3.36"
+LLAMA_STAMP = LLAMA_VENV / "build.json"
+INSTALL_HINT = (f"install it with `python bench/vs_llamacpp.py --install-llamacpp` (builds {LLAMA_PACKAGE} from "
+                f"source, AMX off, into {LLAMA_VENV.relative_to(REPO)}: about 8 minutes on 2 cores)")
 
 RUNNER = r'''
 import json, sys, time
@@ -60,29 +73,102 @@ for line in sys.stdin:
 '''
 
 
-def llama_python() -> Path:
+# ggml's CMake options (ggml/CMakeLists.txt) and the /proc/cpuinfo flags each one needs.
+GGML_ISA = {
+    "GGML_SSE42": ("sse4_2",),
+    "GGML_AVX": ("avx",),
+    "GGML_AVX2": ("avx2",),
+    "GGML_BMI2": ("bmi2",),
+    "GGML_FMA": ("fma",),
+    "GGML_F16C": ("f16c",),
+    "GGML_AVX_VNNI": ("avx_vnni",),
+    "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "GGML_AVX512_VBMI": ("avx512f", "avx512vbmi"),
+    "GGML_AVX512_VNNI": ("avx512f", "avx512_vnni"),
+    "GGML_AVX512_BF16": ("avx512f", "avx512_bf16"),
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def llama_cmake_args() -> str:
+    """CMAKE_ARGS for a build that runs here: no -march=native and no AMX, each x86
+    instruction set the kernel reports (and so lets a process use) switched on by name."""
+    args = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+    flags = cpu_flags()
+    if flags:  # x86 with /proc/cpuinfo; elsewhere ggml's own defaults
+        args += [f"-D{option}={'ON' if all(f in flags for f in needs) else 'OFF'}" for option, needs in GGML_ISA.items()]
+    return " ".join(args)
+
+
+def llama_status() -> tuple[Path | None, str]:
+    """(the llama.cpp venv's python, "") when a build made with our flags imports, else
+    (None, why not). Builds nothing."""
     python = LLAMA_VENV / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0:
+    if not python.exists():
+        return None, f"llama.cpp is not installed ({LLAMA_VENV.relative_to(REPO)} does not exist)"
+    try:
+        stamp = json.loads(LLAMA_STAMP.read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    if stamp != {"package": LLAMA_PACKAGE, "cmake_args": llama_cmake_args()}:
+        return None, (f"llama.cpp in {LLAMA_VENV.relative_to(REPO)} was not built with this bench's flags "
+                      "(a native build may stop with an illegal instruction here)")
+    if subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode != 0:
+        return None, f"llama_cpp does not import in {LLAMA_VENV.relative_to(REPO)}"
+    return python, ""
+
+
+def llama_python() -> Path:
+    """The llama.cpp venv's python, building llama-cpp-python first where needed."""
+    python, why = llama_status()
+    if python is not None:
         return python
-    print(f"Installing {LLAMA_PACKAGE} into {LLAMA_VENV} (builds from source: 5-10 minutes, once)...", flush=True)
+    cmake_args = llama_cmake_args()
+    print(f"{why}. Installing {LLAMA_PACKAGE} into {LLAMA_VENV} (builds from source: about 8 minutes, once) "
+          f"with CMAKE_ARGS=\"{cmake_args}\"...", flush=True)
+    LLAMA_STAMP.unlink(missing_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
-    subprocess.run([python, "-m", "pip", "install", "-q", LLAMA_PACKAGE], check=True,
-                   env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+    python = LLAMA_VENV / "bin" / "python"
+    # --no-binary and --no-cache-dir: always this build, never a wheel built with other flags.
+    subprocess.run([python, "-m", "pip", "install", "-q", "--force-reinstall", "--no-cache-dir",
+                    "--no-binary", "llama-cpp-python", LLAMA_PACKAGE], check=True,
+                   env={**os.environ, "CMAKE_ARGS": cmake_args, "FORCE_CMAKE": "1",
+                        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+    LLAMA_STAMP.write_text(json.dumps({"package": LLAMA_PACKAGE, "cmake_args": cmake_args}) + "\n")
     return python
 
 
 class LlamaCpp:
-    def __init__(self, threads: int):
+    def __init__(self, python: Path, threads: int):
         from persona_agents.models import embedded_gguf_path
 
-        self.proc = subprocess.Popen([str(llama_python()), "-c", RUNNER, str(embedded_gguf_path()), str(threads)],
+        self.proc = subprocess.Popen([str(python), "-c", RUNNER, str(embedded_gguf_path()), str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert json.loads(self.proc.stdout.readline())["ready"]
+        assert self._read()["ready"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait(timeout=30)
+            raise SystemExit(f"the llama.cpp process stopped (exit status {code}"
+                             f"{': illegal instruction' if code == -4 else ''}); rebuild it: delete "
+                             f"{LLAMA_VENV} and run `python bench/vs_llamacpp.py --install-llamacpp`")
+        return json.loads(line)
 
     def ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        return self._read()
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -103,7 +189,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--prompt-tokens", type=int, default=150)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--quick", action="store_true", help="2 runs of 8 tokens, 2 prompts checked; never builds "
+                        "llama.cpp, measures our side alone where it is not installed (a smoke run)")
+    parser.add_argument("--install-llamacpp", action="store_true",
+                        help="build llama-cpp-python (AMX off) into the bench's venv if needed, and exit")
     args = parser.parse_args()
+    if args.install_llamacpp:
+        print(f"llama.cpp ready: {llama_python()} (CMAKE_ARGS=\"{llama_cmake_args()}\")")
+        return
+    checked_count = 8
+    if args.quick:
+        args.runs, args.new_tokens, checked_count = 2, 8, 2
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
+        llama_py, why = llama_status()
+        if llama_py is None:
+            print(f"{why}: measuring our side only. To compare, {INSTALL_HINT}.", flush=True)
+    else:
+        llama_py = llama_python()
 
     import torch
 
@@ -127,23 +229,27 @@ def main() -> None:
         heads = on_compute_thread(bundle.heads, job.kept[None])
         return time.perf_counter() - start, job.new_ids, heads
 
-    llama = LlamaCpp(args.threads)
-    text = tok.decode(prompt, skip_special_tokens=False)
-    llama_prompt = llama.ask(text=text)["tokens"]
-    llama_prompt = (llama_prompt * 2)[: len(prompt)]  # the same number of prompt tokens
+    llama = LlamaCpp(llama_py, args.threads) if llama_py is not None else None
+    if llama is not None:
+        text = tok.decode(prompt, skip_special_tokens=False)
+        llama_prompt = llama.ask(text=text)["tokens"]
+        llama_prompt = (llama_prompt * 2)[: len(prompt)]  # the same number of prompt tokens
     ours()
-    llama.ask(tokens=llama_prompt, n=args.new_tokens)  # warm-up of both
+    if llama is not None:
+        llama.ask(tokens=llama_prompt, n=args.new_tokens)  # warm-up of both
     mine, theirs = [], []
     for _ in range(args.runs):
         mine.append(ours()[0])
-        result = llama.ask(tokens=llama_prompt, n=args.new_tokens)
-        assert result["n"] == args.new_tokens
-        theirs.append(result["seconds"])
-    llama.close()
+        if llama is not None:
+            result = llama.ask(tokens=llama_prompt, n=args.new_tokens)
+            assert result["n"] == args.new_tokens
+            theirs.append(result["seconds"])
+    if llama is not None:
+        llama.close()
 
     # What int4 decoding changes: greedy replies (end-of-turn included, the personas'
     # repetition penalty) on real validation prompts, against the float32 reference.
-    same, heads_diff, checked = 0, 0.0, sample_prompts(tok, 8)
+    same, heads_diff, checked = 0, 0.0, sample_prompts(tok, checked_count)
     for real_prompt in checked:
         replies, heads = [], []
         for engine_ in (engine, reference):
@@ -156,12 +262,17 @@ def main() -> None:
         same += replies[0] == replies[1]
         heads_diff = max(heads_diff, (heads[0].deltas - heads[1].deltas).abs().max().item(),
                          (heads[0].flag_probs - heads[1].flag_probs).abs().max().item())
-    ours_s, llama_s = statistics.median(mine), statistics.median(theirs)
-    print(f"prompt_tokens={len(prompt)} new_tokens={args.new_tokens} threads={args.threads} runs={args.runs}")
+    ours_s = statistics.median(mine)
+    print(f"prompt_tokens={len(prompt)} new_tokens={args.new_tokens} threads={args.threads} runs={args.runs} "
+          f"mode={'quick' if args.quick else 'full'}")
     print(f"ours_s={ours_s:.3f} (int4 decode, float32 prefill, heads included; runs {' '.join(f'{t:.3f}' for t in mine)})")
-    print(f"llamacpp_s={llama_s:.3f} (Q4_1 GGUF; runs {' '.join(f'{t:.3f}' for t in theirs)})")
+    if theirs:
+        llama_s = statistics.median(theirs)
+        print(f"llamacpp_s={llama_s:.3f} (Q4_1 GGUF; runs {' '.join(f'{t:.3f}' for t in theirs)})")
+    else:
+        print(f"llamacpp_s=n/a (not measured: {why})")
     print(f"greedy_replies_same_as_float32={same}/{len(checked)} heads_max_abs_diff_vs_float32={heads_diff:.2e}")
-    print(f"vs_llamacpp_ratio={ours_s / llama_s:.3f}")
+    print(f"vs_llamacpp_ratio={ours_s / llama_s:.3f}" if theirs else "vs_llamacpp_ratio=n/a")
 
 
 if __name__ == "__main__":
