@@ -30,7 +30,10 @@ PLAYERS = [f"load-player-{i}" for i in range(24)]
 @pytest.fixture(scope="module")
 def load_server(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("load-server")
-    server = start_cli_server(root, write_tiny_npcs(root / "npcs", tiny_model_dir), rate_limit="off")
+    # 16 clients may all pick one player: room for all of them in that player's queue, so
+    # every turn is served (the 429 for a flooding player is tested in test_scheduler.py).
+    server = start_cli_server(root, write_tiny_npcs(root / "npcs", tiny_model_dir), rate_limit="off",
+                              extra_args=("--player-queue", "16"))
     yield server
     server.stop()
 

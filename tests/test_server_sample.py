@@ -47,7 +47,9 @@ def test_a_turn_on_the_embedded_model(api):
     body = response.json()
     assert body["text"].strip() and "<" not in body["text"]
     meta = body["meta"]
-    assert meta["model"].startswith("embedded:smollm2-135m-instruct") and meta["new_tokens"] > 0
+    assert meta["model"].startswith("embedded:smollm2-135m-instruct")
+    # Decided first: a writer's line that fits means no reply token was decoded.
+    assert meta["new_tokens"] > 0 or (meta["reply_source"] == "authored" and meta["speech"].startswith("skipped"))
     assert meta["timings_ms"]["generate"] > 0 and meta["steps"]["generate"] == ["multihead"]
     assert all(chunk["id"] for chunk in meta.get("lore", []))
     assert 0.0 <= body["state"]["trust"] <= 1.0
