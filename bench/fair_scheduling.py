@@ -51,6 +51,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from run_info import git_head, loadavg  # noqa: E402
 from tests.server_support import start_cli_server  # noqa: E402
 
 VICTIM = {"utterance": "Good morning! Can you fix my sword? The blade snapped on the road.", "seed": 7,
@@ -60,22 +61,8 @@ ABUSE_LINES = ["What do you sell?", "Tell me about this place.", "Is it safe at 
                "Have you seen anything strange lately?", "I need a favour.", "What news from the road?"]
 
 
-def git_head() -> str:
-    """The checkout's commit (read only), to tell runs apart."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
-def loadavg() -> str:
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 class ReadyzPoller:

@@ -63,13 +63,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from run_info import git_head, loadavg  # noqa: E402
 from tests.server_support import start_cli_server  # noqa: E402
 
 # The default RequestBudget (persona_agents/persona.py); read from the persona below when it sets one.
@@ -282,11 +283,6 @@ def cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def loadavg() -> str:
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 class MemoryPeak:
@@ -591,15 +587,6 @@ def main() -> int:
     return 0 if probes_ok and not fives else 1
 
 
-def git_head() -> str:
-    """The checkout's commit (read only), to tell runs apart."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 def _persona_budget(npc: str) -> dict[str, int]:

@@ -5,27 +5,16 @@ for no fault of the code."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import pytest
 
-from .conftest import REPO, cli_env
+from .test_benches_rot import run_quick as run_bench_quick
 
 # A quick run takes under a minute on 2 cores, several on a busy shared machine.
 pytestmark = [pytest.mark.model, pytest.mark.timeout(660)]
 
 
 def run_quick(script: str) -> dict[str, str]:
-    result = subprocess.run(
-        [sys.executable, f"bench/{script}", "--quick"],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = dict(re.findall(r"(?:^|\s)([a-z][a-z0-9_]*)=(\S+)", result.stdout, flags=re.MULTILINE))
-    assert figures.get("mode") == "quick", result.stdout
-    return figures
+    return run_bench_quick(script)[0]
 
 
 def assert_figures(figures: dict[str, str], numeric: tuple[str, ...]) -> None:
