@@ -20,16 +20,23 @@ from typing import Callable, Iterator, Sequence
 from .markers import strip_markers
 
 TextSink = Callable[[str], None]
-_sink: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar("persona_agents_text_sink", default=None)
 
 
 @contextlib.contextmanager
-def stream_to(sink: TextSink | None) -> Iterator[None]:
-    token = _sink.set(sink)
+def _bound(var: contextvars.ContextVar, value) -> Iterator[None]:
+    """`var` set to `value` for the block (the turn's thread and what it calls)."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _sink.reset(token)
+        var.reset(token)
+
+
+_sink: contextvars.ContextVar[TextSink | None] = contextvars.ContextVar("persona_agents_text_sink", default=None)
+
+
+def stream_to(sink: TextSink | None) -> contextlib.AbstractContextManager[None]:
+    return _bound(_sink, sink)
 
 
 def current_sink() -> TextSink | None:
@@ -48,26 +55,16 @@ Decider = Callable[[object], bool]
 _decider: contextvars.ContextVar[Decider | None] = contextvars.ContextVar("persona_agents_decider", default=None)
 
 
-@contextlib.contextmanager
-def decisions_to(sink: DecisionSink | None) -> Iterator[None]:
-    token = _decision_sink.set(sink)
-    try:
-        yield
-    finally:
-        _decision_sink.reset(token)
+def decisions_to(sink: DecisionSink | None) -> contextlib.AbstractContextManager[None]:
+    return _bound(_decision_sink, sink)
 
 
 def current_decision_sink() -> DecisionSink | None:
     return _decision_sink.get()
 
 
-@contextlib.contextmanager
-def deciding(decider: Decider | None) -> Iterator[None]:
-    token = _decider.set(decider)
-    try:
-        yield
-    finally:
-        _decider.reset(token)
+def deciding(decider: Decider | None) -> contextlib.AbstractContextManager[None]:
+    return _bound(_decider, decider)
 
 
 def current_decider() -> Decider | None:
