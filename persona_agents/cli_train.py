@@ -9,8 +9,23 @@ from pathlib import Path
 import click
 
 from .cli_common import friendly_errors, npcs_dir_option, setup_logging
-from .flags import DEFAULT_FLAGS
 from .multihead.calibrate import DEFAULT_MIN_THRESHOLD
+
+
+def _game_flags(flag_names: str | None, npcs_dir) -> str:
+    """The flag vocabulary: --flags if given (each name must be an event of the game), else
+    the game's events, so an adapter fires only what the game declares (issue 27)."""
+    from .errors import TrainingConfigError
+    from .game import GAME_FILE, load_game
+
+    game = load_game(npcs_dir)
+    if flag_names is None:
+        return ",".join(game.event_names)
+    unknown = game.unknown_events(_names(flag_names))
+    if unknown:
+        raise TrainingConfigError(f"--flags: {', '.join(unknown)} not declared by the game in {npcs_dir} "
+                                  f"({GAME_FILE} or the default events); declared events: {', '.join(game.events)}")
+    return flag_names
 
 DEFAULT_ADAPTER = "training/adapters/smollm2-npc"
 
@@ -69,8 +84,9 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @click.option("--history-turns", type=int, default=4, show_default=True, help="Earlier exchanges in each prompt.")
 @click.option("--retrieve-lore/--no-retrieve-lore", default=True, show_default=True,
               help="Add the lore each NPC's retrieve step finds, as inference does.")
-@click.option("--flags", "flag_names", default=",".join(DEFAULT_FLAGS), show_default=True,
-              help="The flag vocabulary, comma-separated, in head order.")
+@click.option("--flags", "flag_names", default=None,
+              help="The flag vocabulary, comma-separated, in head order (default: the events of the game in "
+                   "--npcs-dir: its _game.yaml, or the default eight).")
 @click.option("--lm-weight", type=float, default=1.0, show_default=True)
 @click.option("--delta-weight", type=float, default=10.0, show_default=True)
 @click.option("--flag-weight", type=float, default=1.0, show_default=True)
@@ -121,6 +137,7 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
 
     if threads:
         torch.set_num_threads(threads)
+    flag_names = _game_flags(flag_names, npcs_dir)
     config = MultiHeadTrainingConfig(
         output_dir=str(out / "checkpoints"), base_model=base, flags=_names(flag_names), quantization=quantization,
         lora_r=lora_r, lora_target_modules=_names(lora_targets), max_length=max_length, history_turns=history_turns,

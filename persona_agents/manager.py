@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import RequestIdConflictError, UnknownNpcError
+from .errors import InputError, RequestIdConflictError, UnknownNpcError
+from .game import DEFAULT_GAME, GameDefinition, load_game
 from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
 from .plugins import PluginHost, load_plugins
@@ -27,8 +28,6 @@ from .turn import Exchange, GameContext, NpcState, Turn, TurnResponse, response_
 
 #: Attempts when another process commits a turn for the same (player, NPC) first.
 MAX_TURN_ATTEMPTS = 5
-#: Quest stage a fired flag moves the stored stage to (the game's own stage still wins).
-STAGE_AFTER_FLAG = {"quest_start": "in_progress", "quest_complete": "complete"}
 
 
 def initial_state(loaded: LoadedPersona) -> NpcState:
@@ -36,15 +35,20 @@ def initial_state(loaded: LoadedPersona) -> NpcState:
     return NpcState(trust=s.trust, relationship=s.relationship, mood=s.mood, quest_stage=s.quest_stage)
 
 
-def next_state(state: NpcState, turn: Turn) -> NpcState:
-    """The state after a turn: deltas applied within range, stage moved by quest flags."""
-    stage = state.quest_stage
+def next_state(state: NpcState, turn: Turn, game: GameDefinition = DEFAULT_GAME) -> NpcState:
+    """The state after a turn: deltas applied within range; the stage and the mood moved as
+    the fired flags declare (the persona's rule first, then the game's event; the game's
+    own stage in a request still wins on the next turn)."""
+    stage, mood = state.quest_stage, state.mood
     for flag in turn.flags:
-        stage = STAGE_AFTER_FLAG.get(flag.name, stage)
+        rule = turn.persona.flag_rules.get(flag.name)
+        event = game.events.get(flag.name)
+        stage = (rule.sets_stage if rule and rule.sets_stage else None) or (event.sets_stage if event else None) or stage
+        mood = (rule.sets_mood if rule and rule.sets_mood else None) or mood
     return NpcState(
         trust=round(min(1.0, max(0.0, state.trust + turn.deltas.trust)), 6),
         relationship=round(min(1.0, max(-1.0, state.relationship + turn.deltas.relationship)), 6),
-        mood=state.mood,
+        mood=mood,
         quest_stage=stage,
     )
 
@@ -98,6 +102,7 @@ class AgentManager:
         self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else self.npcs_dir.parent / "plugins"
         self.host = host or load_plugins(self.plugins_dir)
         self.runtime = runtime or Runtime(npcs_dir=self.npcs_dir)
+        self.game: GameDefinition = load_game(self.npcs_dir)
         self.personas: dict[str, LoadedPersona] = load_personas(self.npcs_dir, self.host.registry)
         # Without a store, conversations live as long as this process.
         self.store = store or StateStore.in_memory()
@@ -173,6 +178,10 @@ class AgentManager:
         pipeline = self.pipeline(npc_id)
         loaded = self.get_persona(npc_id)
         context = context or GameContext()
+        if context.quest_stage and context.quest_stage not in self.game.quest_stages:
+            # The game's own stage must be one it declared: a typo would silently close every stage gate.
+            raise InputError("quest_stage", f"unknown quest stage {context.quest_stage!r}; valid quest stages: "
+                             f"{', '.join(self.game.quest_stages)}")
         client = client_request(utterance, context, seed)
         with self._turn_lock(player_id, npc_id):
             for attempt in range(MAX_TURN_ATTEMPTS):
@@ -213,7 +222,7 @@ class AgentManager:
             delta_history=convo.delta_history,
         )
         done: Turn = self.host.hook.run_turn(turn=turn, pipeline=pipeline)
-        new_state = next_state(state, done)
+        new_state = next_state(state, done, self.game)
         generation = done.generation
         response = TurnResponse(
             text=done.reply,

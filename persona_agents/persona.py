@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .flags import DEFAULT_FLAGS
-
 STAGES: tuple[str, ...] = ("preprocess", "retrieve", "prompt", "generate", "postprocess")
 #: (minimum, maximum) number of steps per stage; None means unbounded.
 STAGE_CARDINALITY: dict[str, tuple[int, int | None]] = {
@@ -52,15 +50,6 @@ class AuthoredLine(_Strict):
     examples: list[str] = Field(
         default_factory=list, description="Player lines or topics it answers; matched by meaning.")
 
-    @field_validator("events", "refuses")
-    @classmethod
-    def _known(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in DEFAULT_FLAGS]
-        if unknown:
-            raise ValueError(f"unknown flag(s) {', '.join(repr(u) for u in unknown)}; "
-                             f"valid flags: {', '.join(DEFAULT_FLAGS)}")
-        return names
-
 
 class InitialState(_Strict):
     trust: float = Field(0.3, ge=0.0, le=1.0, description="How far the NPC believes the player (0..1).")
@@ -98,6 +87,13 @@ class FlagRule(_Strict):
         default_factory=dict, description="What the game needs with the event: item, quest, place..."
     )
     allowed: bool = Field(True, description="False forbids the flag for this NPC entirely.")
+    means: str | None = Field(
+        None, description="What the event means for this NPC, with its condition in words (\"hands over the map "
+        "fragment, but only to a friend\"); the model reads it to decide. Absent: the game's description.")
+    sets_stage: str | None = Field(
+        None, description="Quest stage this NPC's quest moves to when the flag fires (default: the event's "
+        "sets_stage in the game definition).")
+    sets_mood: str | None = Field(None, description="Mood the NPC takes on when the flag fires.")
 
 
 class GainWindow(_Strict):
@@ -215,16 +211,6 @@ class Persona(_Strict):
             raise ValueError(f"line id(s) used more than once: {', '.join(repeated)}; give each line its own id")
         return lines
 
-    @field_validator("flag_rules")
-    @classmethod
-    def _known_flags(cls, rules: dict[str, FlagRule]) -> dict[str, FlagRule]:
-        unknown = [name for name in rules if name not in DEFAULT_FLAGS]
-        if unknown:
-            raise ValueError(
-                f"unknown flag(s) {', '.join(repr(u) for u in unknown)}; "
-                f"valid flags: {', '.join(DEFAULT_FLAGS)}"
-            )
-        return rules
 
 
 def persona_json_schema() -> dict[str, Any]:

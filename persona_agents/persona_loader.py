@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import PersonaFileError
 from .fileutil import load_yaml
+from .game import DEFAULT_GAME, GameDefinition, game_file, load_game
 from .persona import STAGES, Persona
 from .plugins import StepRegistry
 
@@ -135,16 +136,69 @@ def _validate_steps(path: Path, persona: Persona, registry: StepRegistry, proble
     return validated
 
 
-def load_persona_file(path: Path, registry: StepRegistry, defaults: dict[str, Any] | None = None) -> LoadedPersona:
-    """Load and fully validate one persona file (raises PersonaFileError)."""
+def _names(names) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def check_against_game(path: Path, persona: Persona, game: GameDefinition, problems: list[str],
+                       source: str = "") -> None:
+    """Every event, quest stage and mood a persona names must be declared by the game."""
+    where = f" (declared in {source})" if source else ""
+    events_hint = f"valid flags: {', '.join(game.events)}{where}"
+    stages_hint = f"valid quest stages: {', '.join(game.quest_stages)}{where}"
+    unknown = game.unknown_events(persona.flag_rules)
+    if unknown:
+        problems.append(f"{path}: flag_rules: unknown flag(s) {_names(unknown)}; {events_hint}")
+    for name, rule in persona.flag_rules.items():
+        for alt_index, alt in enumerate([rule, *rule.any_of]):
+            field = f"flag_rules.{name}" + (f".any_of[{alt_index - 1}]" if alt_index else "")
+            bad = game.unknown_stages(alt.stages or [])
+            if bad:
+                problems.append(f"{path}: {field}.stages: unknown quest stage(s) {_names(bad)}; {stages_hint}")
+        if rule.sets_stage is not None and rule.sets_stage not in game.quest_stages:
+            problems.append(f"{path}: flag_rules.{name}.sets_stage: unknown quest stage {rule.sets_stage!r}; "
+                            f"{stages_hint}")
+        if rule.sets_mood is not None and game.moods and rule.sets_mood not in game.moods:
+            problems.append(f"{path}: flag_rules.{name}.sets_mood: undeclared mood {rule.sets_mood!r}; "
+                            f"valid moods: {', '.join(game.moods)}{where}")
+    for index, line in enumerate(persona.lines):
+        for field in ("events", "refuses"):
+            bad = game.unknown_events(getattr(line, field))
+            if bad:
+                problems.append(f"{path}: lines[{index}].{field}: unknown flag(s) {_names(bad)}; {events_hint}")
+        bad = game.unknown_stages(line.stages or [])
+        if bad:
+            problems.append(f"{path}: lines[{index}].stages: unknown quest stage(s) {_names(bad)}; {stages_hint}")
+    stage = persona.initial_state.quest_stage
+    if stage not in game.quest_stages:
+        problems.append(f"{path}: initial_state.quest_stage: unknown quest stage {stage!r}; {stages_hint}")
+    mood = persona.initial_state.mood
+    if game.moods and mood not in game.moods:
+        problems.append(f"{path}: initial_state.mood: undeclared mood {mood!r}; valid moods: "
+                        f"{', '.join(game.moods)}{where}")
+
+
+def load_persona_file(path: Path, registry: StepRegistry, defaults: dict[str, Any] | None = None,
+                      game: GameDefinition | None = None) -> LoadedPersona:
+    """Load and fully validate one persona file (raises PersonaFileError); `game`: the game
+    it must fit (default: the `_game.yaml` beside it, or the default game)."""
     problems: list[str] = []
-    result = _load_one(Path(path), registry, defaults or {}, problems)
+    path = Path(path)
+    if game is None:
+        game = load_game(path.parent)
+    result = _load_one(path, registry, defaults or {}, problems, game, _game_source(path.parent))
     if problems or result is None:
         raise PersonaFileError(problems)
     return result
 
 
-def _load_one(path: Path, registry: StepRegistry, defaults: dict[str, Any], problems: list[str]) -> LoadedPersona | None:
+def _game_source(npcs_dir: Path) -> str:
+    path = game_file(npcs_dir)
+    return str(path) if path.is_file() else ""
+
+
+def _load_one(path: Path, registry: StepRegistry, defaults: dict[str, Any], problems: list[str],
+              game: GameDefinition = DEFAULT_GAME, game_source: str = "") -> LoadedPersona | None:
     data = _read_yaml(path, problems)
     if data is None:
         return None
@@ -154,6 +208,9 @@ def _load_one(path: Path, registry: StepRegistry, defaults: dict[str, Any], prob
         problems.extend(_pydantic_problems(path, (), exc))
         return None
     before = len(problems)
+    check_against_game(path, persona, game, problems, game_source)
+    if len(problems) > before:
+        return None
     options = _validate_steps(path, persona, registry, problems)
     if len(problems) > before:
         return None
@@ -177,10 +234,12 @@ def load_personas(npcs_dir: Path, registry: StepRegistry) -> dict[str, LoadedPer
     if not npcs_dir.is_dir():
         raise PersonaFileError([f"{npcs_dir}: not a folder of persona files (give --npcs-dir DIR)"])
     problems: list[str] = []
+    game = load_game(npcs_dir)  # raises with its own file: field: message lines
+    source = _game_source(npcs_dir)
     defaults = load_defaults(npcs_dir, problems)
     loaded: dict[str, LoadedPersona] = {}
     for path in persona_files(npcs_dir):
-        result = _load_one(path, registry, defaults, problems)
+        result = _load_one(path, registry, defaults, problems, game, source)
         if result is None:
             continue
         other = loaded.get(result.persona.id)

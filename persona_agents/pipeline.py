@@ -1,8 +1,10 @@
 """The pipeline: an NPC's steps, run stage by stage in the fixed order.
 
 preprocess -> retrieve -> prompt -> generate -> postprocess. This module holds that
-order, with the request budget applied after preprocess (request_budget.py), and nothing else: what each stage must produce is checked here so a faulty
-plugin fails with its name, not three stages later.
+order, with the request budget applied after preprocess (request_budget.py) and the
+game's rules after postprocess (rules.enforce: no step list can leave them out), and
+nothing else: what each stage must produce is checked here so a faulty plugin fails with
+its name, not three stages later.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Callable
 from .errors import PersonaAgentsError, StepError
 from .persona import STAGES, Persona
 from .request_budget import TokenCounter, apply_request_budget
+from .rules import enforce
 from .streaming import current_decision_sink, current_sink, deciding, stream_to
 from .steps import Step
 from .turn import Deltas, FiredFlag, Turn
@@ -79,8 +82,17 @@ class Pipeline:
         for step in self.steps["postprocess"]:
             if not step.rewrites_text:
                 turn = self._run_step(step, turn)
+        turn = self.enforce_rules(turn)
         tell(turn)
         return not any(step.replaces_reply(turn) for step in self.steps["postprocess"])
+
+    def enforce_rules(self, turn: Turn) -> Turn:
+        """The game's authority, whatever the persona's postprocess list says (issue 27):
+        the persona's flag rules and delta policy, with the options of its game_rules step
+        where it lists one."""
+        allow_unlisted = any(getattr(step.options, "allow_unlisted_flags", False)
+                             for step in self.steps["postprocess"] if step.name == "game_rules")
+        return enforce(turn, self.persona, allow_unlisted)
 
     def rewrites_text(self) -> bool:
         return any(step.rewrites_text for step in self.steps["postprocess"])
@@ -98,6 +110,8 @@ class Pipeline:
                 turn = apply_request_budget(turn, self.persona.request_budget, self.token_counter())
             if stage == "generate":
                 turn = self._outcome_from_generation(turn)
+            if stage == "postprocess":
+                turn = self.enforce_rules(turn)
             timings[stage] = round((time.perf_counter() - started) * 1000.0, 2)
         return turn.with_meta(timings_ms=timings, steps=self.step_names())
 

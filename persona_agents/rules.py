@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .persona import AxisPolicy, DeltaPolicy, FlagRule
-from .turn import Deltas, Turn, effective_stage
+from .persona import AxisPolicy, DeltaPolicy, FlagRule, Persona
+from .turn import Deltas, FiredFlag, RejectedFlag, Turn, effective_stage
 
 REASONS: tuple[str, ...] = (
     "not_allowed", "stage", "trust_below", "relationship_below",
@@ -141,3 +141,26 @@ def allowed_flags(turn: Turn) -> tuple[str, ...]:
     """
     facts = turn_facts(turn)
     return tuple(sorted(name for name, rule in turn.persona.flag_rules.items() if check_flag(rule, facts) is None))
+
+
+def enforce(turn: Turn, persona: Persona, allow_unlisted: bool = False) -> Turn:
+    """The game's authority over one turn: flags the persona's `flag_rules` forbid now move
+    to `flags_rejected` with their reason, fired ones get their payload, and the deltas are
+    capped by `delta_policy`. Idempotent, so the core can apply it after any postprocess
+    step list (issue 27): a step may refine the outcome, never bypass the rules."""
+    fired, rejected = [], list(turn.flags_rejected)
+    for flag in turn.flags:
+        facts = turn_facts(turn, turn.flag_history.get(flag.name, ()))
+        rule = persona.flag_rules.get(flag.name)
+        refusal = check_flag(rule, facts, allow_unlisted)
+        if refusal:
+            rejected.append(RejectedFlag(flag.name, refusal.reason, refusal.detail))
+        else:
+            fired.append(FiredFlag(flag.name, {**payload_for(rule), **flag.payload}))
+    d_trust, d_rel = limit_deltas(persona.delta_policy, turn.state.trust, turn.state.relationship,
+                                  turn.deltas.trust, turn.deltas.relationship, turn.delta_history)
+    meta = {}
+    if (d_trust, d_rel) != (turn.deltas.trust, turn.deltas.relationship) and "deltas_proposed" not in turn.meta:
+        meta["deltas_proposed"] = turn.deltas.to_dict()
+    out = turn.replace(flags=tuple(fired), flags_rejected=tuple(rejected), deltas=Deltas(d_trust, d_rel))
+    return out.with_meta(**meta) if meta else out

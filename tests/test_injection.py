@@ -62,11 +62,14 @@ def test_very_long_lines_are_refused_cleanly(sample_manager):
     assert sample_manager.conversation("long", "uncle_hideout").turns == 0  # nothing stored
 
 
-@pytest.fixture(scope="module")
-def gullible_world(tmp_path_factory, tiny_model_dir):
+@pytest.fixture(scope="module", params=["game_rules listed", "game_rules omitted"])
+def gullible_world(request, tmp_path_factory, tiny_model_dir):
     """The sample NPCs, with a generator that proposes every flag and maximal deltas on
-    every turn: whatever a player talks a model into, the rules alone must hold."""
+    every turn: whatever a player talks a model into, the rules alone must hold. Also
+    with personas whose postprocess list forgets `game_rules`: the core applies the
+    rules anyway (issue 27)."""
     root = tmp_path_factory.mktemp("gullible")
+    listed = request.param == "game_rules listed"
     from .conftest import NPCS_DIR
 
     shutil.copytree(NPCS_DIR, root / "npcs")
@@ -80,8 +83,8 @@ def gullible_world(tmp_path_factory, tiny_model_dir):
         data["pipeline"] = {
             "retrieve": [],
             "generate": [{"name": "transformers", "options": {"model": str(tiny_model_dir)}}],
-            "postprocess": [{"name": "propose_flags", "options": {"flags": ALL_FLAGS, "trust": 1.0, "relationship": 1.0}},
-                            "game_rules"],
+            "postprocess": [{"name": "propose_flags", "options": {"flags": ALL_FLAGS, "trust": 1.0, "relationship": 1.0}}]
+            + (["game_rules"] if listed else []),
         }
         path.write_text(yaml.safe_dump(data))
     return AgentManager(root / "npcs")

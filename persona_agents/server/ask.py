@@ -28,7 +28,7 @@ optionally `require`, `npc_config` and `dialogue_history`. The mapping:
   unmet conditions are listed in `meta.require_unmet`, and the game decides.
 
 The response: `npc_output_text` is the reply; `deltas` the turn's deltas; `flags` maps
-every flag of the vocabulary (`persona_agents.flags.DEFAULT_FLAGS`) to 1 if it fired
+every event of the game (`_game.yaml`'s events, or the default eight) to 1 if it fired
 this turn, else 0; `valid` is true when the reply is not empty and `require` holds;
 `meta` is the turn's meta plus `state`, `flag_payloads`, `flags_rejected`, `flag_probs`,
 `require_unmet` and `ignored_fields` (the request fields that had no effect).
@@ -36,7 +36,7 @@ this turn, else 0; `valid` is true when the reply is not empty and `require` hol
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..flags import DEFAULT_FLAGS
 from ..turn import GameContext, TurnResponse
@@ -127,10 +127,11 @@ def unmet_requirements(req: AskRequest, context: GameContext, response: TurnResp
     return unmet
 
 
-def ask_response(req: AskRequest, context: GameContext, response: TurnResponse, ignored: list[str]) -> dict[str, Any]:
+def ask_response(req: AskRequest, context: GameContext, response: TurnResponse, ignored: list[str],
+                 events: Sequence[str] = DEFAULT_FLAGS) -> dict[str, Any]:
     body = response.to_dict()
     fired = {f["name"] for f in body["flags"]}
-    flags = {name: int(name in fired) for name in DEFAULT_FLAGS}
+    flags = {name: int(name in fired) for name in events}
     flags.update({name: 1 for name in fired if name not in flags})
     unmet = unmet_requirements(req, context, response)
     meta = dict(body["meta"])

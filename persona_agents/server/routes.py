@@ -171,7 +171,7 @@ async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
         if field == exc.field:
             raise
         raise InputError(field, str(exc).removeprefix(f"{exc.field}: ")) from None  # the seed's names for them
-    return ask_response(body, context, response, ignored)
+    return ask_response(body, context, response, ignored, manager.game.event_names)
 
 
 # -- NPCs ----------------------------------------------------------------------------

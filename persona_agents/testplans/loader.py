@@ -58,8 +58,27 @@ def _where(path: Path, raw: object, loc: tuple) -> str:
     return ": ".join(parts)
 
 
-def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Iterable[str] = DEFAULT_FLAGS) -> list[LoadedPlan]:
+def _plan_stages(plan) -> list[tuple[str, str]]:
+    """(field, stage) for every quest stage a plan names."""
+    found = []
+    if plan.start is not None and plan.start.quest_stage:
+        found.append(("start.quest_stage", plan.start.quest_stage))
+    if getattr(plan, "context", None) is not None and plan.context.quest_stage:
+        found.append(("context.quest_stage", plan.context.quest_stage))
+    for number, turn in enumerate(plan.turns, 1):
+        if turn.set_stage:
+            found.append((f"turn {number}: set_stage", turn.set_stage))
+        if turn.expect.state is not None and turn.expect.state.quest_stage:
+            found.append((f"turn {number}: expect.state.quest_stage", turn.expect.state.quest_stage))
+    return found
+
+
+def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Iterable[str] = DEFAULT_FLAGS,
+               quest_stages: Iterable[str] | None = None) -> list[LoadedPlan]:
+    """Every plan of `paths`, checked against the NPCs, the game's events (`flags`) and,
+    when given, its quest stages; one PlanFileError lists every problem."""
     npc_ids, flags = set(npc_ids), list(flags)
+    stages = list(quest_stages) if quest_stages is not None else None
     problems: list[str] = []
     loaded: list[LoadedPlan] = []
     for path in plan_paths(paths):
@@ -84,6 +103,11 @@ def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Itera
                         if flag not in flags:
                             problems.append(f"{where}: turn {number}: expect.{field}: unknown flag {flag!r}; "
                                             f"valid flags: {', '.join(flags)}")
+            if stages is not None:
+                for field, stage in _plan_stages(plan):
+                    if stage not in stages:
+                        problems.append(f"{where}: {field}: unknown quest stage {stage!r}; "
+                                        f"valid quest stages: {', '.join(stages)}")
             loaded.append(LoadedPlan(plan, path))
     if problems:
         raise PlanFileError(problems)

@@ -1,0 +1,185 @@
+"""The game definition: the events, quest stages, state axes and moods of one game.
+
+A studio declares its game once, in `_game.yaml` beside its personas (issue 27):
+
+    events:
+      rent_room: {description: the NPC lets the player a room now, payload: [room]}
+      quest_start: {description: ..., sets_stage: in_progress}
+    quest_stages: [not_started, in_progress, complete]
+    axes:
+      trust: {min: 0.0, max: 1.0, initial: 0.3}
+      relationship: {min: -1.0, max: 1.0, initial: 0.0}
+    moods: [neutral, gruff, wary]          # empty or absent: any mood
+
+Personas, test plans, training data and adapters are checked against it, and each
+event's description is what the model reads to decide by meaning (issue 26). Without the
+file, `DEFAULT_GAME` (the vocabulary of labeling.md) applies, so older projects keep
+working unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PersonaFileError
+from .fileutil import load_yaml
+from .flags import DEFAULT_FLAGS, DEFAULT_QUEST_STAGES
+
+GAME_FILE = "_game.yaml"
+_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventSpec(_Strict):
+    description: str = Field(min_length=1, description="What the event means in the game, in words; the model "
+                             "reads it to decide (\"the NPC lets the player a room now\").")
+    payload: list[str] = Field(default_factory=list, description="Fields the game needs with the event "
+                               "(item, quest, room...); a persona's rule gives their values.")
+    sets_stage: str | None = Field(None, description="Quest stage the NPC's quest moves to when the event fires "
+                                   "(a persona's rule may say otherwise).")
+
+
+class AxisSpec(_Strict):
+    min: float
+    max: float
+    initial: float
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AxisSpec":
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        if not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must lie in [{self.min}, {self.max}]")
+        return self
+
+
+#: The axes every game has today. Extra axes are a planned part of issue 27 that the
+#: state store, the heads and the data format do not carry yet: declaring one is refused.
+BUILT_IN_AXES: dict[str, AxisSpec] = {
+    "trust": AxisSpec(min=0.0, max=1.0, initial=0.3,
+                      description="how far the NPC believes the player is honest and reliable"),
+    "relationship": AxisSpec(min=-1.0, max=1.0, initial=0.0, description="warmth and affinity towards the player"),
+}
+
+
+class GameDefinition(_Strict):
+    events: dict[str, EventSpec] = Field(description="The game's events, by name, in the order adapters use.")
+    quest_stages: list[str] = Field(default_factory=lambda: list(DEFAULT_QUEST_STAGES), min_length=1)
+    axes: dict[str, AxisSpec] = Field(default_factory=lambda: dict(BUILT_IN_AXES))
+    moods: list[str] = Field(default_factory=list, description="Declared moods; empty: any mood string.")
+
+    @field_validator("events")
+    @classmethod
+    def _event_names(cls, events: dict[str, EventSpec]) -> dict[str, EventSpec]:
+        import re
+        bad = [name for name in events if not re.match(_NAME, name)]
+        if bad:
+            raise ValueError(f"event name(s) {', '.join(map(repr, bad))} must be snake_case (a-z, 0-9, _)")
+        if not events:
+            raise ValueError("declare at least one event")
+        return events
+
+    @field_validator("axes")
+    @classmethod
+    def _known_axes(cls, axes: dict[str, AxisSpec]) -> dict[str, AxisSpec]:
+        extra = [name for name in axes if name not in BUILT_IN_AXES]
+        if extra:
+            raise ValueError(f"axis {', '.join(map(repr, extra))}: only {', '.join(BUILT_IN_AXES)} are supported "
+                             "yet (extra state axes are planned in issue 27); remove it or track it in game_state")
+        missing = [name for name in BUILT_IN_AXES if name not in axes]
+        if missing:
+            raise ValueError(f"axes must declare {', '.join(missing)} (the state store and heads need both)")
+        return axes
+
+    @model_validator(mode="after")
+    def _stages_declared(self) -> "GameDefinition":
+        for name, event in self.events.items():
+            if event.sets_stage is not None and event.sets_stage not in self.quest_stages:
+                raise ValueError(f"events.{name}.sets_stage: {event.sets_stage!r} is not a declared quest stage; "
+                                 f"declared: {', '.join(self.quest_stages)}")
+        return self
+
+    # -- questions the rest of the code asks ---------------------------------------
+    @property
+    def event_names(self) -> tuple[str, ...]:
+        return tuple(self.events)
+
+    def unknown_events(self, names) -> list[str]:
+        return [n for n in names if n not in self.events]
+
+    def unknown_stages(self, names) -> list[str]:
+        return [n for n in names if n not in self.quest_stages]
+
+    def events_hint(self) -> str:
+        return "declared events: " + ", ".join(self.events)
+
+    def stages_hint(self) -> str:
+        return "declared quest stages: " + ", ".join(self.quest_stages)
+
+
+_DEFAULT_DESCRIPTIONS = {
+    "give_item": ("the NPC hands the player an item now", ["item"], None),
+    "give_hint": ("the NPC gives actionable information that helps the player progress: where to go, what to "
+                  "bring, who to ask, a clue", [], None),
+    "npc_main_story": ("the NPC reveals a main-story fact: its own part in the central mystery, or the mystery "
+                       "itself", [], None),
+    "quest_start": ("the NPC gives the player a task and the task begins now", ["quest"], "in_progress"),
+    "quest_complete": ("the NPC acknowledges that the player has finished its task", ["quest"], "complete"),
+    "unlock_hidden_path": ("the NPC opens, or reveals access to, a restricted or hidden place", [], None),
+    "open_trade": ("the NPC opens its shop or a trade", [], None),
+    "end_conversation": ("the NPC ends the conversation: walks away, refuses to talk further", [], None),
+}
+
+#: The game of a folder without `_game.yaml`: labeling.md's eight events and three stages.
+DEFAULT_GAME = GameDefinition(events={
+    name: EventSpec(description=_DEFAULT_DESCRIPTIONS[name][0], payload=_DEFAULT_DESCRIPTIONS[name][1],
+                    sets_stage=_DEFAULT_DESCRIPTIONS[name][2])
+    for name in DEFAULT_FLAGS
+})
+
+
+def game_file(npcs_dir: str | Path) -> Path:
+    return Path(npcs_dir) / GAME_FILE
+
+
+def _loc(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def parse_game(data: Any, source: str) -> GameDefinition:
+    """A GameDefinition from parsed YAML, or PersonaFileError naming `source` and the field."""
+    if not isinstance(data, dict):
+        raise PersonaFileError([f"{source}: top level: expected a mapping with events, quest_stages, axes, moods"])
+    try:
+        return GameDefinition.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (valid: events, quest_stages, axes, moods; an event takes description, " \
+                      "payload, sets_stage)"
+            problems.append(f"{source}: {_loc(err['loc'])}: {msg}")
+        raise PersonaFileError(problems) from None
+
+
+def load_game(npcs_dir: str | Path) -> GameDefinition:
+    """The game of a persona folder: its `_game.yaml`, or DEFAULT_GAME without one."""
+    path = game_file(npcs_dir)
+    if not path.is_file():
+        return DEFAULT_GAME
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        raise PersonaFileError([f"{path}: {where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_game(data, str(path))

@@ -1,0 +1,194 @@
+"""A studio's own game (issue 27): `_game.yaml` declares the events, stages and axes, and
+personas, plans, training, adapters, `run-dialogue` and `/ask` all use those names.
+
+The game here has three events of its own (rent_room, start_brawl, pay_tab) beside
+quest_start / quest_complete, and four quest stages. Mechanics run on the tiny random
+model: the adapter is trained for real (two steps), its heads answer in the game's
+vocabulary, and the game's rules decide what fires.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from persona_agents.errors import PersonaFileError
+from persona_agents.game import DEFAULT_GAME, load_game
+from persona_agents.manager import next_state
+from persona_agents.persona_loader import load_personas
+from persona_agents.plugins import load_plugins
+from persona_agents.turn import FiredFlag, NpcState
+
+from .conftest import REPO, cli_env
+from .server_support import start_cli_server
+
+EVENTS = ["rent_room", "start_brawl", "pay_tab", "quest_start", "quest_complete"]
+GAME = {
+    "events": {
+        "rent_room": {"description": "the innkeeper lets the player a room for the night", "payload": ["room"]},
+        "start_brawl": {"description": "the innkeeper throws the first punch"},
+        "pay_tab": {"description": "the player's tab is settled and the innkeeper takes the coin"},
+        "quest_start": {"description": "the innkeeper asks the player to clear the cellar", "sets_stage": "accepted"},
+        "quest_complete": {"description": "the innkeeper thanks the player for the cleared cellar",
+                           "sets_stage": "rewarded"},
+    },
+    "quest_stages": ["not_started", "accepted", "cellar_cleared", "rewarded"],
+    "moods": ["neutral", "busy", "grateful"],
+}
+
+
+def persona(adapter: str = "adapters/tiny", **overrides) -> dict:
+    data = {
+        "id": "innkeeper",
+        "name": "Marta",
+        "role": "the innkeeper of the Red Stag.",
+        "initial_state": {"trust": 0.3, "relationship": 0.0, "mood": "busy", "quest_stage": "not_started"},
+        "flag_rules": {
+            "rent_room": {"min_trust": 0.0, "payload": {"room": "attic"}, "means": "lets the attic room, to anyone"},
+            "start_brawl": {"min_relationship": -0.2, "means": "never starts a fight with a friend"},
+            "pay_tab": {"requires_items": ["coin_purse"]},
+            "quest_start": {"stages": ["not_started"], "once": True},
+            "quest_complete": {"stages": ["cellar_cleared"], "sets_mood": "grateful"},
+        },
+        "generation": {"max_new_tokens": 3, "seed": 1},
+        "pipeline": {"prompt": [{"name": "sectioned", "options": {"history_turns": 2}}],
+                     "generate": [{"name": "multihead", "options": {"adapter": adapter, "engine": "transformers"}}],
+                     "postprocess": []},
+    }
+    data.update(overrides)
+    return data
+
+
+def record(utterance: str, flags: list[str], stage: str = "not_started", **extra) -> dict:
+    return {"npc_id": "innkeeper", "tags": {"quest_stage": stage, "trust": 0.4, "relationship": 0.1},
+            "context": [], "player_utterance": utterance, "response": "Aye, that I can do.",
+            "delta": [0.0, 0.02], "flag": flags, **extra}
+
+
+@pytest.fixture(scope="module")
+def game_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    root = tmp_path_factory.mktemp("studio-game")
+    npcs = root / "npcs"
+    (npcs / "tests").mkdir(parents=True)
+    (npcs / "_game.yaml").write_text(yaml.safe_dump(GAME, sort_keys=False))
+    (npcs / "innkeeper.yaml").write_text(yaml.safe_dump(persona()))
+    records = [record("A room for the night?", ["rent_room"]), record("Fight me!", ["start_brawl"]),
+               record("Any work?", ["quest_start"]), record("Cellar's clear.", ["quest_complete"], "cellar_cleared"),
+               record("Here's my coin.", ["pay_tab"], player_state={"items": ["coin_purse"]}), record("Hello.", [])]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records * 2))
+    done = subprocess.run(
+        [sys.executable, "-m", "persona_agents", "train", "--npcs-dir", str(npcs), "--data", str(root / "train.jsonl"),
+         "--validation", str(root / "train.jsonl"), "--base", str(tiny_model_dir), "--out", str(root / "adapters/tiny"),
+         "--max-steps", "2", "--quantization", "none", "--no-retrieve-lore", "--heads-refit-epochs", "0",
+         "--batch-size", "2", "--seed", "1"],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    (npcs / "tests" / "innkeeper.yaml").write_text(yaml.safe_dump({"plans": [{
+        "name": "cellar", "npc": "innkeeper",
+        "turns": [{"say": "Any work for me?", "expect": {"no_flags": ["start_brawl"]}},
+                  {"say": "The cellar is clear.", "set_stage": "cellar_cleared", "expect": {"no_flags": ["pay_tab"]}}],
+    }]}))
+    return root
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "persona_agents", *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_adapter_is_trained_on_the_games_own_events(game_dir):
+    meta = json.loads((game_dir / "adapters/tiny/multihead.json").read_text())
+    assert meta["flags"] == EVENTS and set(meta["thresholds"]) == set(EVENTS)
+
+
+def test_validate_dialogue_and_plans_speak_the_games_names(game_dir):
+    npcs = str(game_dir / "npcs")
+    done = run_cli("npcs", "validate", "--npcs-dir", npcs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # From another working directory: the adapter path resolves against the game folder.
+    done = run_cli("run-dialogue", "--npcs-dir", npcs, "--npc", "innkeeper", "--say", "A room, please.", "--json",
+                   cwd=game_dir.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    turn = json.loads(done.stdout)
+    assert list(turn["flag_probs"]) == EVENTS
+    assert {f["name"] for f in turn["flags"]} | {r["name"] for r in turn["flags_rejected"]} <= set(EVENTS)
+    done = run_cli("test", "--npcs-dir", npcs)
+    assert "unknown" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "cellar" in done.stdout
+
+
+def test_ask_returns_the_games_events(game_dir, tmp_path):
+    server = start_cli_server(tmp_path / "srv", game_dir / "npcs", api_key=None)
+    try:
+        body = httpx.post(f"{server.base_url}/ask", json={"session_id": "s1", "npc_id": "innkeeper",
+                                                          "user_input": "A room for the night?"}, timeout=120)
+        assert body.status_code == 200, body.text
+        assert list(body.json()["flags"]) == EVENTS
+        bad = httpx.post(f"{server.base_url}/v1/npcs/innkeeper/turns",
+                         json={"player_id": "p", "utterance": "hi", "quest_stage": "in_progress"}, timeout=60)
+        assert bad.status_code == 422 and "cellar_cleared" in bad.text, bad.text
+    finally:
+        server.stop()
+
+
+def test_a_rule_naming_an_undeclared_event_lists_the_declared_ones(tmp_path):
+    npcs = tmp_path / "npcs"
+    npcs.mkdir()
+    (npcs / "_game.yaml").write_text(yaml.safe_dump(GAME, sort_keys=False))
+    bad = persona("/nowhere")
+    bad["flag_rules"] = {"give_item": {}, "rent_room": {"stages": ["in_progress"]}}
+    bad["lines"] = [{"id": "brawl", "text": "Outside, now!", "events": ["brawl"]}]
+    (npcs / "innkeeper.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(PersonaFileError) as info:
+        load_personas(npcs, load_plugins(tmp_path / "plugins").registry)
+    text = str(info.value)
+    declared = "rent_room, start_brawl, pay_tab, quest_start, quest_complete"
+    assert f"flag_rules: unknown flag(s) 'give_item'; valid flags: {declared} (declared in {npcs / '_game.yaml'})" in text
+    assert "flag_rules.rent_room.stages: unknown quest stage(s) 'in_progress'; valid quest stages: not_started, " \
+           "accepted, cellar_cleared, rewarded" in text
+    assert "lines[0].events: unknown flag(s) 'brawl'" in text
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"axes": {"trust": {"min": 0, "max": 1, "initial": 0.3}, "relationship": {"min": -1, "max": 1, "initial": 0},
+               "fear": {"min": 0, "max": 1, "initial": 0}}}, "only trust, relationship are supported yet"),
+    ({"events": {"quest_start": {"description": "x", "sets_stage": "begun"}}}, "sets_stage: 'begun' is not a declared"),
+    ({"events": {"Rent Room": {"description": "x"}}}, "must be snake_case"),
+    ({"events": {"rent_room": {"descripton": "x"}}}, "events.rent_room.descripton: unknown field"),
+])
+def test_game_file_errors_name_the_field(tmp_path, change, message):
+    (tmp_path / "_game.yaml").write_text(yaml.safe_dump({**GAME, **change}, sort_keys=False))
+    with pytest.raises(PersonaFileError) as info:
+        load_game(tmp_path)
+    assert str(tmp_path / "_game.yaml") in str(info.value) and message in str(info.value)
+
+
+def test_without_a_game_file_the_default_eight_events_apply(tmp_path):
+    assert load_game(tmp_path) is DEFAULT_GAME
+    assert DEFAULT_GAME.events["quest_start"].sets_stage == "in_progress"
+
+
+def test_stage_and_mood_moves_are_declared_not_coded(tmp_path):
+    game = load_game_from(tmp_path)
+    from persona_agents.persona import Persona
+    from persona_agents.turn import Turn
+
+    inn = Persona.model_validate(persona())
+    state = NpcState(0.3, 0.0, "busy", "cellar_cleared")
+    turn = Turn(npc_id="innkeeper", player_id="p", utterance="done", persona=inn, state=state,
+                flags=(FiredFlag("quest_complete"),))
+    after = next_state(state, turn, game)
+    assert (after.quest_stage, after.mood) == ("rewarded", "grateful")
+    started = next_state(NpcState(0.3, 0.0, "busy", "not_started"), turn.replace(flags=(FiredFlag("quest_start"),)), game)
+    assert (started.quest_stage, started.mood) == ("accepted", "busy")
+
+
+def load_game_from(folder: Path):
+    (folder / "_game.yaml").write_text(yaml.safe_dump(GAME, sort_keys=False))
+    return load_game(folder)
