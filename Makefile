@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.persona-agents-installed
 
-.PHONY: setup demo test schema clean adapter adapter-heads
+.PHONY: setup demo test schema clean adapter adapter-heads adapter-generalist-heads
 
 setup: $(STAMP)
 
@@ -46,6 +46,21 @@ adapter-heads: setup
 		--validation training/data/validation.jsonl --base embedded \
 		--out training/adapters/smollm2-npc --quantization none \
 		--max-length 448 --history-turns 4 --seed 42 --heads-only \
+		--heads-flags-where-allowed --min-precision end_conversation=0.8
+
+# Issue 26: the shipped adapter's LoRA with heads refitted on many NPCs (the six sample
+# NPCs' data, 44 more NPCs and the sample NPCs in many player voices: training/generalist/)
+# that also read the writers' example lines (few-shot evidence). Writes
+# training/adapters/smollm2-generalist; time and figures in training/generalist/README.md.
+adapter-generalist-heads: setup
+	$(BIN)/python training/generalist/build_splits.py
+	test -f training/adapters/smollm2-generalist/adapter_model.safetensors || \
+		cp -r training/adapters/smollm2-npc training/adapters/smollm2-generalist
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents train --npcs-dir training/generalist/npcs \
+		--data training/data/train.jsonl --data training/generalist/data/split/train.jsonl \
+		--validation training/data/validation.jsonl --validation training/generalist/data/split/validation.jsonl \
+		--out training/adapters/smollm2-generalist --base embedded --quantization none \
+		--max-length 448 --history-turns 4 --seed 42 --heads-only --heads-evidence \
 		--heads-flags-where-allowed --min-precision end_conversation=0.8
 
 clean:

@@ -35,7 +35,34 @@ def describe_scope(entry) -> str:
         scope = "world"
     if entry.stages is not None:
         scope += " | stages: " + ", ".join(entry.stages)
+    if entry.min_trust is not None:
+        scope += f" | trust >= {entry.min_trust:.2f}"
+    if entry.min_relationship is not None:
+        scope += f" | relationship >= {entry.min_relationship:+.2f}"
+    if entry.requires_items:
+        scope += " | items: " + ", ".join(entry.requires_items)
+    if entry.requires_actions:
+        scope += " | actions: " + ", ".join(entry.requires_actions)
     return scope
+
+
+def describe_facts(facts) -> str:
+    text = f"stage '{facts.stage}', trust {facts.trust:.2f}, relationship {facts.relationship:+.2f}"
+    if facts.items:
+        text += ", items: " + ", ".join(sorted(facts.items))
+    if facts.actions:
+        text += ", actions: " + ", ".join(sorted(facts.actions))
+    return text
+
+
+def _all_open(entry):
+    """Facts under which every stage and gate of `entry` holds (to tell scope from gates)."""
+    from .lore.scope import LoreFacts
+
+    return LoreFacts(
+        stage=entry.stages[0] if entry.stages else None, trust=1.0, relationship=1.0,
+        items=frozenset(entry.requires_items), actions=frozenset(entry.requires_actions),
+    )
 
 
 def _echo_entry(score: float, item, note: str = "") -> None:
@@ -97,6 +124,12 @@ def lore():
 @lore.command("search")
 @click.option("--npc", "npc_id", required=True, help="The NPC's id (see `persona-agents npcs list`).")
 @click.option("--stage", default=None, help="Quest stage (default: the NPC's initial quest_stage).")
+@click.option("--trust", type=float, default=None, help="The NPC's trust in the player (default: its initial trust).")
+@click.option("--relationship", type=float, default=None,
+              help="The relationship with the player (default: the NPC's initial relationship).")
+@click.option("--item", "items", multiple=True, help="An item the player holds (repeatable), for entries' requires_items.")
+@click.option("--action", "actions", multiple=True,
+              help="An action the player has done (repeatable), for entries' requires_actions.")
 @click.option("--k", type=int, default=None, help="How many entries (default: the NPC's faiss_lore k).")
 @click.option("--show-hidden", is_flag=True, help="Also show the best entries the NPC may NOT know, and why.")
 @click.option("--keywords", "use_keywords", is_flag=True, help="Show keyword_lore matches instead of meaning search.")
@@ -104,37 +137,51 @@ def lore():
 @plugins_dir_option
 @click.argument("query", nargs=-1, required=True)
 @friendly_errors
-def lore_search(npc_id, stage, k, show_hidden, use_keywords, npcs_dir, plugins_dir, query):
-    """Show what an NPC would retrieve for QUERY, with scores, scope and text."""
+def lore_search(npc_id, stage, trust, relationship, items, actions, k, show_hidden, use_keywords, npcs_dir,
+                plugins_dir, query):
+    """Show what an NPC would retrieve for QUERY, with scores, scope and text.
+
+    The NPC is taken at a quest stage and state (--stage, --trust, --relationship,
+    --item, --action; by default its initial state, holding nothing): entries whose
+    stage or gates do not hold are withheld, and --show-hidden says why
+    ("trust 0.15 < 0.50")."""
     from .lore.retrieval import keyword_search, matched_keywords, semantic_search, within_budget
-    from .lore.scope import check_knowledge, hidden_reason, visible_items
+    from .lore.scope import LoreFacts, check_knowledge, hidden_reason, visible_items
 
     setup_logging()
     text = " ".join(query)
     manager = make_manager(npcs_dir, plugins_dir)
     loaded = manager.get_persona(npc_id)
     persona, runtime = loaded.persona, manager.runtime
-    stage = stage or persona.initial_state.quest_stage
+    initial = persona.initial_state
+    facts = LoreFacts(
+        stage=stage or initial.quest_stage,
+        trust=initial.trust if trust is None else trust,
+        relationship=initial.relationship if relationship is None else relationship,
+        items=frozenset(items),
+        actions=frozenset(actions),
+    )
     options = _faiss_options(loaded)
     k = k or options["k"]
     collection = runtime.lore.folder(npcs_dir).current()
     check_knowledge(npc_id, persona.knowledge, collection)
-    visible = visible_items(collection.items, npc_id, persona.knowledge, stage)
+    visible = visible_items(collection.items, npc_id, persona.knowledge, facts)
     click.echo(
-        f"{persona.name} ({npc_id}) at stage '{stage}': knows {len(visible)} of {len(collection.items)} entries; "
-        f"retrieve step: {_retrieve_step(loaded)}; k={k}, min_score={options['min_score']}, "
+        f"{persona.name} ({npc_id}) at {describe_facts(facts)}: knows {len(visible)} of {len(collection.items)} "
+        f"entries; retrieve step: {_retrieve_step(loaded)}; k={k}, min_score={options['min_score']}, "
         f"max_lore_tokens={options['max_lore_tokens']}"
     )
     if use_keywords:
-        hits = keyword_search(collection, text, [], npc_id, persona.knowledge, stage, k)
+        hits = keyword_search(collection, text, [], npc_id, persona.knowledge, facts, k)
         for hit in hits:
             _echo_entry(hit.score, hit.item, "keywords: " + ", ".join(matched_keywords(hit.item, text)))
         if not hits:
             click.echo("(no keyword of a visible entry appears in the query)")
+        _echo_withheld(collection, npc_id, persona.knowledge, facts)
         return
 
     index = runtime.lore.index(npcs_dir, runtime.embedders.get(options["embedder"]), runtime.cache_dir)
-    hits = semantic_search(index, text, npc_id, persona.knowledge, stage, k=k)
+    hits = semantic_search(index, text, npc_id, persona.knowledge, facts, k=k)
     kept = {id(h) for h in within_budget([h for h in hits if h.score >= options["min_score"]], options["max_lore_tokens"])}
     for hit in hits:
         note = "" if id(hit) in kept else (
@@ -142,16 +189,37 @@ def lore_search(npc_id, stage, k, show_hidden, use_keywords, npcs_dir, plugins_d
             else "over the lore token budget: not used")
         _echo_entry(hit.score, hit.item, note)
     if not hits:
-        click.echo("(the NPC knows no entry at this stage)")
+        click.echo("(the NPC knows no entry at this stage and state)")
     if show_hidden:
         click.echo("\nHidden from this NPC at this stage (best matches among all entries):")
         vector = index.embedder.encode([text])[0]
         shown = 0
         for entry_id, score in index.search(vector, len(collection.items), None):
-            reason = hidden_reason(collection.by_id[entry_id], npc_id, persona.knowledge, stage)
+            reason = hidden_reason(collection.by_id[entry_id], npc_id, persona.knowledge, facts)
             if reason and shown < k:
                 _echo_entry(score, collection.by_id[entry_id], reason)
                 shown += 1
         if not shown:
             click.echo("(none)")
+    _echo_withheld(collection, npc_id, persona.knowledge, facts)
+
+
+def _echo_withheld(collection, npc_id, knowledge, facts) -> None:
+    """Entries this NPC knows (file and scope) that the quest stage or the state keeps
+    from it now, each with why: `trust 0.15 < 0.50`, `player lacks city_pass`..."""
+    from .lore.scope import gate_reason, hidden_reason
+
+    withheld = []
+    for item in collection.items:
+        entry = item.entry
+        if entry.stages is None and not entry.gated:
+            continue
+        reason = hidden_reason(item, npc_id, knowledge, facts)
+        if reason and hidden_reason(item, npc_id, knowledge, _all_open(entry)) is None:
+            gate = gate_reason(entry, facts)
+            withheld.append((item, reason if gate in (None, reason) else f"{reason}; {gate}"))
+    if withheld:
+        click.echo("\nWithheld from this NPC until the game allows it (stage or gates):")
+        for item, reason in withheld:
+            click.echo(f"        {item.id}  [{describe_scope(item.entry)}]  ({reason})")
 

@@ -65,8 +65,8 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @click.command()
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Training JSONL file (repeat for several).")
-@click.option("--validation", type=click.Path(dir_okay=False, path_type=Path),
-              help="Validation JSONL: thresholds are calibrated and figures measured on it.")
+@click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="Validation JSONL (repeatable): thresholds are calibrated and figures measured on it.")
 @click.option("--base", default="embedded", show_default=True, help="Base model: 'embedded', a Hugging Face id or a local path.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
@@ -100,6 +100,10 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="In the heads refit, no flag loss where the persona's rules close the flag for want of trust, "
                    "relationship, an item or an action: the rules keep that gate, the head learns whether the NPC "
                    "means to act. Stage gates and never-allowed flags keep their loss.")
+@click.option("--heads-evidence/--no-heads-evidence", "heads_evidence", default=None,
+              help="Heads that read few-shot evidence: the persona's authored lines' example player lines nearest "
+                   "the player's line, per event (a new NPC improves by writing examples, not by retraining). "
+                   "Default: the adapter's setting (off for a new adapter).")
 @click.option("--heads-only", is_flag=True,
               help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT "
                    "(with --heads-refit-epochs 0: recalibrate only).")
@@ -119,7 +123,7 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
           lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed,
+          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed, heads_evidence,
           heads_only, min_precision,
           calibrate_after_rules, min_threshold, seed, threads, npcs_dir):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
@@ -145,7 +149,8 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
         max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
-        heads_refit_epochs=heads_refit_epochs, heads_flags_where_allowed=heads_flags_where_allowed, disable_tqdm=False,
+        heads_refit_epochs=heads_refit_epochs, heads_flags_where_allowed=heads_flags_where_allowed,
+        heads_evidence=heads_evidence, disable_tqdm=False,
     )
     policy = CalibrationPolicy(min_precision=parse_min_precision(min_precision, config.flags),
                                after_rules=calibrate_after_rules, min_threshold=min_threshold)
@@ -188,9 +193,12 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--base-lm/--no-base-lm", default=True, show_default=True,
               help="Also measure the base model's reply LM loss without the adapter (a second pass).")
+@click.option("--without-lines", is_flag=True,
+              help="Give heads that read few-shot evidence none, as for personas without authored lines "
+                   "(the 'persona only' figure of a new NPC).")
 @npcs_dir_option
 @friendly_errors
-def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir):
+def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_lines):
     """Measure an adapter on labelled data: flag F1, delta MAE, reply LM loss, and a majority baseline."""
     _quiet_threads()
     setup_logging()
@@ -200,10 +208,16 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir):
 
     adapter = adapter or Path(npcs_dir).parent / DEFAULT_ADAPTER
     meta = read_metadata(adapter)
-    examples = load_examples(data, meta["flags"], load_personas_for_data(npcs_dir))
+    from .game import load_game
+
+    # The adapter's events and the game's: a label of an event the adapter does not know
+    # is scored as a miss (evaluate_adapter), not refused.
+    vocabulary = list(dict.fromkeys([*meta["flags"], *load_game(npcs_dir).event_names]))
+    examples = load_examples(data, vocabulary, load_personas_for_data(npcs_dir))
     if meta.get("retrieve_lore"):
         examples = retrieve_lore(examples, npcs_dir)
-    report = evaluate_adapter(adapter, examples, batch_size=batch_size, base_lm_loss=base_lm)
+    report = evaluate_adapter(adapter, examples, batch_size=batch_size, base_lm_loss=base_lm,
+                              without_lines=without_lines)
     report["data"] = [{"path": str(p), "sha256": file_sha256(p)} for p in data]
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))

@@ -21,7 +21,7 @@ from .game import DEFAULT_GAME, GameDefinition, load_game
 from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
 from .plugins import PluginHost, load_plugins
-from .runtime import Runtime
+from .runtime import Runtime, game_dir
 from .store import ConcurrentTurnError, StateStore, StoredConversation
 from .store.store import DuplicateRequestError
 from .turn import Exchange, GameContext, NpcState, Turn, TurnResponse, response_from_dict
@@ -99,7 +99,7 @@ class AgentManager:
     ):
         self.npcs_dir = Path(npcs_dir)
         # A studio's local plugins live beside its NPC folder unless told otherwise.
-        self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else self.npcs_dir.parent / "plugins"
+        self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else game_dir(self.npcs_dir) / "plugins"
         self.host = host or load_plugins(self.plugins_dir)
         self.runtime = runtime or Runtime(npcs_dir=self.npcs_dir)
         self.game: GameDefinition = load_game(self.npcs_dir)

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from persona_agents.lore.embedder import EmbedderRegistry
+from persona_agents.lore.scope import LoreFacts
 from persona_agents.runtime import Runtime
 from persona_agents.turn import GameContext, NpcState, Turn
 
@@ -58,16 +59,25 @@ def sample_personas():
     return load_personas(NPCS_DIR, load_plugins(PLUGINS_DIR).registry)
 
 
-def make_turn(persona, utterance: str, stage: str | None = None, stored_stage: str = "not_started", history=()) -> Turn:
+def make_turn(persona, utterance: str, stage: str | None = None, stored_stage: str = "not_started", history=(),
+              trust: float = 0.3, relationship: float = 0.0, items=(), actions=()) -> Turn:
     return Turn(
         npc_id=persona.id,
         player_id="player",
         utterance=utterance,
         persona=persona,
-        state=NpcState(trust=0.3, relationship=0.0, mood="neutral", quest_stage=stored_stage),
-        context=GameContext(quest_stage=stage),
+        state=NpcState(trust=trust, relationship=relationship, mood="neutral", quest_stage=stored_stage),
+        context=GameContext(quest_stage=stage, items=tuple(items), actions=tuple(actions)),
         history=tuple(history),
     )
+
+
+def all_open(item) -> LoreFacts:
+    """Facts under which every stage and gate of `item` holds: only knowledge and scope
+    decide, as leakage tests between NPCs need."""
+    entry = item.entry
+    return LoreFacts(stage=entry.stages[0] if entry.stages else "in_progress", trust=1.0, relationship=1.0,
+                     items=frozenset(entry.requires_items), actions=frozenset(entry.requires_actions))
 
 
 def write_lore(folder: Path, name: str, entries: list[dict], **top) -> Path:

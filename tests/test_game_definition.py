@@ -56,6 +56,13 @@ def persona(adapter: str = "adapters/tiny", **overrides) -> dict:
             "quest_start": {"stages": ["not_started"], "once": True},
             "quest_complete": {"stages": ["cellar_cleared"], "sets_mood": "grateful"},
         },
+        "lines": [
+            {"id": "room", "text": "The attic's yours tonight.", "events": ["rent_room"],
+             "examples": ["A room for the night?", "Got a bed free?", "need a room", "Can I sleep here?",
+                          "Prithee, a chamber for the night."]},
+            {"id": "hello", "text": "Welcome to the Red Stag.", "events": [],
+             "examples": ["Hello.", "Good evening.", "hi there"]},
+        ],
         "generation": {"max_new_tokens": 3, "seed": 1},
         "pipeline": {"prompt": [{"name": "sectioned", "options": {"history_turns": 2}}],
                      "generate": [{"name": "multihead", "options": {"adapter": adapter, "engine": "transformers"}}],
@@ -192,3 +199,44 @@ def test_stage_and_mood_moves_are_declared_not_coded(tmp_path):
 def load_game_from(folder: Path):
     (folder / "_game.yaml").write_text(yaml.safe_dump(GAME, sort_keys=False))
     return load_game(folder)
+
+
+def test_heads_refit_continues_from_an_adapter_with_evidence(game_dir, tmp_path):
+    """Issue 26's workflow: keep an adapter's LoRA, refit heads that read the writers'
+    example lines; the step then passes each turn's evidence to them."""
+    import shutil
+
+    from persona_agents.multihead.artifacts import read_metadata
+
+    adapter = tmp_path / "adapters" / "tiny"
+    shutil.copytree(game_dir / "adapters" / "tiny", adapter)
+    npcs = tmp_path / "npcs"
+    shutil.copytree(game_dir / "npcs", npcs)
+    done = run_cli("train", "--npcs-dir", str(npcs), "--data", str(game_dir / "train.jsonl"), "--out", str(adapter),
+                   "--heads-only", "--heads-evidence", "--heads-refit-epochs", "5", "--no-retrieve-lore")
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = read_metadata(adapter)
+    assert meta["heads"]["evidence_size"] == 2 * len(EVENTS) + 2 and meta["evidence"]["size"] == 12
+    assert meta["flags"] == EVENTS
+    done = run_cli("run-dialogue", "--npcs-dir", str(npcs), "--npc", "innkeeper", "--say", "Got a bed free?", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(json.loads(done.stdout)["flag_probs"]) == EVENTS
+
+
+def test_evidence_is_the_nearest_example_per_event():
+    import numpy as np
+
+    from persona_agents.lore.embedder import load_embedder
+    from persona_agents.multihead.evidence import EventEvidence
+    from persona_agents.persona import Persona
+
+    bank = EventEvidence(Persona.model_validate(persona()), EVENTS, load_embedder("embedded"))
+    row = bank.features("Got a bed free?")
+    assert row.shape == (2 * len(EVENTS) + 2,)
+    assert row[EVENTS.index("rent_room")] == pytest.approx(1.0, abs=1e-4)
+    assert row[EVENTS.index("start_brawl")] == 0.0  # no examples for it
+    present = row[len(EVENTS) + 1:]
+    assert list(present) == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # rent_room and "no event" have examples
+    held_out = bank.features("Got a bed free?", exclude_same=True)
+    assert 0.3 < held_out[EVENTS.index("rent_room")] < 0.99
+    assert np.all(bank.features("The weather is grim.")[: len(EVENTS)] < 0.6)

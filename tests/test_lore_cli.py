@@ -72,6 +72,64 @@ def test_lore_search_shows_what_an_npc_would_retrieve():
     assert "family_siblings" in keywords.stdout and "(keywords: brother)" in keywords.stdout
 
 
+def test_lore_search_says_why_a_gated_secret_is_withheld():
+    cache = sample_runtime().cache_dir
+    question = "Is Jason alive?"
+    stranger = invoke("lore", "search", "--npc", "uncle_hideout", "--show-hidden", question, cache=cache)
+    assert stranger.exit_code == 0, stranger.output
+    shown, hidden = stranger.stdout.split("Hidden from this NPC at this stage")
+    assert "at stage 'not_started', trust 0.15, relationship -0.10" in shown.splitlines()[0]  # his initial state
+    assert "dorian_jason_alive" not in shown
+    assert re.search(r"dorian_jason_alive  \[npc: uncle_hideout \| trust >= 0\.50\]  dorian\.yaml  "
+                     r"\(trust 0\.15 < 0\.50\)", hidden)
+    hidden, withheld = hidden.split("Withheld from this NPC until the game allows it (stage or gates):")
+    assert "dorian_jason_alive  [npc: uncle_hideout | trust >= 0.50]  (trust 0.15 < 0.50)" in withheld
+    assert ("dorian_jason_hideout  [npc: uncle_hideout | stages: in_progress, complete | trust >= 0.50]  "
+            "(known only at stage(s) in_progress, complete; the quest stage is not_started; trust 0.15 < 0.50)") in withheld
+    assert "silvia_" not in withheld and "pip_" not in withheld, "only entries this NPC could know are listed"
+
+    trusted = invoke("lore", "search", "--npc", "uncle_hideout", "--trust", "0.6", "--stage", "in_progress", question,
+                     cache=cache)
+    assert "trust 0.60" in trusted.stdout.splitlines()[0]
+    assert re.search(r"^\s*0\.\d{3}  dorian_jason_alive  \[npc: uncle_hideout \| trust >= 0\.50\]", trusted.stdout, re.M)
+    assert "Withheld" not in trusted.stdout
+
+    friend = invoke("lore", "search", "--npc", "merchant_traveling", "--relationship", "0.2", "--keywords",
+                    "what does the map show, the way to the hermit's hut?", cache=cache)
+    assert "pip_map_details  [npc: merchant_traveling | relationship >= +0.50]  (relationship +0.20 < +0.50)" in (
+        friend.stdout)
+
+
+def test_lore_search_items_and_actions(sample_npcs_copy, tmp_path):
+    path = sample_npcs_copy / "lore" / "hale.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["entries"].append({"id": "hale_archive_key", "text": "The archive key hangs in the gatehouse.",
+                            "scope": "npc", "known_by": ["guard_city_gate"], "requires_items": ["city_pass"],
+                            "requires_actions": ["met_the_clerk"], "keywords": ["archive"]})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    args = ["lore", "search", "--npc", "guard_city_gate", "--keywords", "--npcs-dir", str(sample_npcs_copy)]
+    without = invoke(*args, "--item", "city_pass", "Where is the archive?", cache=tmp_path / "cache")
+    assert without.exit_code == 0, without.output
+    assert "items: city_pass" in without.stdout.splitlines()[0]
+    assert ("hale_archive_key  [npc: guard_city_gate | items: city_pass | actions: met_the_clerk]  "
+            "(player has not done met_the_clerk)") in without.stdout
+    both = invoke(*args, "--item", "city_pass", "--action", "met_the_clerk", "Where is the archive?",
+                  cache=tmp_path / "cache")
+    assert "(keywords: archive)" in both.stdout and "Withheld" not in both.stdout
+
+
+def test_index_lore_rejects_a_stage_the_game_does_not_declare(sample_npcs_copy, tmp_path):
+    path = sample_npcs_copy / "lore" / "silvia.yaml"
+    data = yaml.safe_load(path.read_text())
+    index = next(i for i, e in enumerate(data["entries"]) if e["id"] == "silvia_brother_hideout")
+    data["entries"][index]["stages"] = ["in_progress", "completed"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = invoke("index-lore", "--npcs-dir", str(sample_npcs_copy), cache=tmp_path / "cache")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (f"{path}: entries[{index}] (silvia_brother_hideout): stages: 'completed' is not a declared quest stage; "
+            "declared quest stages: not_started, in_progress, complete") in result.output
+
+
 def test_lore_search_unknown_npc_is_a_message():
     result = invoke("lore", "search", "--npc", "nobody", "hello", cache=sample_runtime().cache_dir)
     assert result.exit_code == 1 and "Unknown NPC 'nobody'" in result.output and "Traceback" not in result.output

@@ -1,8 +1,10 @@
 """`faiss_lore` and `keyword_lore` (retrieve): lore the NPC may know, into `turn.lore`.
 
-Both filter by the NPC's knowledge scope and the turn's quest stage *before* ranking
-(see `persona_agents/lore/scope.py`), keep what fits the lore token budget, set
-`turn.lore`, and report `meta["lore"] = [{"id": ..., "score": ...}]`. Lore files are
+Both filter by the NPC's knowledge scope, the turn's quest stage and the entries' gates
+(the NPC's trust and relationship before the turn, the items and actions the game sends)
+*before* ranking (see `persona_agents/lore/scope.py`), so a secret gated like a flag never
+reaches the prompt before the game allows it. They keep what fits the lore token budget,
+set `turn.lore`, and report `meta["lore"] = [{"id": ..., "score": ...}]`. Lore files are
 re-read when they change, and changed entries re-embedded, on the next turn.
 """
 
@@ -12,9 +14,9 @@ from pydantic import Field
 
 from persona_agents.hookspecs import hookimpl
 from persona_agents.lore.retrieval import LoreHit, keyword_search, semantic_search, within_budget
-from persona_agents.lore.scope import check_knowledge
+from persona_agents.lore.scope import LoreFacts, check_knowledge
 from persona_agents.steps import Step, StepOptions
-from persona_agents.turn import LoreChunk, Turn, effective_stage
+from persona_agents.turn import LoreChunk, Turn
 
 _BUDGET_HELP = (
     "Token budget of the lore section, counted as words plus punctuation marks (an estimate "
@@ -30,7 +32,8 @@ def _with_lore(turn: Turn, hits: list[LoreHit]) -> Turn:
 class FaissLore(Step):
     name = "faiss_lore"
     stage = "retrieve"
-    description = "Lore the NPC may know at this quest stage, ranked by meaning (sentence embeddings + faiss)."
+    description = ("Lore the NPC may know at this quest stage and state (entries' gates), ranked by meaning "
+                   "(sentence embeddings + faiss).")
 
     class Options(StepOptions):
         k: int = Field(4, ge=1, le=50, description="How many entries at most.")
@@ -67,7 +70,7 @@ class FaissLore(Step):
             " ".join([*earlier, turn.utterance]),
             turn.persona.id,
             turn.persona.knowledge,
-            effective_stage(turn),
+            LoreFacts.of_turn(turn),
             k=self.options.k,
             min_score=self.options.min_score,
         )
@@ -77,7 +80,8 @@ class FaissLore(Step):
 class KeywordLore(Step):
     name = "keyword_lore"
     stage = "retrieve"
-    description = "Lore the NPC may know at this quest stage, triggered by its keywords in the conversation."
+    description = ("Lore the NPC may know at this quest stage and state (entries' gates), triggered by its "
+                   "keywords in the conversation.")
 
     class Options(StepOptions):
         max_entries: int = Field(3, ge=1, le=50, description="How many entries at most.")
@@ -106,7 +110,7 @@ class KeywordLore(Step):
             history,
             turn.persona.id,
             turn.persona.knowledge,
-            effective_stage(turn),
+            LoreFacts.of_turn(turn),
             self.options.max_entries,
         )
         return _with_lore(turn, within_budget(hits, self.options.max_lore_tokens))

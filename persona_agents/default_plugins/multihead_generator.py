@@ -44,12 +44,25 @@ class MultiHeadGenerator(TransformersGenerator):
     class Options(EngineOptions):
         adapter: str = Field(DEFAULT_ADAPTER, description="Adapter folder written by `persona-agents train`; a "
                              "relative path is resolved against the project root (the NPC folder's parent).")
-        model: str | None = Field(None, description="Base model; default: the base the adapter was trained on.")
+        model: str | None = Field(None, description="Base model; default: the base the adapter was trained on "
+                                  "(a relative path resolves against the project root, as `adapter` does).")
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
 
+    path_options = {"adapter": "folder", "model": "model"}
+
+    def __init__(self, options, persona, runtime):
+        super().__init__(options, persona, runtime)
+        self._declared: list[str] = []
+        self._evidence_bank = None  # EventEvidence, for heads that read few-shot evidence
+        self._evidence: dict[int, object] = {}  # id(turn.prompt) -> evidence row, while a turn runs
+
     def adapter_path(self) -> Path:
-        path = Path(self.options.adapter).expanduser()
-        return path if path.is_absolute() else Path(self.runtime.npcs_dir).parent / path
+        """The adapter folder: an absolute path as given, a relative one under the game folder
+        (the NPC folder's parent), whatever the working directory."""
+        return self.runtime.path(self.options.adapter)
+
+    def base_model_ref(self) -> str | None:
+        return None if self.options.model is None else self.runtime.model_ref(self.options.model)
 
     def _load(self) -> LoadedModel:
         from persona_agents.multihead.artifacts import load_adapter
@@ -62,24 +75,59 @@ class MultiHeadGenerator(TransformersGenerator):
         path = self.adapter_path()
         # The fast engine needs no transformers model: a start without it is seconds faster.
         lean = self.options.engine != "transformers"
-        key = ("multihead", str(path.resolve()), self.options.model, self.options.dtype, lean)
+        base = self.base_model_ref()
+        key = ("multihead", str(path.resolve()), base, self.options.dtype, lean)
 
         def build():
-            bundle = load_adapter(path, self.options.model, self.options.dtype, lean=lean)
+            bundle = load_adapter(path, base, self.options.dtype, lean=lean)
             # `meta.model` names the base, as for the plain step; `meta.adapter` the adapter.
             return bundle, LoadedModel(name=bundle.meta["base"]["name"], model=bundle.model, tokenizer=bundle.tokenizer)
 
         self.bundle, loaded = self.runtime.models.shared(key, build)
+        self._check_events(path)
         self._state_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))
         self._decoder = loaded.model.get_decoder()
         return loaded
+
+    def _check_events(self, path: Path) -> None:
+        """The events this NPC's game declares, of those the adapter predicts (issue 27).
+
+        A generalist adapter is trained on more events than one game uses: the others are
+        never proposed. An adapter that knows none of the game's events is an error."""
+        from persona_agents.game import GAME_FILE, load_game
+
+        game = load_game(self.runtime.npcs_dir)
+        self._declared = [name for name in self.bundle.flags if name in game.events]
+        if not self._declared:
+            raise StepError(
+                f"NPC '{self.persona.id}': adapter {path} predicts {', '.join(self.bundle.flags)}, none of which the "
+                f"game in {self.runtime.npcs_dir} declares ({GAME_FILE}); declared events: {', '.join(game.events)}. "
+                "Declare them in the game file or use an adapter trained on this game's events.")
+        if self.bundle.heads.config.evidence_size and self._evidence_bank is None:
+            from persona_agents.multihead.evidence import EventEvidence
+
+            embedder = self.runtime.embedders.get(self.bundle.meta.get("evidence", {}).get("embedder", "embedded"))
+            self._evidence_bank = EventEvidence(self.persona, self.bundle.flags, embedder)
 
     def run(self, turn):
         if turn.prompt.format != "sectioned":
             raise StepError(
                 f"NPC '{self.persona.id}': the multihead generate step needs the sectioned prompt format, got "
                 f"'{turn.prompt.format}'. Set `prompt: [sectioned]` in the persona's pipeline.")
-        return super().run(turn)
+        key = id(turn.prompt)
+        if self._evidence_bank is not None:
+            # Embedded here, on the turn's thread: the heads may run on the compute thread.
+            import torch
+
+            self._evidence[key] = torch.from_numpy(self._evidence_bank.features(turn.utterance))[None]
+        try:
+            return super().run(turn)
+        finally:
+            self._evidence.pop(key, None)
+
+    def _heads(self, turn, state_rows):
+        """The heads on the kept <STATE> row, with the turn's few-shot evidence if they read it."""
+        return self.bundle.heads(state_rows, self._evidence.get(id(turn.prompt)))
 
     def _state_index(self, inputs) -> int:
         found = (inputs["input_ids"][0] == self._state_id).nonzero()
@@ -103,7 +151,7 @@ class MultiHeadGenerator(TransformersGenerator):
         empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
 
         def after(kept):
-            provisional = self._finish(turn.replace(generation=empty), self.bundle.heads(kept[None]))
+            provisional = self._finish(turn.replace(generation=empty), self._heads(turn, kept[None]))
             return decider(provisional)
 
         return after
@@ -111,7 +159,7 @@ class MultiHeadGenerator(TransformersGenerator):
     def _fast_extra(self, job):
         # The fast engine kept the <STATE> row of its prefill's final norm: the same vector
         # the hook below captures on the reference path.
-        return on_compute_thread(self.bundle.heads, job.kept[None])
+        return job.kept[None]  # the heads run in _finish, with the turn's evidence
 
     def _generate(self, inputs, kwargs):
         index = self._state_index(inputs)
@@ -127,11 +175,15 @@ class MultiHeadGenerator(TransformersGenerator):
             output = self.loaded.model.generate(**inputs, **kwargs)
         finally:
             handle.remove()
-        return output, self.bundle.heads(captured[0][None])
+        return output, captured[0][None]  # the heads run in _finish, with the turn's evidence
 
     def _finish(self, turn, heads):
-        flags, thresholds = self.bundle.flags, self.bundle.thresholds
-        probs = [round(float(p), 6) for p in heads.flag_probs[0]]
+        if not hasattr(heads, "flag_probs"):  # the kept <STATE> row
+            heads = on_compute_thread(self._heads, turn, heads)
+        # Only the events this NPC's game declares (a generalist adapter knows more).
+        flags, thresholds = self._declared, self.bundle.thresholds
+        index = [self.bundle.flags.index(name) for name in flags]
+        probs = [round(float(heads.flag_probs[0][i]), 6) for i in index]
         trust, relationship = (round(float(d), 4) for d in heads.deltas[0])
         generation = dataclasses.replace(
             turn.generation,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -64,8 +64,14 @@ class TransformersGenerator(Step):
     description = "Generate the reply with a transformers causal LM (default: the embedded SmolLM2-135M-Instruct)."
 
     class Options(EngineOptions):
-        model: str = Field(EMBEDDED_MODEL, description="Hugging Face model id, local checkpoint path, or 'embedded'.")
+        model: str = Field(EMBEDDED_MODEL, description="Hugging Face model id, local checkpoint path, or 'embedded'; "
+                           "a relative path resolves against the game folder (the NPC folder's parent).")
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
+
+    #: Options that name files, by kind, for path resolution and `npcs validate`:
+    #: "folder" is always a path that must exist; "model" is a path where it is one
+    #: (absolute, ./ ../ ~, or existing under the game folder), else a model id or keyword.
+    path_options: ClassVar[dict[str, str]] = {"model": "model"}
 
     def warm_up(self):
         # Loading runs on the compute thread, like generation (see fastpath/compute.py).
@@ -92,7 +98,7 @@ class TransformersGenerator(Step):
 
     def _load(self):
         """The shared LoadedModel this step generates with."""
-        return self.runtime.models.get(self.options.model, self.options.dtype)
+        return self.runtime.models.get(self.runtime.model_ref(self.options.model), self.options.dtype)
 
     def _low_rank(self) -> dict:
         """LoRA factors merged into the loaded model (kept apart by quantized decode weights)."""

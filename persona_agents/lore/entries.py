@@ -9,7 +9,11 @@ YAML (`world.yaml`)::
     entries:
       - id: dorian_jason_hideout
         text: Jason hides in a sealed stretch of the old tunnels ...
-        stages: [in_progress, complete]
+        stages: [in_progress, complete]   # quest stages of the game (`_game.yaml`)
+        min_trust: 0.5                    # gates, as in a persona's flag_rules:
+        # min_relationship: 0.5           #   all must hold for the entry to be known
+        # requires_items: [jasons_id_card]
+        # requires_actions: [solved_riddle]
 
 Markdown (`dorian.md`): optional front matter (`---` lines at the very top) holds the
 defaults; each `## entry_id` heading starts an entry; an optional fenced ```yaml block
@@ -18,6 +22,14 @@ Anything before the first `##` heading (a `#` title, notes for writers) is ignor
 
 Entry text is whitespace-normalised (line breaks and indentation do not matter), so
 reflowing a paragraph never forces it to be embedded again.
+
+An entry's `stages` must be quest stages the game declares: those of `_game.yaml` beside
+the personas (the lore folder's parent), or the default three without one. An entry
+with `stages` or gates (`min_trust`, `min_relationship`, `requires_items`,
+`requires_actions`) is withheld before ranking until the turn meets all of them
+(`scope.py`), like a flag whose rule does not hold; keep an entry's gates equal to the
+persona's rule for the event that reveals it (an entry on Jason being alive gates like
+Dorian's `npc_main_story`).
 """
 
 from __future__ import annotations
@@ -28,13 +40,16 @@ import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from ..errors import LoreFileError
 from ..fileutil import load_yaml
+from ..game import game_file, load_game
 
 LORE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".md")
 SCOPES: tuple[str, ...] = ("world", "faction", "npc")
@@ -54,7 +69,19 @@ class LoreEntry(BaseModel):
     known_by: list[str] = Field(default_factory=list, description="NPC ids that know an npc-scoped entry.")
     factions: list[str] = Field(default_factory=list, description="Factions that know a faction-scoped entry.")
     stages: list[str] | None = Field(
-        None, description="Quest stages at which the entry is known; absent means always."
+        None, description="Quest stages at which the entry is known (declared by the game); absent means always."
+    )
+    min_trust: float | None = Field(
+        None, ge=0.0, le=1.0, description="Known only while the NPC's trust in the player is at least this (0..1)."
+    )
+    min_relationship: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Known only while the relationship is at least this (-1..1)."
+    )
+    requires_items: list[str] = Field(
+        default_factory=list, description="Known only while the player holds all these items (the game's `items`)."
+    )
+    requires_actions: list[str] = Field(
+        default_factory=list, description="Known only once the player has done all these actions (the game's `actions`)."
     )
     location: str | None = Field(None, description="Where the entry is about (informational).")
     tags: list[str] = Field(default_factory=list, description="Free tags (informational).")
@@ -77,6 +104,33 @@ class LoreEntry(BaseModel):
             raise ValueError("text is empty")
         return value
 
+    @field_validator("requires_items", "requires_actions")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names):
+            raise ValueError("names must not be empty")
+        return names
+
+    @field_validator("stages")
+    @classmethod
+    def _declared_stages(cls, stages: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """Stages the game does not declare would hide the entry for ever (a typo keeps a
+        secret from its own NPC): checked when the loader passes the game's stages."""
+        game = (info.context or {}).get("quest_stages")
+        if stages and game is not None:
+            unknown = [s for s in stages if s not in game.stages]
+            if unknown:
+                what = "is not a declared quest stage" if len(unknown) == 1 else "are not declared quest stages"
+                declared = ", ".join(game.stages)
+                raise ValueError(f"{', '.join(map(repr, unknown))} {what}; declared quest stages{game.where}: {declared}")
+        return stages
+
+    @property
+    def gated(self) -> bool:
+        """Whether the turn's state (not only scope and stage) decides if the entry is known."""
+        return (self.min_trust is not None or self.min_relationship is not None
+                or bool(self.requires_items) or bool(self.requires_actions))
+
     @model_validator(mode="after")
     def _scope_fields(self) -> "LoreEntry":
         if self.scope == "npc":
@@ -97,6 +151,33 @@ class LoreEntry(BaseModel):
 
 
 _FIELDS = ", ".join(LoreEntry.model_fields)
+
+
+@dataclass(frozen=True)
+class QuestStages:
+    """The game's quest stages, which entries' `stages` are checked against."""
+
+    stages: tuple[str, ...]
+    source: Path | None = None  # the `_game.yaml` that declares them; None: the default stages
+
+    @property
+    def where(self) -> str:
+        return f" (in {self.source})" if self.source else ""
+
+
+def game_stages(npcs_dir: str | Path) -> QuestStages:
+    """The quest stages of the game beside the personas in `npcs_dir` (its `_game.yaml`,
+    or the default three); a broken game file raises its own `file: field: message` error."""
+    path = game_file(npcs_dir)
+    return QuestStages(tuple(load_game(npcs_dir).quest_stages), path if path.is_file() else None)
+
+
+def _as_stages(stages: "QuestStages | Sequence[str] | None", folder: Path) -> QuestStages:
+    if stages is None:
+        return game_stages(folder.parent)
+    if isinstance(stages, QuestStages):
+        return stages
+    return QuestStages(tuple(stages))
 
 
 @dataclass(frozen=True)
@@ -132,9 +213,12 @@ class LoreCollection:
     items: tuple[LoreItem, ...]
     signature: Signature = ()
     by_id: dict[str, LoreItem] = field(init=False, repr=False, compare=False)
+    #: Entries with a trust, relationship, item or action gate (what searches key their cache on).
+    gated: tuple[LoreItem, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_id", {item.id: item for item in self.items})
+        object.__setattr__(self, "gated", tuple(item for item in self.items if item.entry.gated))
 
     @property
     def sources(self) -> list[str]:
@@ -184,12 +268,14 @@ def _errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _make_entry(data: Any, defaults: dict[str, Any], where: str, problems: list[str]) -> LoreEntry | None:
+def _make_entry(
+    data: Any, defaults: dict[str, Any], where: str, problems: list[str], stages: QuestStages | None
+) -> LoreEntry | None:
     if not isinstance(data, dict):
         problems.append(f"{where}: expected a mapping with id, text and scope, got {type(data).__name__}")
         return None
     try:
-        return LoreEntry.model_validate({**defaults, **data})
+        return LoreEntry.model_validate({**defaults, **data}, context={"quest_stages": stages})
     except ValidationError as exc:
         problems.extend(f"{where}: {line}" for line in _errors(exc))
         return None
@@ -207,7 +293,7 @@ def _yaml_problem(exc: yaml.YAMLError, line_offset: int = 0) -> str:
 
 
 # -- YAML files ----------------------------------------------------------------------
-def _load_yaml(path: Path, text: str, problems: list[str]) -> list[LoreEntry]:
+def _load_yaml(path: Path, text: str, problems: list[str], stages: QuestStages | None) -> list[LoreEntry]:
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
@@ -227,7 +313,7 @@ def _load_yaml(path: Path, text: str, problems: list[str]) -> list[LoreEntry]:
         defaults = {}
     entries = []
     for i, raw in enumerate(data.get("entries") or []):
-        entry = _make_entry(raw, defaults, f"{path}: {_entry_label(i, raw)}", problems)
+        entry = _make_entry(raw, defaults, f"{path}: {_entry_label(i, raw)}", problems, stages)
         if entry is not None:
             entries.append(entry)
     return entries
@@ -250,7 +336,7 @@ def _yaml_mapping(text: str, where: str, problems: list[str], line_offset: int) 
     return data
 
 
-def _load_markdown(path: Path, text: str, problems: list[str]) -> list[LoreEntry]:
+def _load_markdown(path: Path, text: str, problems: list[str], stages: QuestStages | None) -> list[LoreEntry]:
     lines = text.splitlines()
     start, defaults = 0, {}
     if lines and lines[0].strip() == "---":
@@ -302,27 +388,32 @@ def _load_markdown(path: Path, text: str, problems: list[str]) -> list[LoreEntry
         if not text.strip():
             problems.append(f"{where}: the entry has no text: write it as paragraphs under the heading")
             continue
-        entry = _make_entry({**meta, "id": entry_id, "text": text}, defaults, where, problems)
+        entry = _make_entry({**meta, "id": entry_id, "text": text}, defaults, where, problems, stages)
         if entry is not None:
             entries.append(entry)
     return entries
 
 
 # -- folders -------------------------------------------------------------------------
-def load_lore_file(path: Path, problems: list[str]) -> list[LoreItem]:
-    """The entries of one file; problems are appended as `file: place: message` lines."""
+def load_lore_file(path: Path, problems: list[str], stages: QuestStages | None = None) -> list[LoreItem]:
+    """The entries of one file; problems are appended as `file: place: message` lines.
+    With `stages`, entries' `stages` must be among them."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path}: cannot read: {exc}")
         return []
     loader = _load_markdown if path.suffix == ".md" else _load_yaml
-    return [LoreItem(entry, path.stem, path) for entry in loader(path, text, problems)]
+    return [LoreItem(entry, path.stem, path) for entry in loader(path, text, problems, stages)]
 
 
-def load_lore_folder(folder: str | Path) -> LoreCollection:
-    """Every entry of a lore folder; all problems of all files raise one LoreFileError."""
+def load_lore_folder(folder: str | Path, stages: QuestStages | Sequence[str] | None = None) -> LoreCollection:
+    """Every entry of a lore folder; all problems of all files raise one LoreFileError.
+
+    Entries' `stages` are checked against `stages`, by default the quest stages of the
+    game beside the personas (`load_game` of the folder's parent)."""
     folder = Path(folder)
+    quest_stages = _as_stages(stages, folder)
     signature = folder_signature(folder)
     problems: list[str] = []
     items: list[LoreItem] = []
@@ -336,7 +427,7 @@ def load_lore_folder(folder: str | Path) -> LoreCollection:
             )
             continue
         stems[path.stem] = path
-        for item in load_lore_file(path, problems):
+        for item in load_lore_file(path, problems, quest_stages):
             if item.id in seen:
                 problems.append(f"{path}: entry '{item.id}': the id is already used in {seen[item.id]}; ids must be unique")
                 continue
@@ -347,17 +438,30 @@ def load_lore_folder(folder: str | Path) -> LoreCollection:
     return LoreCollection(folder=folder, items=tuple(items), signature=signature)
 
 
+def _file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
 class LoreFolder:
-    """A lore folder that reloads itself when its files change (checked by signature)."""
+    """A lore folder that reloads itself when its files, or the game file whose quest
+    stages its entries are checked against, change (checked by signature)."""
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder)
         self._collection: LoreCollection | None = None
+        self._game_signature: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     def current(self) -> LoreCollection:
         signature = folder_signature(self.path)
+        game_signature = _file_signature(game_file(self.path.parent))
         with self._lock:
-            if self._collection is None or self._collection.signature != signature:
+            if (self._collection is None or self._collection.signature != signature
+                    or self._game_signature != game_signature):
                 self._collection = load_lore_folder(self.path)
+                self._game_signature = game_signature
             return self._collection

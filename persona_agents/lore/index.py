@@ -18,8 +18,9 @@ log message saying why; it is never used. Files are written to a temporary name 
 renamed (`os.replace`), the index before the manifest, so a crash between the two leaves
 a hash mismatch that the next sync detects. A file lock serialises processes.
 
-The index holds vectors only: who may see an entry is decided from the lore files at
-query time (`scope.py`), so a stale index can never widen anyone's knowledge.
+The index holds vectors only: who may see an entry (scope, stage and gates) is decided
+from the lore files and the turn at query time (`scope.py`), so a stale index can never
+widen anyone's knowledge.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ class LoreIndex:
     # -- searching -----------------------------------------------------------------
     def allowed(self, key: Hashable, entry_ids: Callable[[], Iterable[str]]) -> "Allowed":
         """The faiss filter for a set of entry ids, cached under `key` (an NPC's scope at a
-        stage and the lore files' signature), so a turn does not rebuild it."""
+        stage, which gated entries are open, and the lore files' signature), so a turn does
+        not rebuild it."""
         faiss = load_faiss()
         import numpy as np
 

@@ -1,9 +1,13 @@
 """Lore search as the steps and the CLI use it: scope first, then rank, then budget.
 
-- `semantic_search`: the entries an NPC may know at a stage (`scope.py`), ranked by
-  cosine similarity to the query in the faiss index; only those pass to faiss.
+- `semantic_search`: the entries an NPC may know now (`scope.py`: its knowledge and
+  scope, the quest stage, and the gates on trust, relationship, items and actions),
+  ranked by cosine similarity to the query in the faiss index; only those pass to faiss.
 - `keyword_search`: entries whose `keywords` appear as whole words (case-insensitive)
-  in the player's line or recent history, with the same scope filter.
+  in the player's line or recent history, with the same filter.
+
+Both take the turn's side of the rule as `LoreFacts` (`LoreFacts.of_turn(turn)`), or a
+bare quest stage, with which every state-gated entry stays hidden.
 - `within_budget`: keeps the best hits whose texts fit a token budget. Tokens are
   estimated as words plus punctuation marks (model-independent; on the sample lore
   SmolLM2's tokenizer counts about 6% more).
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .entries import LoreCollection, LoreFolder, LoreItem, lore_folder
-from .scope import KnowledgeLike, visible_items
+from .scope import KnowledgeLike, Situation, as_facts, open_gates, visible_items
 
 if TYPE_CHECKING:
     from .embedder import Embedder
@@ -59,14 +63,19 @@ def semantic_search(
     query: str,
     npc_id: str,
     knowledge: KnowledgeLike,
-    stage: str | None,
+    situation: Situation,
     k: int,
     min_score: float = -1.0,
 ) -> list[LoreHit]:
-    """The `k` entries `npc_id` may know at `stage` most similar to `query`, best first."""
+    """The `k` entries `npc_id` may know now (`situation`: the turn's LoreFacts, or a bare
+    quest stage) most similar to `query`, best first."""
     collection = index.ensure_current()
-    key = (collection.signature, npc_id, tuple(knowledge.lore), tuple(knowledge.factions), stage)
-    allowed = index.allowed(key, lambda: [item.id for item in visible_items(collection.items, npc_id, knowledge, stage)])
+    facts = as_facts(situation)
+    # The visible set depends on the stage and on which gates are open, not on the exact
+    # trust: keyed so, a few cached filters serve every turn.
+    key = (collection.signature, npc_id, tuple(knowledge.lore), tuple(knowledge.factions), facts.stage,
+           open_gates(collection, facts))
+    allowed = index.allowed(key, lambda: [item.id for item in visible_items(collection.items, npc_id, knowledge, facts)])
     if not allowed.ids or not query.strip():
         return []
     vector = index.embedder.encode([query])[0]
@@ -93,17 +102,18 @@ def keyword_search(
     history: Iterable[str],
     npc_id: str,
     knowledge: KnowledgeLike,
-    stage: str | None,
+    situation: Situation,
     max_entries: int,
 ) -> list[LoreHit]:
-    """Entries triggered by their keywords, best first.
+    """Entries `npc_id` may know now (`situation`: LoreFacts or a bare quest stage)
+    triggered by their keywords, best first.
 
     The score counts distinct matching keywords: 1 for each found in the player's line,
     0.5 for each found only in the history. Ties keep file order.
     """
     earlier = "\n".join(history)
     hits = []
-    for item in visible_items(collection.items, npc_id, knowledge, stage):
+    for item in visible_items(collection.items, npc_id, knowledge, situation):
         now = set(matched_keywords(item, line))
         before = set(matched_keywords(item, earlier)) - now if earlier else set()
         score = len(now) + 0.5 * len(before)

@@ -261,8 +261,9 @@ def load_personas_for_data(npcs_dir: str | Path | None) -> dict[str, Persona]:
         return {}
     from ..persona_loader import load_personas
     from ..plugins import load_plugins
+    from ..runtime import game_dir
 
-    host = load_plugins(Path(npcs_dir).parent / "plugins")
+    host = load_plugins(game_dir(npcs_dir) / "plugins")
     return {npc_id: loaded.persona for npc_id, loaded in load_personas(Path(npcs_dir), host.registry).items()}
 
 
@@ -313,9 +314,10 @@ def retrieve_lore(examples: list[Example], npcs_dir: str | Path) -> list[Example
 
     from ..persona_loader import load_personas
     from ..plugins import load_plugins
+    from ..runtime import game_dir
     from ..runtime import Runtime
 
-    host = load_plugins(Path(npcs_dir).parent / "plugins")
+    host = load_plugins(game_dir(npcs_dir) / "plugins")
     loaded = load_personas(Path(npcs_dir), host.registry)
     runtime = Runtime(npcs_dir=Path(npcs_dir))
     steps: dict[str, Any] = {}

@@ -48,6 +48,15 @@ class DataReport:
         return "\n".join(lines)
 
 
+def thin_events(examples, flags) -> list[str]:
+    """One warning per event of `flags` with fewer than MIN_EXAMPLES_PER_EVENT labelled
+    examples (`train` logs them: such an event is rarely learnt; see training/generalist)."""
+    counts = Counter(f for e in examples for f in e.flags)
+    return [f"event {name!r} has {counts.get(name, 0)} labelled example(s); fewer than {MIN_EXAMPLES_PER_EVENT} "
+            "are rarely learnt: write more turns where it fires (or leave it to the few-shot evidence of "
+            "the persona's lines)" for name in flags if counts.get(name, 0) < MIN_EXAMPLES_PER_EVENT]
+
+
 def load_data_personas(npcs_dirs: Iterable[str | Path]) -> tuple[dict[str, Persona], dict[str, GameDefinition]]:
     """Personas of several folders (ids must not clash) and, per NPC id, its folder's game."""
     personas: dict[str, Persona] = {}

@@ -36,10 +36,11 @@ class Predictions:
     #: (examples, hidden) <STATE> vectors, when asked for (the heads refit reuses them)
     states: torch.Tensor | None = None
 
-    def rescore(self, heads) -> "Predictions":
-        """The same examples through other heads (no new forward pass)."""
+    def rescore(self, heads, evidence: torch.Tensor | None = None) -> "Predictions":
+        """The same examples through other heads (no new forward pass); `evidence`: their
+        few-shot evidence rows, for heads that read it."""
         with torch.no_grad():
-            out = heads(self.states)
+            out = heads(self.states, evidence)
         return Predictions(out.flag_probs.tolist(), out.deltas.tolist(), self.lm_loss, self.states)
 
 
@@ -169,8 +170,24 @@ def majority_baseline(examples: Sequence[Example], flags: Sequence[str]) -> dict
     return report
 
 
-def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int = 8, base_lm_loss: bool = True) -> dict[str, Any]:
-    """Load an adapter (unmerged, so the base can be scored too) and evaluate `examples`."""
+def example_evidence(bundle, examples: Sequence[Example], without_lines: bool = False,
+                     exclude_same: bool = False) -> torch.Tensor | None:
+    """The few-shot evidence rows of `examples`, for heads that read it (else None)."""
+    if not bundle.heads.config.evidence_size:
+        return None
+    from ..lore.embedder import load_embedder
+    from .evidence import evidence_matrix
+
+    embedder = load_embedder(bundle.meta.get("evidence", {}).get("embedder", "embedded"))
+    return torch.from_numpy(evidence_matrix(examples, bundle.flags, embedder, exclude_same=exclude_same,
+                                            without_lines=without_lines))
+
+
+def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int = 8, base_lm_loss: bool = True,
+                     without_lines: bool = False) -> dict[str, Any]:
+    """Load an adapter (unmerged, so the base can be scored too) and evaluate `examples`.
+    `without_lines`: the heads get no few-shot evidence, as for personas without authored
+    lines (the "persona only" figure)."""
     from .artifacts import load_adapter
 
     bundle = load_adapter(adapter_dir, merge=False)
@@ -179,15 +196,29 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
                              bundle.history_turns, strict=False)
     model = MultiHeadModel(bundle.model, bundle.heads)
     pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
-    predictions = predict(model, dataset, pad, batch_size, progress="Evaluating")
-    report = score(predictions, examples, bundle.flags, bundle.thresholds)
-    report["baseline"] = majority_baseline(examples, bundle.flags)
+    evidence = example_evidence(bundle, examples, without_lines)
+    predictions = predict(model, dataset, pad, batch_size, progress="Evaluating", keep_states=evidence is not None)
+    if evidence is not None:
+        predictions = predictions.rescore(bundle.heads, evidence)
+    # Events labelled in the data that the adapter was never trained on (a studio's own):
+    # scored as never predicted, so they count as misses rather than vanish from the figures.
+    unknown = list(dict.fromkeys(f for e in examples for f in e.flags if f not in bundle.flags))
+    flags, thresholds = list(bundle.flags) + unknown, {**bundle.thresholds, **{n: 2.0 for n in unknown}}
+    if unknown:
+        predictions = Predictions([row + [0.0] * len(unknown) for row in predictions.flag_probs], predictions.deltas,
+                                  predictions.lm_loss, predictions.states)
+    report = score(predictions, examples, flags, thresholds)
+    report["baseline"] = majority_baseline(examples, flags)
+    if unknown:
+        report["events_unknown_to_adapter"] = {n: sum(n in e.flags for e in examples) for n in unknown}
     if base_lm_loss:
         with bundle.model.disable_adapter():
             report["baseline"]["lm_loss"] = _r(predict(model, dataset, pad, batch_size, heads=False,
                                                           progress="Base model LM loss").lm_loss)
     report["adapter"] = str(adapter_dir)
     report["thresholds_version"] = meta.get("thresholds_version")
+    if bundle.heads.config.evidence_size:
+        report["evidence"] = "none (persona only)" if without_lines else "authored lines' examples"
     return report
 
 

@@ -32,10 +32,15 @@ class HeadsConfig:
     num_flags: int
     inner_size: int = 256
     dropout: float = 0.1
+    #: Numbers of few-shot evidence read beside the <STATE> vector (evidence.py); 0: none.
+    evidence_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hidden_size": self.hidden_size, "num_flags": self.num_flags,
-                "inner_size": self.inner_size, "dropout": self.dropout}
+        out = {"hidden_size": self.hidden_size, "num_flags": self.num_flags,
+               "inner_size": self.inner_size, "dropout": self.dropout}
+        if self.evidence_size:  # older adapters' metadata stays as it was
+            out["evidence_size"] = self.evidence_size
+        return out
 
 
 @dataclass
@@ -69,14 +74,33 @@ class StateHeads(nn.Module):
         )
         self.delta = nn.Linear(config.inner_size, 2)
         self.flag = nn.Linear(config.inner_size, config.num_flags)
+        if config.evidence_size:
+            # Evidence enters twice: into the trunk beside the <STATE> vector (what the
+            # player says, read with what the writers' examples say), and straight to the
+            # flag logits, so a close match to an event's examples counts on an NPC whose
+            # <STATE> vectors the trunk never saw.
+            self.evidence_in = nn.Linear(config.evidence_size, config.inner_size, bias=False)
+            self.evidence_flag = nn.Linear(config.evidence_size, config.num_flags, bias=False)
+            nn.init.zeros_(self.evidence_flag.weight)
         # Start from "no change": most turns move nothing, and a zero start keeps the early
         # delta loss from pushing the shared hidden state around.
         nn.init.zeros_(self.delta.weight)
         nn.init.zeros_(self.delta.bias)
 
-    def forward(self, state_hidden: torch.Tensor) -> StateHeadsOutput:
-        inner = self.trunk((state_hidden.float() - self.shift) * self.scale)
-        return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)), flag_logits=self.flag(inner))
+    def forward(self, state_hidden: torch.Tensor, evidence: torch.Tensor | None = None) -> StateHeadsOutput:
+        """`evidence`: (batch, evidence_size), for heads built with evidence (zeros when
+        not given: a persona without authored lines has none)."""
+        standardized = (state_hidden.float() - self.shift) * self.scale
+        if not self.config.evidence_size:
+            inner = self.trunk(standardized)
+            return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)), flag_logits=self.flag(inner))
+        if evidence is None:
+            evidence = standardized.new_zeros(standardized.shape[0], self.config.evidence_size)
+        evidence = evidence.float()
+        norm, linear, act, drop = self.trunk
+        inner = drop(act(linear(norm(standardized)) + self.evidence_in(evidence)))
+        return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)),
+                                flag_logits=self.flag(inner) + self.evidence_flag(evidence))
 
 
 @dataclass

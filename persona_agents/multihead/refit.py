@@ -99,10 +99,12 @@ def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: R
 def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas: torch.Tensor,
                 val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                 settings: RefitSettings | None = None, mask: torch.Tensor | None = None,
-                val_mask: torch.Tensor | None = None) -> tuple[StateHeads, dict[str, Any]]:
+                val_mask: torch.Tensor | None = None, evidence: torch.Tensor | None = None,
+                val_evidence: torch.Tensor | None = None) -> tuple[StateHeads, dict[str, Any]]:
     """Fresh heads with `heads`' config, fitted on fixed vectors; returns (heads, info).
     `mask` / `val_mask` (examples x flags, 1 where the flag's loss counts) restrict the
-    flag loss on the training / validation vectors (`flags_where_allowed`)."""
+    flag loss on the training / validation vectors (`flags_where_allowed`); `evidence` /
+    `val_evidence` are the few-shot evidence rows of heads that read it (evidence.py)."""
     settings = settings or RefitSettings()
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -114,8 +116,8 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
     for epoch in range(1, settings.epochs + 1):
         fitted.train()
         for batch in torch.randperm(len(x), generator=generator).split(settings.batch_size):
-            loss = _loss(fitted(x[batch]), flags[batch], deltas[batch], settings,
-                         None if mask is None else mask[batch])
+            loss = _loss(fitted(x[batch], None if evidence is None else evidence[batch]), flags[batch],
+                         deltas[batch], settings, None if mask is None else mask[batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -123,7 +125,7 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
             continue
         fitted.eval()
         with torch.no_grad():
-            val_loss = float(_loss(fitted(val[0]), val[1], val[2], settings, val_mask))
+            val_loss = float(_loss(fitted(val[0], val_evidence), val[1], val[2], settings, val_mask))
         if val_loss < best_loss - 1e-5:
             best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), val_loss, epoch, 0
         else:

@@ -55,6 +55,10 @@ class MultiHeadTrainingConfig(TrainingArguments):
         "help": "In the heads refit, no flag loss where the persona's rules close the flag for want of trust, "
                 "relationship, an item or an action: the rules keep that gate, the head learns whether the NPC "
                 "means to act (refit.py `allowed_mask`)."})
+    heads_evidence: bool | None = field(default=None, metadata={
+        "help": "Heads that read few-shot evidence: how close the player's line is to the example lines the "
+                "persona's authored lines give for each event (multihead/evidence.py); None keeps the adapter's "
+                "setting in a heads-only refit, and means off for a new adapter."})
     npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
     retrieve_lore: bool = field(default=True, metadata={
         "help": "Fill each prompt's LORE lines with the NPC's own retrieve step, as inference does."})

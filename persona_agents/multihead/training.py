@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from .. import __version__
 from ..errors import TrainingConfigError
 from .artifacts import load_adapter, save_artifacts, save_heads, write_metadata
@@ -38,6 +40,18 @@ def _data_record(paths: Sequence[str | Path], examples: int) -> dict[str, Any]:
     return {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths], "examples": examples}
 
 
+def _warn_thin(examples, flags) -> None:
+    from .datacheck import thin_events
+
+    for warning in thin_events(examples, flags):
+        log.warning(warning)
+
+
+def _files(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """One path or several (train --validation is repeatable)."""
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
 def _refit_settings(config: MultiHeadTrainingConfig) -> RefitSettings | None:
     """The heads refit the config asks for; None when --heads-refit-epochs is 0."""
     if config.heads_refit_epochs <= 0:
@@ -49,23 +63,59 @@ def _refit_settings(config: MultiHeadTrainingConfig) -> RefitSettings | None:
 
 def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
                  refit: RefitSettings | None, batch_size: int = 8,
-                 calibration: CalibrationPolicy | None = None) -> dict[str, Any]:
+                 calibration: CalibrationPolicy | None = None, flags: Sequence[str] | None = None,
+                 evidence: bool | None = None) -> dict[str, Any]:
     """Reload the saved adapter as inference does; refit the heads on its <STATE> vectors
     (unless `refit` is None); calibrate thresholds (by `calibration`, default
     `CalibrationPolicy()`) and score on the validation examples (the training examples if
-    there are none). Saves the heads; returns metadata fields."""
+    there are none). Saves the heads; returns metadata fields.
+
+    `flags` (a new event vocabulary) and `evidence` (heads that read the writers' example
+    lines, evidence.py) change the heads, so they need a refit; None keeps the adapter's."""
+    from .heads import HeadsConfig, StateHeads
+
     policy = calibration or CalibrationPolicy()
     bundle = load_adapter(adapter_dir, merge=True)
-    flags, tok = bundle.flags, bundle.tokenizer
+    old = bundle.heads.config
+    flags = list(flags) if flags is not None else list(bundle.flags)
+    evidence = bool(old.evidence_size) if evidence is None else evidence
+    changed = flags != list(bundle.flags) or evidence != bool(old.evidence_size)
+    if changed and refit is None:
+        raise TrainingConfigError("A new flag vocabulary or evidence setting needs a heads refit: "
+                                  "set --heads-refit-epochs above 0.")
+    template = bundle.heads
+    if changed:
+        from .evidence import evidence_size
+
+        template = StateHeads(HeadsConfig(hidden_size=old.hidden_size, num_flags=len(flags),
+                                          inner_size=old.inner_size, dropout=old.dropout,
+                                          evidence_size=evidence_size(len(flags)) if evidence else 0))
+    tok = bundle.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encode = dict(tokenizer=tok, flags=flags, max_length=int(bundle.meta["max_length"]),
                   history_turns=bundle.history_turns)
     scored = list(val_examples or train_examples)
     log.info("Scoring %d %s examples with the saved adapter...", len(scored), "validation" if val_examples else "training")
     scored_set = EncodedDataset(scored, **encode, strict=False)  # scored whole, as inference sees them
+    need_states = refit is not None or evidence
     pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size,
-                   keep_states=refit is not None, progress="Scoring")  # the refit rescores these states
+                   keep_states=need_states, progress="Scoring")  # the refit rescores these states
     fields: dict[str, Any] = {}
+    ev_train = ev_val = None
+    if evidence:
+        from ..lore.embedder import load_embedder
+        from .evidence import evidence_matrix
+
+        log.info("Few-shot evidence: the writers' example lines nearest each player line...")
+        embedder = load_embedder("embedded")
+        # Examples worded exactly as the player's line are left out: real players never
+        # quote the writers, and a perfect match would teach the heads to wait for one.
+        ev_train = torch.from_numpy(evidence_matrix(train_examples, flags, embedder, exclude_same=True))
+        ev_val = torch.from_numpy(evidence_matrix(scored, flags, embedder, exclude_same=True))
+        fields["evidence"] = {"embedder": "embedded", "source": "persona lines[].examples by event",
+                              "size": int(ev_train.shape[1])}
+        if not refit:
+            pred = pred.rescore(bundle.heads, ev_val)
     if refit is not None:
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size,
@@ -73,10 +123,12 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         val = (pred.states, *targets(val_examples, flags)) if val_examples else None
         masks = ((allowed_mask(train_examples, flags), allowed_mask(val_examples, flags) if val_examples else None)
                  if refit.flags_where_allowed else (None, None))
-        heads, fields["heads_refit"] = refit_heads(bundle.heads, x, *targets(train_examples, flags), val=val,
-                                                   settings=refit, mask=masks[0], val_mask=masks[1])
-        pred = pred.rescore(heads)
+        heads, fields["heads_refit"] = refit_heads(template, x, *targets(train_examples, flags), val=val,
+                                                   settings=refit, mask=masks[0], val_mask=masks[1],
+                                                   evidence=ev_train, val_evidence=ev_val if val_examples else None)
+        pred = pred.rescore(heads, ev_val)
         save_heads(adapter_dir, heads)
+        fields.update(flags=flags, heads=heads.config.to_dict())
     # What the personas' rules let through on each example (None when no persona has rules).
     allowed = allowed_table(scored, flags) if policy.after_rules else None
     thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags,
@@ -90,7 +142,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
 
 
 def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
-                  validation: str | Path | None = None, resume: str | bool | None = None,
+                  validation: str | Path | Sequence[str | Path] | None = None, resume: str | bool | None = None,
                   keep_checkpoints: bool = False, calibration: CalibrationPolicy | None = None) -> dict[str, Any]:
     """Train, calibrate, evaluate and save; returns the written metadata."""
     from transformers import set_seed
@@ -102,7 +154,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         log.warning("No personas found in %s: prompts use minimal personas (id only). Inference renders the "
                     "persona files, so train with the same --npcs-dir the game uses.", config.npcs_dir)
     train_examples = load_examples(data, flags, personas)
-    val_examples = load_examples([validation], flags, personas) if validation else []
+    val_examples = load_examples(_files(validation), flags, personas) if validation else []
+    _warn_thin(train_examples, flags)
     if config.retrieve_lore and personas:
         both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
         train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
@@ -147,7 +200,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         "retrieve_lore": bool(config.retrieve_lore and personas),
         "training": {
             "data": _data_record(data, len(train_examples)),
-            "validation": _data_record([validation], len(val_examples)) if validation else None,
+            "validation": _data_record(_files(validation), len(val_examples)) if validation else None,
             "epochs": config.num_train_epochs, "max_steps": config.max_steps, "steps": trainer.state.global_step,
             "learning_rate": config.learning_rate, "heads_learning_rate": config.heads_learning_rate,
             "batch_size": config.per_device_train_batch_size, "grad_accum": config.gradient_accumulation_steps,
@@ -164,7 +217,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     if not val_examples:
         log.warning("No --validation data: thresholds are calibrated on the training data (optimistic).")
     refit = _refit_settings(config)
-    meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration))
+    meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration,
+                             evidence=bool(config.heads_evidence)))
     written = write_metadata(out, meta)
     checkpoints = Path(config.output_dir)
     if not keep_checkpoints and checkpoints.is_dir() and checkpoints.resolve().is_relative_to(out.resolve()):
@@ -174,7 +228,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
 
 def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
-                  validation: str | Path | None = None, calibration: CalibrationPolicy | None = None,
+                  validation: str | Path | Sequence[str | Path] | None = None, calibration: CalibrationPolicy | None = None,
                   ) -> dict[str, Any]:
     """Keep an adapter's LoRA weights; refit its heads and recalibrate its thresholds on
     `data` / `validation` (e.g. new labels for the same replies). With
@@ -185,10 +239,14 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
     out = Path(out)
     meta = read_metadata(out)
-    flags = list(meta["flags"])
+    # The config's vocabulary (train --flags, default the game's events): heads refitted
+    # for another vocabulary continue from the adapter's LoRA (issue 26's workflow).
+    flags = list(config.flags) if config.flags else list(meta["flags"])
     personas = load_personas_for_data(config.npcs_dir)
     train_examples = load_examples(data, flags, personas)  # checked even when only validation is scored
-    val_examples = load_examples([validation], flags, personas) if validation else []
+    val_examples = load_examples(_files(validation), flags, personas) if validation else []
+    if _refit_settings(config) is not None:
+        _warn_thin(train_examples, flags)
     refit = _refit_settings(config)
     if meta.get("retrieve_lore") and personas:
         if refit is None and val_examples:  # recalibration scores validation only: no lore for the rest
@@ -196,8 +254,9 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         else:
             both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
             train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
-    meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration))
+    meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration, flags=flags,
+                             evidence=config.heads_evidence))
     if refit is not None:
         meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
-    meta["training"]["validation"] = _data_record([validation], len(val_examples)) if validation else None
+    meta["training"]["validation"] = _data_record(_files(validation), len(val_examples)) if validation else None
     return write_metadata(out, meta)

@@ -1,0 +1,59 @@
+"""The generalist data of issue 26 (training/generalist/): many NPCs, checked against their
+personas and rules, split by conversation, and a held-out set no training file touches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+from persona_agents.multihead.datacheck import check_files
+
+from .conftest import REPO
+
+GENERALIST = REPO / "training" / "generalist"
+SAMPLE_IDS = {p.stem for p in (REPO / "npcs").glob("*.yaml") if not p.name.startswith("_")}
+
+
+def records(*paths):
+    return [json.loads(line) for path in paths for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_the_data_fits_its_personas_and_rules():
+    report = check_files(sorted((GENERALIST / "data").glob("*.jsonl")), [GENERALIST / "npcs"])
+    assert report.errors == []
+    new_npcs = set(report.turns_per_npc) - SAMPLE_IDS
+    assert len(new_npcs) >= 40  # issue 26: at least 40 NPCs beyond the six
+    assert min(report.turns_per_npc[n] for n in new_npcs) >= 25
+    custom = ["rent_room", "heal_player", "teach_skill", "start_brawl", "call_guards", "accept_bribe",
+              "join_party", "grant_blessing"]
+    assert all(report.events[e] >= 15 for e in custom), dict(report.events)
+    assert report.no_flag / report.total >= 1 / 3 and report.distinct_replies == report.total
+
+
+def test_the_held_out_set_is_checked_and_shares_nothing_with_training():
+    heldout = GENERALIST / "heldout"
+    assert check_files([heldout / "data" / "new_npcs.jsonl"], [heldout / "npcs"]).errors == []
+    assert check_files([heldout / "data" / "sample_voices.jsonl"], [REPO / "npcs"]).errors == []
+    training = records(*sorted((GENERALIST / "data").glob("*.jsonl")), REPO / "training/data/train.jsonl")
+    held = records(*sorted((heldout / "data").glob("*.jsonl")))
+    assert not {r["npc_id"] for r in records(heldout / "data" / "new_npcs.jsonl")} & {r["npc_id"] for r in training}
+    said = {" ".join(r["player_utterance"].lower().split()) for r in training}
+    # Lines of three words or more: two authors may both write "Ore." or "hi there".
+    shared = [r["player_utterance"] for r in held
+              if len(r["player_utterance"].split()) >= 3 and " ".join(r["player_utterance"].lower().split()) in said]
+    assert shared == []
+
+
+def test_the_split_is_by_conversation_and_rebuilds_identically(tmp_path):
+    split = GENERALIST / "data" / "split"
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in split.glob("*.jsonl")}
+    done = subprocess.run([sys.executable, str(GENERALIST / "build_splits.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in split.glob("*.jsonl")}
+    assert before == after and set(after) == {"train.jsonl", "validation.jsonl"}
+    train, val = records(split / "train.jsonl"), records(split / "validation.jsonl")
+    assert not {r["conversation_id"] for r in train} & {r["conversation_id"] for r in val}
+    assert {r["npc_id"] for r in val} == {r["npc_id"] for r in train}  # every NPC in both
