@@ -40,17 +40,18 @@ def next_state(state: NpcState, turn: Turn, game: GameDefinition = DEFAULT_GAME)
     the fired flags declare (the persona's rule first, then the game's event; the game's
     own stage in a request still wins on the next turn)."""
     stage, mood = state.quest_stage, state.mood
-    for flag in turn.flags:
+    trust = round(min(1.0, max(0.0, state.trust + turn.deltas.trust)), 6)
+    relationship = round(min(1.0, max(-1.0, state.relationship + turn.deltas.relationship)), 6)
+    for rule in turn.persona.mood_rules:  # the feelings first: the first rule that holds
+        if rule.holds(trust, relationship):
+            mood = rule.mood
+            break
+    for flag in turn.flags:  # then what happened: an event's mood wins
         rule = turn.persona.flag_rules.get(flag.name)
         event = game.events.get(flag.name)
         stage = (rule.sets_stage if rule and rule.sets_stage else None) or (event.sets_stage if event else None) or stage
         mood = (rule.sets_mood if rule and rule.sets_mood else None) or mood
-    return NpcState(
-        trust=round(min(1.0, max(0.0, state.trust + turn.deltas.trust)), 6),
-        relationship=round(min(1.0, max(-1.0, state.relationship + turn.deltas.relationship)), 6),
-        mood=mood,
-        quest_stage=stage,
-    )
+    return NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage)
 
 
 def _context_record(ctx: GameContext) -> dict[str, Any]:

@@ -96,6 +96,23 @@ class FlagRule(_Strict):
     sets_mood: str | None = Field(None, description="Mood the NPC takes on when the flag fires.")
 
 
+class MoodRule(_Strict):
+    """The NPC's mood follows its feelings: after a turn, the first rule whose bounds hold
+    for the new state sets the mood (issue 27); events may set one too (`sets_mood`)."""
+
+    mood: str = Field(min_length=1, description="The mood the NPC takes on.")
+    min_trust: float | None = Field(None, ge=0.0, le=1.0)
+    max_trust: float | None = Field(None, ge=0.0, le=1.0)
+    min_relationship: float | None = Field(None, ge=-1.0, le=1.0)
+    max_relationship: float | None = Field(None, ge=-1.0, le=1.0)
+
+    def holds(self, trust: float, relationship: float) -> bool:
+        return ((self.min_trust is None or trust >= self.min_trust)
+                and (self.max_trust is None or trust <= self.max_trust)
+                and (self.min_relationship is None or relationship >= self.min_relationship)
+                and (self.max_relationship is None or relationship <= self.max_relationship))
+
+
 class GainWindow(_Strict):
     """A cap on gains over a run of turns, so no run of lines farms an axis (issue 33)."""
 
@@ -198,6 +215,9 @@ class Persona(_Strict):
     knowledge: Knowledge = Field(default_factory=Knowledge)
     flag_rules: dict[str, FlagRule] = Field(default_factory=dict)
     delta_policy: DeltaPolicy = Field(default_factory=DeltaPolicy)
+    mood_rules: list[MoodRule] = Field(
+        default_factory=list, description="Moods set by the state after a turn, first match wins (e.g. "
+        "{mood: hostile, max_relationship: -0.5}); a fired event's `sets_mood` wins over them.")
     request_budget: RequestBudget = Field(default_factory=RequestBudget)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     pipeline: PipelineSpec

@@ -169,6 +169,10 @@ def check_against_game(path: Path, persona: Persona, game: GameDefinition, probl
         bad = game.unknown_stages(line.stages or [])
         if bad:
             problems.append(f"{path}: lines[{index}].stages: unknown quest stage(s) {_names(bad)}; {stages_hint}")
+    for index, rule in enumerate(persona.mood_rules):
+        if game.moods and rule.mood not in game.moods:
+            problems.append(f"{path}: mood_rules[{index}].mood: undeclared mood {rule.mood!r}; valid moods: "
+                            f"{', '.join(game.moods)}{where}")
     stage = persona.initial_state.quest_stage
     if stage not in game.quest_stages:
         problems.append(f"{path}: initial_state.quest_stage: unknown quest stage {stage!r}; {stages_hint}")

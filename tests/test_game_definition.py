@@ -194,6 +194,19 @@ def test_stage_and_mood_moves_are_declared_not_coded(tmp_path):
     assert (after.quest_stage, after.mood) == ("rewarded", "grateful")
     started = next_state(NpcState(0.3, 0.0, "busy", "not_started"), turn.replace(flags=(FiredFlag("quest_start"),)), game)
     assert (started.quest_stage, started.mood) == ("accepted", "busy")
+    # Moods that follow the feelings: the first rule whose bounds hold after the turn.
+    moody = Persona.model_validate(persona(mood_rules=[{"mood": "busy", "max_relationship": -0.5},
+                                                       {"mood": "grateful", "min_relationship": 0.5}]))
+    from persona_agents.turn import Deltas
+
+    cold = next_state(NpcState(0.3, -0.4, "neutral", "accepted"),
+                      Turn(npc_id="innkeeper", player_id="p", utterance="you cheat", persona=moody,
+                           state=NpcState(0.3, -0.4, "neutral", "accepted"), deltas=Deltas(0.0, -0.2)), game)
+    assert cold.mood == "busy" and cold.relationship == pytest.approx(-0.6)
+    warm = next_state(NpcState(0.3, 0.45, "neutral", "accepted"),
+                      Turn(npc_id="innkeeper", player_id="p", utterance="thanks", persona=moody,
+                           state=NpcState(0.3, 0.45, "neutral", "accepted"), deltas=Deltas(0.0, 0.1)), game)
+    assert warm.mood == "grateful"
 
 
 def load_game_from(folder: Path):
