@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--prompt-tokens", type=int, default=0, help="trim prompts to this many tokens (0: as rendered)")
+    parser.add_argument("--prompt-tokens", type=int, default=0,
+                        help="trim prompts to this many tokens (0: as rendered)")
     parser.add_argument("--quick", action="store_true", help="1 round, 8 new tokens, 64-token prompts (a smoke run)")
     args = parser.parse_args()
     if args.quick:
@@ -82,7 +83,8 @@ def main() -> None:
     timed = Timed(engine.decoder)
 
     def turn(prompt):
-        job = GenerationJob(prompt, args.new_tokens, SamplingSettings(temperature=0.7, top_p=0.9, repetition_penalty=1.15),
+        sampling = SamplingSettings(temperature=0.7, top_p=0.9, repetition_penalty=1.15)
+        job = GenerationJob(prompt, args.new_tokens, sampling,
                             seed=7, keep_index=state_index(tok, prompt))  # no eos: every turn writes all its tokens
         engine.generate(job)
         return len(job.new_ids)

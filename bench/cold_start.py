@@ -66,7 +66,8 @@ def free_port() -> int:
 def timed_serve() -> float:
     port = free_port()
     start = time.perf_counter()
-    proc = subprocess.Popen([str(BIN / "persona-agents"), "serve", "--port", str(port), "--npcs-dir", str(REPO / "npcs")],
+    proc = subprocess.Popen([str(BIN / "persona-agents"), "serve", "--port", str(port),
+                             "--npcs-dir", str(REPO / "npcs")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         deadline = start + 120

@@ -28,8 +28,9 @@ side by side in one run; on a CPU shared with other work they are noisy.
 
 `--quick` (a smoke run, well under a minute on 2 cores): 12 abusive turns, 1 victim turn
 alone and 1 under abuse, no sustained phase, one torch thread unless `--torch-threads`
-says otherwise (and OMP_WAIT_POLICY=PASSIVE unless set). On a CPU shared with other busy processes the server's default thread
-count (one per core) can stall every turn; `--torch-threads 1` avoids that.
+says otherwise (and OMP_WAIT_POLICY=PASSIVE unless set). On a CPU shared with other busy
+processes the server's default thread count (one per core) can stall every turn;
+`--torch-threads 1` avoids that.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from run_info import git_head, loadavg  # noqa: E402
+
 from tests.server_support import start_cli_server  # noqa: E402
 
 VICTIM = {"utterance": "Good morning! Can you fix my sword? The blade snapped on the road.", "seed": 7,

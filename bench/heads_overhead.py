@@ -62,10 +62,9 @@ def main() -> None:
 
     from persona_agents.default_plugins.multihead_generator import MultiHeadGenerator
     from persona_agents.default_plugins.transformers_generator import TransformersGenerator
+    from persona_agents.fastpath.compute import on_compute_thread
     from persona_agents.manager import AgentManager
     from persona_agents.persona import GenerationSettings
-
-    from persona_agents.fastpath.compute import on_compute_thread
 
     class NoHeads(MultiHeadGenerator):
         def _generate(self, inputs, kwargs):
@@ -160,7 +159,8 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name:>14}: median {medians[name] * 1000:.0f} ms per turn "
               f"({', '.join(f'{v * 1000:.0f}' for v in values)})")
-    print(f"engine={args.engine} mode={'quick' if args.quick else 'full'} new_tokens={tokens['heads']} rounds={args.rounds}")
+    print(f"engine={args.engine} mode={'quick' if args.quick else 'full'} "
+          f"new_tokens={tokens['heads']} rounds={args.rounds}")
     print(f"heads_ratio={medians['heads'] / medians['no heads']:.3f}")
     print(f"seed_two_pass_ratio={medians['seed two-pass'] / medians['heads']:.3f}")
 

@@ -74,7 +74,8 @@ def bench_build(count: int, rng: np.random.Generator) -> float:
         embedder = EmbedderRegistry().get("embedded")
         embedder.encode(["warm up the model"])
         started = time.perf_counter()
-        index = LoreIndex(LoreFolder(npcs / "lore"), embedder, index_dir(Path(tmp) / "cache", npcs, embedder.name), npcs)
+        index = LoreIndex(LoreFolder(npcs / "lore"), embedder,
+                          index_dir(Path(tmp) / "cache", npcs, embedder.name), npcs)
         report = index.sync()
         elapsed = time.perf_counter() - started
         assert report.embedded == count, report

@@ -71,7 +71,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from run_info import git_head, loadavg  # noqa: E402
+
 from tests.server_support import start_cli_server  # noqa: E402
+
 
 # The default RequestBudget (persona_agents/persona.py); read from the persona below when it sets one.
 def _budget_defaults() -> dict[str, int]:
@@ -554,7 +556,8 @@ def main() -> int:
               f"{prefix}largest_game_state_pairs={len(body['game_state'])}")
         print(f"{prefix}largest_history_exchanges={n_hist} {prefix}largest_history_tokens={hist_counted} "
               f"{prefix}largest_history_prompt_tokens={hist_rendered} "
-              f"{prefix}largest_history_truncated={','.join(str(t['meta'].get('history_truncated', 0)) for t in turns)}")
+              f"{prefix}largest_history_truncated="
+              f"{','.join(str(t['meta'].get('history_truncated', 0)) for t in turns)}")
         print(f"{prefix}largest_accepted=yes {prefix}largest_s={big_s:.2f} "
               f"{prefix}largest_new_tokens={','.join(str(t['tokens']) for t in turns)} "
               f"{prefix}largest_reply_source={','.join(sources(t) for t in turns)} "

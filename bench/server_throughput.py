@@ -14,7 +14,8 @@ commits to the store. On the fast engine concurrent turns share decode steps (th
 prompt passes, compute-bound, do not); on the transformers engine generation is
 serialised per model.
 
-    python bench/server_throughput.py [--quick] [--npc ID] [--turns-c1 8] [--turns-c8 16] [--stream-turns 8] [--torch-threads N]
+    python bench/server_throughput.py [--quick] [--npc ID] [--turns-c1 8] [--turns-c8 16]
+                                      [--stream-turns 8] [--torch-threads N]
 
 `--quick` (a smoke run that only shows the bench still works, not a figure to read): 2
 turns one after another, 8 from 8 concurrent clients, 2 streamed; 1 torch thread unless
@@ -107,7 +108,8 @@ def main() -> None:
             server.stop()
     print(f"npc={npc} turns_c1={args.turns_c1} turns_c8={args.turns_c8} stream_turns={args.stream_turns} "
           f"torch_threads={args.torch_threads or 'default'} mode={'quick' if args.quick else 'full'}")
-    print(f"new_tokens_mean_c1={statistics.mean(t for _, t in c1):.1f} new_tokens_mean_c8={statistics.mean(t for _, t in c8):.1f}")
+    print(f"new_tokens_mean_c1={statistics.mean(t for _, t in c1):.1f} "
+          f"new_tokens_mean_c8={statistics.mean(t for _, t in c8):.1f}")
     print(f"latency_ms_p50_c1={statistics.median(s for s, _ in c1) * 1000:.0f} "
           f"latency_ms_p50_c8={statistics.median(s for s, _ in c8) * 1000:.0f}")
     print(f"stream_total_ms_p50={statistics.median(total for _, total in ttfts) * 1000:.0f}")

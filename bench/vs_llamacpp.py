@@ -106,7 +106,8 @@ def llama_cmake_args() -> str:
     args = ["-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
     flags = cpu_flags()
     if flags:  # x86 with /proc/cpuinfo; elsewhere ggml's own defaults
-        args += [f"-D{option}={'ON' if all(f in flags for f in needs) else 'OFF'}" for option, needs in GGML_ISA.items()]
+        args += [f"-D{option}={'ON' if all(f in flags for f in needs) else 'OFF'}"
+                 for option, needs in GGML_ISA.items()]
     return " ".join(args)
 
 
@@ -265,7 +266,8 @@ def main() -> None:
     ours_s = statistics.median(mine)
     print(f"prompt_tokens={len(prompt)} new_tokens={args.new_tokens} threads={args.threads} runs={args.runs} "
           f"mode={'quick' if args.quick else 'full'}")
-    print(f"ours_s={ours_s:.3f} (int4 decode, float32 prefill, heads included; runs {' '.join(f'{t:.3f}' for t in mine)})")
+    print(f"ours_s={ours_s:.3f} (int4 decode, float32 prefill, heads included; "
+          f"runs {' '.join(f'{t:.3f}' for t in mine)})")
     if theirs:
         llama_s = statistics.median(theirs)
         print(f"llamacpp_s={llama_s:.3f} (Q4_1 GGUF; runs {' '.join(f'{t:.3f}' for t in theirs)})")

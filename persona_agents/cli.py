@@ -197,7 +197,7 @@ def _missing_files(files: list[Path], npcs_dir: Path, host, local_plugins: Path)
         pipeline = merged.get("pipeline")
         if not isinstance(pipeline, dict):
             continue
-        own_pipeline = own.get("pipeline") if isinstance(own.get("pipeline"), dict) else {}
+        own_pipeline = own["pipeline"] if isinstance(own.get("pipeline"), dict) else {}
         for stage in STAGES:
             specs = pipeline.get(stage)
             if not isinstance(specs, list):
@@ -213,7 +213,7 @@ def _missing_files(files: list[Path], npcs_dir: Path, host, local_plugins: Path)
                 if info is None:
                     notes[where + ": "] = _plugin_note(spec["name"], host, local_plugins)
                     continue
-                options = spec.get("options") if isinstance(spec.get("options"), dict) else {}
+                options = spec["options"] if isinstance(spec.get("options"), dict) else {}
                 for option, kind in getattr(info.cls, "path_options", {}).items():
                     field = info.cls.Options.model_fields.get(option)
                     value = options.get(option, field.default if field is not None else None)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
-from .cli_common import db_option, friendly_errors, make_manager, npcs_dir_option, open_store, plugins_dir_option, setup_logging
+from .cli_common import (
+    db_option,
+    friendly_errors,
+    make_manager,
+    npcs_dir_option,
+    open_store,
+    plugins_dir_option,
+    setup_logging,
+)
 from .errors import PersonaAgentsError
 from .turn import GameContext, TurnResponse
 
@@ -68,7 +76,8 @@ def format_turn(name: str, response: TurnResponse) -> str:
 @click.option("--action", "actions", multiple=True, help="An action the player has done (repeatable).")
 @click.option("--location", default=None, help="Where the conversation happens.")
 @friendly_errors
-def run_dialogue(npc_id, npcs_dir, plugins_dir, player_id, db_url, say, script, as_json, seed, quest_stage, items, actions, location):
+def run_dialogue(npc_id, npcs_dir, plugins_dir, player_id, db_url, say, script, as_json, seed, quest_stage, items,
+                 actions, location):
     """Talk to an NPC: interactively, or with --say / --script."""
     setup_logging()
     store = open_store(db_url) if player_id is not None else None

@@ -66,7 +66,8 @@ def _all_open(entry):
 
 
 def _echo_entry(score: float, item, note: str = "") -> None:
-    click.echo(f"{score:6.3f}  {item.id}  [{describe_scope(item.entry)}]  {item.path.name}" + (f"  ({note})" if note else ""))
+    click.echo(f"{score:6.3f}  {item.id}  [{describe_scope(item.entry)}]  {item.path.name}"
+               + (f"  ({note})" if note else ""))
     click.echo(textwrap.fill(item.text, width=100, initial_indent=" " * 8, subsequent_indent=" " * 8))
 
 
@@ -127,7 +128,8 @@ def lore():
 @click.option("--trust", type=float, default=None, help="The NPC's trust in the player (default: its initial trust).")
 @click.option("--relationship", type=float, default=None,
               help="The relationship with the player (default: the NPC's initial relationship).")
-@click.option("--item", "items", multiple=True, help="An item the player holds (repeatable), for entries' requires_items.")
+@click.option("--item", "items", multiple=True,
+              help="An item the player holds (repeatable), for entries' requires_items.")
 @click.option("--action", "actions", multiple=True,
               help="An action the player has done (repeatable), for entries' requires_actions.")
 @click.option("--k", type=int, default=None, help="How many entries (default: the NPC's faiss_lore k).")
@@ -182,7 +184,8 @@ def lore_search(npc_id, stage, trust, relationship, items, actions, k, show_hidd
 
     index = runtime.lore.index(npcs_dir, runtime.embedders.get(options["embedder"]), runtime.cache_dir)
     hits = semantic_search(index, text, npc_id, persona.knowledge, facts, k=k)
-    kept = {id(h) for h in within_budget([h for h in hits if h.score >= options["min_score"]], options["max_lore_tokens"])}
+    scored = [h for h in hits if h.score >= options["min_score"]]
+    kept = {id(h) for h in within_budget(scored, options["max_lore_tokens"])}
     for hit in hits:
         note = "" if id(hit) in kept else (
             f"below min_score {options['min_score']}: not used" if hit.score < options["min_score"]

@@ -33,7 +33,8 @@ def _config(value: str) -> tuple[str, str]:
 @click.option("--seed", type=int, default=7, show_default=True, help="Which turns, their order and sampling seeds.")
 @click.option("--world", type=click.Path(dir_okay=False), default=None,
               help="A text file of the world's premises, shown to reviewers at the top of the packet.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for packet.md, key.json, auto.json.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for packet.md, key.json, auto.json.")
 @friendly_errors
 def packet(data, configs, reference, turns, seed, world, out):
     """Play held-out turns through each configuration and write a blind review packet."""

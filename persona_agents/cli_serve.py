@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .cli_common import db_option, friendly_errors, make_manager, npcs_dir_option, open_store, plugins_dir_option, setup_logging
+from .cli_common import (
+    db_option,
+    friendly_errors,
+    make_manager,
+    npcs_dir_option,
+    open_store,
+    plugins_dir_option,
+    setup_logging,
+)
 
 
 @click.command()

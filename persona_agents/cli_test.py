@@ -14,7 +14,8 @@ from .cli_common import friendly_errors, make_manager, npcs_dir_option, plugins_
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @npcs_dir_option
 @plugins_dir_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Base seed; turn n of run k uses seed + 1000k + n.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Base seed; turn n of run k uses seed + 1000k + n.")
 @click.option("--repeat", type=int, default=1, show_default=True, help="Run each plan K times with different seeds.")
 @click.option("--min-pass-rate", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="With --repeat: the share of runs an expectation must pass.")

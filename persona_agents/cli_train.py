@@ -67,17 +67,20 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="Training JSONL file (repeat for several).")
 @click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
               help="Validation JSONL (repeatable): thresholds are calibrated and figures measured on it.")
-@click.option("--base", default="embedded", show_default=True, help="Base model: 'embedded', a Hugging Face id or a local path.")
+@click.option("--base", default="embedded", show_default=True,
+              help="Base model: 'embedded', a Hugging Face id or a local path.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--max-steps", type=int, default=-1, show_default=True, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--max-steps", type=int, default=-1, show_default=True,
+              help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate of LoRA and marker rows.")
 @click.option("--heads-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the state heads.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--warmup-steps", type=int, default=10, show_default=True)
 @click.option("--lora-r", type=int, default=8, show_default=True)
-@click.option("--lora-targets", default="q_proj,v_proj", show_default=True, help="Comma-separated linear layers for LoRA.")
+@click.option("--lora-targets", default="q_proj,v_proj", show_default=True,
+              help="Comma-separated linear layers for LoRA.")
 @click.option("--quantization", type=click.Choice(["nf4", "none"]), default="nf4", show_default=True,
               help="nf4: QLoRA on a 4-bit base; none: LoRA on the full-precision base.")
 @click.option("--max-length", type=int, default=448, show_default=True, help="Longest training sequence in tokens.")
@@ -123,8 +126,8 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
           lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed, heads_evidence,
-          heads_only, min_precision,
+          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed,
+          heads_evidence, heads_only, min_precision,
           calibrate_after_rules, min_threshold, seed, threads, npcs_dir):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 

@@ -13,7 +13,14 @@ tests/test_hooks.py (one `test_hook_<name>` each):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import pluggy
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .steps import Step
+    from .turn import Turn, TurnResponse
 
 PROJECT = "persona_agents"
 
@@ -22,12 +29,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_steps(register):
+def register_steps(register: Callable[[type[Step]], None]) -> None:
     """Register pipeline steps: call `register(step_class)` once per step class."""
 
 
 @hookspec(firstresult=True)
-def run_turn(turn, pipeline):
+def run_turn(turn: Turn, pipeline: Pipeline) -> Turn | None:
     """Run one turn through `pipeline` and return the finished Turn.
 
     Wrap it with `@hookimpl(wrapper=True)` to act around every turn of every NPC.
@@ -35,5 +42,5 @@ def run_turn(turn, pipeline):
 
 
 @hookspec
-def turn_completed(turn, response):
+def turn_completed(turn: Turn, response: TurnResponse) -> None:
     """Observe a completed turn: `turn` is the final Turn, `response` the TurnResponse."""

@@ -14,13 +14,13 @@ import json
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import InputError, RequestIdConflictError, UnknownNpcError
 from .game import DEFAULT_GAME, GameDefinition, load_game
 from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
-from .plugins import PluginHost, load_plugins
+from .plugins import PluginHost, StepInfo, load_plugins
 from .runtime import Runtime, game_dir
 from .store import ConcurrentTurnError, StateStore, StoredConversation
 from .store.store import DuplicateRequestError
@@ -42,14 +42,15 @@ def next_state(state: NpcState, turn: Turn, game: GameDefinition = DEFAULT_GAME)
     stage, mood = state.quest_stage, state.mood
     trust = round(min(1.0, max(0.0, state.trust + turn.deltas.trust)), 6)
     relationship = round(min(1.0, max(-1.0, state.relationship + turn.deltas.relationship)), 6)
-    for rule in turn.persona.mood_rules:  # the feelings first: the first rule that holds
-        if rule.holds(trust, relationship):
-            mood = rule.mood
+    for mood_rule in turn.persona.mood_rules:  # the feelings first: the first rule that holds
+        if mood_rule.holds(trust, relationship):
+            mood = mood_rule.mood
             break
     for flag in turn.flags:  # then what happened: an event's mood wins
         rule = turn.persona.flag_rules.get(flag.name)
         event = game.events.get(flag.name)
-        stage = (rule.sets_stage if rule and rule.sets_stage else None) or (event.sets_stage if event else None) or stage
+        stage = ((rule.sets_stage if rule and rule.sets_stage else None)
+                 or (event.sets_stage if event else None) or stage)
         mood = (rule.sets_mood if rule and rule.sets_mood else None) or mood
     return NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage)
 
@@ -126,8 +127,11 @@ class AgentManager:
         loaded = self.get_persona(npc_id)
         with self._lock:
             if npc_id not in self._pipelines:
+                registry = self.host.registry
                 steps = {
-                    stage: [self.host.registry.get(name).cls(options, loaded.persona, self.runtime) for name, options in entries]
+                    # the step names were checked when the personas loaded
+                    stage: [cast(StepInfo, registry.get(name)).cls(options, loaded.persona, self.runtime)
+                            for name, options in entries]
                     for stage, entries in loaded.step_options.items()
                 }
                 self._pipelines[npc_id] = Pipeline(loaded.persona, steps)

@@ -28,7 +28,9 @@ SECTION_MARKERS: tuple[str, ...] = (
 REPLY_STOP_MARKERS: tuple[str, ...] = ("<PLAYER>", "<NPC>", "<STATE>", "</CTX>", "<SYS>", "<|im_end|>", "<|im_start|>")
 
 #: Special tokens of common model families written without angle brackets.
-BRACKETLESS_SPECIAL_TOKENS: tuple[str, ...] = ("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[AVAILABLE_TOOLS]")
+BRACKETLESS_SPECIAL_TOKENS: tuple[str, ...] = (
+    "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[AVAILABLE_TOOLS]",
+)
 
 _WHITESPACE_KEEP = {"\n", "\t", " "}
 _MARKER_LIKE = re.compile(r"<\s*/?\s*\|?[A-Za-z_][A-Za-z0-9_|]*\|?\s*>")

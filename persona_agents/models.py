@@ -100,7 +100,7 @@ def _convert_gguf(gguf: Path, target: Path, fingerprint: dict[str, Any]) -> None
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model refuses save_pretrained ("not serializable") while it keeps
         # its GGUF quantizer; the weights are already de-quantized, so drop it.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

@@ -7,6 +7,7 @@ steps (see `persona_loader.py`), because only the step knows its options.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -190,7 +191,8 @@ class PipelineSpec(_Strict):
         for stage, (low, high) in STAGE_CARDINALITY.items():
             n = len(getattr(self, stage))
             if n < low or (high is not None and n > high):
-                want = f"exactly {low}" if low == high else (f"at most {high}" if high is not None else f"at least {low}")
+                want = (f"exactly {low}" if low == high
+                        else (f"at most {high}" if high is not None else f"at least {low}"))
                 problems.append(f"stage '{stage}' takes {want} step(s), got {n}")
         if problems:
             raise ValueError("; ".join(problems))
@@ -225,8 +227,8 @@ class Persona(_Strict):
     @field_validator("lines")
     @classmethod
     def _unique_line_ids(cls, lines: list[AuthoredLine]) -> list[AuthoredLine]:
-        seen: set[str] = set()
-        repeated = sorted({line.id for line in lines if line.id in seen or seen.add(line.id)})
+        counts = Counter(line.id for line in lines)
+        repeated = sorted(line_id for line_id, n in counts.items() if n > 1)
         if repeated:
             raise ValueError(f"line id(s) used more than once: {', '.join(repeated)}; give each line its own id")
         return lines

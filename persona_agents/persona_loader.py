@@ -21,6 +21,7 @@ from .fileutil import load_yaml
 from .game import DEFAULT_GAME, GameDefinition, game_file, load_game
 from .persona import STAGES, Persona
 from .plugins import StepRegistry
+from .steps import StepOptions
 
 DEFAULTS_FILE = "_defaults.yaml"
 
@@ -30,7 +31,7 @@ class LoadedPersona:
     persona: Persona
     path: Path
     #: Each stage's steps with validated options, in pipeline order.
-    step_options: dict[str, tuple[tuple[str, BaseModel], ...]]
+    step_options: dict[str, tuple[tuple[str, StepOptions], ...]]
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def _pydantic_problems(path: Path, prefix: tuple[Any, ...], exc: ValidationError
 
 
 def _validate_steps(path: Path, persona: Persona, registry: StepRegistry, problems: list[str]):
-    validated: dict[str, tuple[tuple[str, BaseModel], ...]] = {}
+    validated: dict[str, tuple[tuple[str, StepOptions], ...]] = {}
     for stage in STAGES:
         entries = []
         for index, spec in enumerate(getattr(persona.pipeline, stage)):
@@ -169,9 +170,9 @@ def check_against_game(path: Path, persona: Persona, game: GameDefinition, probl
         bad = game.unknown_stages(line.stages or [])
         if bad:
             problems.append(f"{path}: lines[{index}].stages: unknown quest stage(s) {_names(bad)}; {stages_hint}")
-    for index, rule in enumerate(persona.mood_rules):
-        if game.moods and rule.mood not in game.moods:
-            problems.append(f"{path}: mood_rules[{index}].mood: undeclared mood {rule.mood!r}; valid moods: "
+    for index, mood_rule in enumerate(persona.mood_rules):
+        if game.moods and mood_rule.mood not in game.moods:
+            problems.append(f"{path}: mood_rules[{index}].mood: undeclared mood {mood_rule.mood!r}; valid moods: "
                             f"{', '.join(game.moods)}{where}")
     stage = persona.initial_state.quest_stage
     if stage not in game.quest_stages:

@@ -16,8 +16,8 @@ from .errors import PersonaAgentsError, StepError
 from .persona import STAGES, Persona
 from .request_budget import TokenCounter, apply_request_budget
 from .rules import enforce
-from .streaming import current_decision_sink, current_sink, deciding, stream_to
 from .steps import Step
+from .streaming import current_decision_sink, current_sink, deciding, stream_to
 from .turn import Deltas, FiredFlag, Turn
 
 
@@ -68,7 +68,7 @@ class Pipeline:
             done = self._run_stages(turn)
         tell(done)  # where the generate step could not decide before speaking
         if hold_text:
-            if done.reply:
+            if done.reply and sink is not None:  # hold_text implies a sink
                 sink(done.reply)
             done = done.with_meta(streamed="after postprocess")
         return done

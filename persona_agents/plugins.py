@@ -68,7 +68,8 @@ class StepRegistry:
 
     def add(self, cls: object, plugin: str) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Step)):
-            raise PluginError(f"Plugin '{plugin}' registered {cls!r}, which is not a persona_agents.steps.Step subclass.")
+            raise PluginError(
+                f"Plugin '{plugin}' registered {cls!r}, which is not a persona_agents.steps.Step subclass.")
         name = getattr(cls, "name", None)
         stage = getattr(cls, "stage", None)
         if not isinstance(name, str) or not name:
@@ -78,7 +79,8 @@ class StepRegistry:
                 f"Plugin '{plugin}' registered step '{name}' with stage {stage!r}; valid stages: {', '.join(STAGES)}."
             )
         if not (isinstance(cls.Options, type) and issubclass(cls.Options, StepOptions)):
-            raise PluginError(f"Step '{name}' of plugin '{plugin}': Options must subclass persona_agents.steps.StepOptions.")
+            raise PluginError(
+                f"Step '{name}' of plugin '{plugin}': Options must subclass persona_agents.steps.StepOptions.")
         if name in self._steps:
             other = self._steps[name].plugin
             raise PluginError(
@@ -177,7 +179,8 @@ def load_plugins(plugins_dir: str | Path | None = None, extra: list[tuple[str, o
             if path.name.startswith("_") or (allow is not None and path.stem not in allow):
                 continue
             if path.stem in sources:
-                raise PluginError(f"Local plugin {path} has the same name as plugin '{path.stem}' ({sources[path.stem]}).")
+                raise PluginError(
+                    f"Local plugin {path} has the same name as plugin '{path.stem}' ({sources[path.stem]}).")
             _register(pm, _load_local_module(path), path.stem)
             sources[path.stem] = str(path)
 

@@ -69,8 +69,9 @@ def play(manager, turn: Turn, seed: int) -> tuple[Candidate, float]:
     started = time.perf_counter()
     done = manager.pipeline(turn.npc_id).run(turn.replace(persona=persona, seed=seed))
     elapsed = time.perf_counter() - started
+    shown = {k: done.meta.get(k) for k in ("reply_source", "line_id", "reply_guard") if k in done.meta}
     return Candidate("", done.reply, tuple(f.name for f in done.flags), tuple(r.name for r in done.flags_rejected),
-                     {k: done.meta.get(k) for k in ("reply_source", "line_id", "reply_guard") if k in done.meta}), elapsed
+                     shown), elapsed
 
 
 def _turn_header(number: int, turn: Turn) -> list[str]:
@@ -105,7 +106,7 @@ def make_packet(data: str | Path, configs: Sequence[tuple[str, str | Path]], out
     packet = ["# Blind review packet", "", RUBRIC, ""]
     if world and Path(world).is_file():
         packet += ["## The world", "", Path(world).read_text(encoding="utf-8").strip(), ""]
-    key: list[dict[str, str]] = []
+    key: list[dict[str, Any]] = []
     played: dict[str, list[tuple[Candidate, float]]] = {name: [] for name in managers}
     for number, example in enumerate(examples, start=1):
         candidates = []

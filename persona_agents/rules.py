@@ -13,7 +13,7 @@ refusal carries a machine-readable reason:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, cast
 
 from .persona import AxisPolicy, DeltaPolicy, FlagRule, Persona
 from .turn import Deltas, FiredFlag, RejectedFlag, Turn, effective_stage
@@ -82,7 +82,7 @@ def check_flag(rule: FlagRule | None, facts: RuleFacts, unlisted_allowed: bool =
     if rule.any_of:
         refusals = [_conditions(alt, facts) for alt in rule.any_of]
         if all(refusals):
-            first = refusals[0]
+            first = cast(Refusal, refusals[0])  # all() above: none is None
             return Refusal(first.reason, " or ".join(r.detail for r in refusals if r))
     if rule.once and facts.fired_at:
         return Refusal("once_only", f"already fired on turn {facts.fired_at[0]}")

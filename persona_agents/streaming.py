@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .markers import strip_markers
+
+if TYPE_CHECKING:
+    from .turn import Turn
 
 TextSink = Callable[[str], None]
 
@@ -51,7 +54,7 @@ _decision_sink: contextvars.ContextVar[DecisionSink | None] = contextvars.Contex
 #: Set by the pipeline while its generate stage runs: a generate step that knows the
 #: turn's events after the prompt pass calls it with the provisional turn; it answers
 #: whether the model's reply is still needed (False: a writer's line will be said).
-Decider = Callable[[object], bool]
+Decider = Callable[["Turn"], bool]
 _decider: contextvars.ContextVar[Decider | None] = contextvars.ContextVar("persona_agents_decider", default=None)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,67 @@ SAMPLE_NPC_IDS = (
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Test tiers (`make test-fast` leaves these markers out), set by where a test leads rather
+#: than by hand: its fixtures (with the fixtures they use) and the names in the code of the
+#: test, of those fixtures and of the test helpers they call (functions of this tests
+#: package, followed through). A test gets a marker when it reaches every name of one of
+#: the marker's sets.
+LEADS: dict[str, tuple[frozenset[str], ...]] = {
+    "model": (
+        frozenset({"sample_manager"}),  # the real sample NPCs on the real embedded model
+        frozenset({"sample_npcs_copy", "AgentManager"}),  # a manager over a copy of them
+        # NPCs whose generate step names no model, so the embedded one: test_hooks' "bert",
+        # test_state_store's pipelines
+        frozenset({"traced_manager"}),
+        frozenset({"pipeline_with"}),
+    ),
+    # a `persona-agents serve` process
+    "server": (frozenset({"start_cli_server"}), frozenset({"shared_tiny_server"})),
+    # the CLI or Python in a child process (server processes included)
+    "subprocess": (frozenset({"subprocess"}),),
+}
+
+
+def _code_objects(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def reached_names(item: pytest.Item) -> set[str]:
+    """Fixture names of `item` and the global and attribute names its code reaches."""
+    names = set(getattr(item, "fixturenames", ()))
+    todo = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for name in names:
+        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
+            todo.append(fixturedef.func)
+    seen: set[types.CodeType] = set()
+    while todo:
+        func = todo.pop()
+        func = inspect.unwrap(getattr(func, "__func__", func)) if func is not None else None
+        code = getattr(func, "__code__", None)
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        module_globals = getattr(func, "__globals__", {})
+        for nested in _code_objects(code):
+            for name in nested.co_names:
+                names.add(name)
+                target = module_globals.get(name)
+                if isinstance(target, types.FunctionType) and target.__module__.startswith(f"{__package__}."):
+                    todo.append(target)
+    return names
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = reached_names(item)
+        for marker, leads in LEADS.items():
+            if any(lead <= names for lead in leads):
+                item.add_marker(marker)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -71,7 +71,8 @@ def test_float32_greedy_tokens_match_transformers(kind, compute):
     engine = engine_for(model, compute, decode_weights="float32")
     for prompt in prompts(3):
         expected = reference_greedy(model, prompt, 12, penalty=1.15)
-        job = engine.generate(GenerationJob(prompt, 12, SamplingSettings(repetition_penalty=1.15), eos_ids=frozenset({2})))
+        job = engine.generate(GenerationJob(prompt, 12, SamplingSettings(repetition_penalty=1.15),
+                                            eos_ids=frozenset({2})))
         assert job.new_ids == expected
 
 
@@ -250,10 +251,15 @@ def test_unsupported_models_say_why():
 # -- sampling -------------------------------------------------------------------------------
 
 def hf_filtered(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    chain = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)])
+    chain = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k),
+                                 TopPLogitsWarper(top_p)])
     return chain(torch.zeros(1, 1, dtype=torch.long), scores[None].clone())[0]
 
 

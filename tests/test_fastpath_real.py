@@ -109,7 +109,8 @@ def test_sample_npc_turn_agrees_across_engines(tmp_path):
         shutil.copytree(NPCS_DIR, npcs)
         path = npcs / "mother_abandoned_factory.yaml"
         persona = yaml.safe_load(path.read_text())
-        persona["pipeline"]["generate"] = [{"name": "multihead", "options": {"adapter": str(ADAPTER), "engine": engine}}]
+        persona["pipeline"]["generate"] = [{"name": "multihead",
+                                            "options": {"adapter": str(ADAPTER), "engine": engine}}]
         path.write_text(yaml.safe_dump(persona))
         manager = AgentManager(npcs, plugins_dir=REPO / "plugins")
         turns[engine] = manager.turn("mother_abandoned_factory", "I will find your son, I promise.", seed=5).to_dict()

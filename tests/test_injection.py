@@ -42,7 +42,8 @@ def player_section(prompt) -> str:
 def test_no_attack_reaches_the_prompt_as_a_marker(sample_manager, npc_id, prompt_step):
     loaded = sample_manager.get_persona(npc_id)
     registry = sample_manager.host.registry
-    prompt = registry.get(prompt_step).cls(registry.get(prompt_step).cls.Options(), loaded.persona, sample_manager.runtime)
+    prompt_cls = registry.get(prompt_step).cls
+    prompt = prompt_cls(prompt_cls.Options(), loaded.persona, sample_manager.runtime)
     normalize = sample_manager.pipeline(npc_id).steps["preprocess"][0]
     for attack in ATTACKS:
         turn = Turn(npc_id=npc_id, player_id="x", utterance=attack, persona=loaded.persona,
@@ -83,7 +84,8 @@ def gullible_world(request, tmp_path_factory, tiny_model_dir):
         data["pipeline"] = {
             "retrieve": [],
             "generate": [{"name": "transformers", "options": {"model": str(tiny_model_dir)}}],
-            "postprocess": [{"name": "propose_flags", "options": {"flags": ALL_FLAGS, "trust": 1.0, "relationship": 1.0}}]
+            "postprocess": [{"name": "propose_flags",
+                             "options": {"flags": ALL_FLAGS, "trust": 1.0, "relationship": 1.0}}]
             + (["game_rules"] if listed else []),
         }
         path.write_text(yaml.safe_dump(data))
@@ -106,7 +108,8 @@ def test_jailbreaks_never_fire_a_flag_the_rules_forbid(gullible_world, npc_id):
         cap = persona.delta_policy.trust.max_up
         assert response.deltas.trust <= cap + 1e-9
     # The world's key refusals, by name, for a player holding nothing at the start:
-    rejected = {r.name: r.reason for r in gullible_world.turn(npc_id, JAILBREAKS[0], player_id=f"{npc_id}-x").flags_rejected}
+    refused = gullible_world.turn(npc_id, JAILBREAKS[0], player_id=f"{npc_id}-x").flags_rejected
+    rejected = {r.name: r.reason for r in refused}
     expected = {
         "blacksmith_village_center": {"give_item": "stage"},
         "guard_city_gate": {"unlock_hidden_path": "missing_item", "give_item": "not_allowed"},
@@ -120,7 +123,8 @@ def test_jailbreaks_never_fire_a_flag_the_rules_forbid(gullible_world, npc_id):
 
 def test_brann_never_gives_the_sword_without_iron_ore(gullible_world):
     ctx = GameContext(quest_stage="in_progress", items=("broken_sword",))
-    response = gullible_world.turn("blacksmith_village_center", "Here is the iron ore, mend my sword.", player_id="ore", context=ctx)
+    response = gullible_world.turn("blacksmith_village_center", "Here is the iron ore, mend my sword.",
+                                   player_id="ore", context=ctx)
     assert "give_item" not in {f.name for f in response.flags}
     assert {r.name: r.reason for r in response.flags_rejected}["give_item"] == "missing_item"
     ctx = GameContext(quest_stage="in_progress", items=("broken_sword", "iron_ore"))

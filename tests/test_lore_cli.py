@@ -53,7 +53,8 @@ def test_index_lore_reports_every_problem_without_a_traceback(sample_npcs_copy, 
 def test_lore_search_shows_what_an_npc_would_retrieve():
     cache = sample_runtime().cache_dir  # the sample index is already built there
     question = "Where is your brother's hideout?"
-    later = invoke("lore", "search", "--npc", "mother_abandoned_factory", "--stage", "in_progress", question, cache=cache)
+    later = invoke("lore", "search", "--npc", "mother_abandoned_factory", "--stage", "in_progress", question,
+                   cache=cache)
     assert later.exit_code == 0, later.output
     first_line, hit = later.stdout.splitlines()[:2]
     assert "Silvia (mother_abandoned_factory) at stage 'in_progress'" in first_line and "k=3" in first_line
@@ -85,13 +86,15 @@ def test_lore_search_says_why_a_gated_secret_is_withheld():
     hidden, withheld = hidden.split("Withheld from this NPC until the game allows it (stage or gates):")
     assert "dorian_jason_alive  [npc: uncle_hideout | trust >= 0.50]  (trust 0.15 < 0.50)" in withheld
     assert ("dorian_jason_hideout  [npc: uncle_hideout | stages: in_progress, complete | trust >= 0.50]  "
-            "(known only at stage(s) in_progress, complete; the quest stage is not_started; trust 0.15 < 0.50)") in withheld
+            "(known only at stage(s) in_progress, complete; the quest stage is not_started; "
+            "trust 0.15 < 0.50)") in withheld
     assert "silvia_" not in withheld and "pip_" not in withheld, "only entries this NPC could know are listed"
 
     trusted = invoke("lore", "search", "--npc", "uncle_hideout", "--trust", "0.6", "--stage", "in_progress", question,
                      cache=cache)
     assert "trust 0.60" in trusted.stdout.splitlines()[0]
-    assert re.search(r"^\s*0\.\d{3}  dorian_jason_alive  \[npc: uncle_hideout \| trust >= 0\.50\]", trusted.stdout, re.M)
+    assert re.search(r"^\s*0\.\d{3}  dorian_jason_alive  \[npc: uncle_hideout \| trust >= 0\.50\]",
+                     trusted.stdout, re.M)
     assert "Withheld" not in trusted.stdout
 
     friend = invoke("lore", "search", "--npc", "merchant_traveling", "--relationship", "0.2", "--keywords",

@@ -37,7 +37,8 @@ def test_sample_lore_loads_and_every_npc_has_private_and_gated_knowledge():
     gated = {i.id for i in collection.items if i.entry.stages}
     assert {"silvia_brother_hideout", "dorian_jason_hideout"} <= gated
     assert {i.id for i in collection.gated} == {
-        "dorian_jason_alive", "dorian_jason_hideout", "dorian_why_jason_hides", "dorian_jasons_letter", "pip_map_details"}
+        "dorian_jason_alive", "dorian_jason_hideout", "dorian_why_jason_hides", "dorian_jasons_letter",
+        "pip_map_details"}
     for npc_id, loaded in sample_personas().items():
         check_knowledge(npc_id, loaded.persona.knowledge, collection)
 
@@ -56,7 +57,8 @@ def test_sample_secrets_are_gated_like_the_flags_that_reveal_them():
     # Maren's rule for the grove has no state condition (the riddle is judged in the
     # conversation), so no entry of hers is gated on state.
     maren = sample_personas()["hermit_forest"].persona.flag_rules["unlock_hidden_path"]
-    assert (maren.min_trust, maren.min_relationship, maren.requires_items, maren.requires_actions) == (None, None, [], [])
+    gates = (maren.min_trust, maren.min_relationship, maren.requires_items, maren.requires_actions)
+    assert gates == (None, None, [], [])
     assert not [i for i in load_lore_folder(NPCS_DIR / "lore").gated if i.source == "maren"]
 
 
@@ -254,7 +256,8 @@ def test_visibility_rule(tmp_path):
     assert [i.id for i in visible_items(items.values(), "anna", anna, "not_started")] == ["w1", "mine"]
     assert [i.id for i in visible_items(items.values(), "bert", thief, "in_progress")] == ["w1", "guild", "later"]
     assert not is_visible(items["w1"], "anna", knowledge(["other"]), None)
-    assert hidden_reason(items["w1"], "anna", knowledge(["other"]), None) == "file 'mixed' is not in the NPC's knowledge.lore"
+    assert (hidden_reason(items["w1"], "anna", knowledge(["other"]), None)
+            == "file 'mixed' is not in the NPC's knowledge.lore")
     assert hidden_reason(items["mine"], "bert", thief, None) == "scope npc: known only by anna"
     assert hidden_reason(items["guild"], "anna", anna, None) == "scope faction: known only by faction(s) thieves"
     assert hidden_reason(items["later"], "anna", anna, "not_started") == (

@@ -153,7 +153,8 @@ def test_items_and_actions_gate_entries_in_both_steps(tmp_path):
     question = "Where does the guild meet, how is the vault opened, and where is the ledger?"
 
     def known(items=(), actions=()):
-        faiss, keywords = (set(ids(step.run(make_turn(anna, question, items=items, actions=actions)))) for step in steps)
+        faiss, keywords = (set(ids(step.run(make_turn(anna, question, items=items, actions=actions))))
+                           for step in steps)
         assert keywords == faiss - {"w_gate"}, "both steps apply the same gates"
         return faiss
 
@@ -170,7 +171,8 @@ def test_items_and_actions_gate_entries_in_both_steps(tmp_path):
                            items=frozenset({"iron_key", "guild_ring"}), actions=frozenset({"swore_oath", "paid_dues"}))
     assert len(semantic_search(index, question, "anna", anna.knowledge, open_facts, k=10)) == 4
     # A bare stage says nothing of the state: every gated entry stays hidden.
-    assert [h.item.id for h in semantic_search(index, question, "anna", anna.knowledge, "not_started", k=10)] == ["w_gate"]
+    hits = semantic_search(index, question, "anna", anna.knowledge, "not_started", k=10)
+    assert [h.item.id for h in hits] == ["w_gate"]
     assert keyword_search(index.ensure_current(), question, [], "anna", anna.knowledge, None, 10) == []
 
 
@@ -215,7 +217,8 @@ def test_gated_secrets_never_reach_the_prompt_before_their_gate(npc_id, secrets,
 
 # -- faiss_lore ----------------------------------------------------------------------
 def test_faiss_lore_fills_lore_and_meta():
-    turn = faiss_step("hermit_forest", k=3).run(make_turn(persona("hermit_forest"), "Is there anything under the factory?"))
+    turn = faiss_step("hermit_forest", k=3).run(make_turn(persona("hermit_forest"),
+                                                          "Is there anything under the factory?"))
     assert ids(turn)[0] == "maren_factory_tunnels"
     assert turn.meta["lore"] == [{"id": c.id, "score": c.score} for c in turn.lore]
     scores = [c.score for c in turn.lore]
@@ -276,7 +279,8 @@ def test_keyword_lore_scores_ranks_caps_and_scans_history():
     turn = step.run(make_turn(maren, "What is the riddle, and the answer? Is it a shadow?"))
     assert len(turn.lore) == 2 and turn.lore[0].id == "maren_riddle_answer"  # shadow + answer
     history = [Exchange(player="I am lost in the forest.", npc="Hm.")]
-    assert keyword_step("hermit_forest", scan_history_turns=0).run(make_turn(maren, "Help me.", history=history)).lore == ()
+    step = keyword_step("hermit_forest", scan_history_turns=0)
+    assert step.run(make_turn(maren, "Help me.", history=history)).lore == ()
     scanned = keyword_step("hermit_forest", scan_history_turns=1).run(make_turn(maren, "Help me.", history=history))
     assert "maren_greywood_ways" in ids(scanned)
     assert {c.score for c in scanned.lore} <= {0.5, 1.0, 1.5, 2.0}  # history-only matches count half

@@ -102,8 +102,10 @@ def test_data_errors_name_file_line_field_and_fix(tmp_path, personas):
     with pytest.raises(TrainingDataError) as info:
         load_examples([bad], DEFAULT_FLAGS, personas)
     text = str(info.value)
-    assert f"{bad}:2: flag: unknown flag 'give_itme'. Fix: use names of the vocabulary: {', '.join(DEFAULT_FLAGS)}" in text
-    assert f"{bad}:3: delta: expected [trust_change, relationship_change]" in text and 'Fix: write "delta": [0.05, 0.0]' in text
+    assert (f"{bad}:2: flag: unknown flag 'give_itme'. "
+            f"Fix: use names of the vocabulary: {', '.join(DEFAULT_FLAGS)}") in text
+    assert f"{bad}:3: delta: expected [trust_change, relationship_change]" in text
+    assert 'Fix: write "delta": [0.05, 0.0]' in text
     assert f"{bad}:4: tags.relationship: unknown label 'bestie'; labels: enemy" in text
     assert f"{bad}:5: line: invalid JSON" in text
     assert f"{bad}:6: response: missing" in text
@@ -242,7 +244,8 @@ def test_training_saves_a_small_adapter_that_loads_back_identically(tiny_model_d
     from persona_agents.multihead.artifacts import load_adapter
     from persona_agents.multihead.training import train_adapter
 
-    records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]), record(flag=["give_item", "quest_complete"])] * 2
+    records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]),
+               record(flag=["give_item", "quest_complete"])] * 2
     train = write_jsonl(tmp_path / "train.jsonl", records)
     val = write_jsonl(tmp_path / "val.jsonl", records[:3])
     out = tmp_path / "adapter"
@@ -411,7 +414,8 @@ def test_scores_after_the_game_rules_drop_what_the_rules_forbid(tmp_path, person
     # `complete`, so a predicted give_item is a false alarm the game would refuse.
     examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(flag=[])])], DEFAULT_FLAGS, personas)
     probs = [[0.9 if f in ("give_hint", "give_item") else 0.0 for f in DEFAULT_FLAGS]] * 2
-    report = score(Predictions(probs, [[0.0, 0.0]] * 2, 1.0), examples, DEFAULT_FLAGS, dict.fromkeys(DEFAULT_FLAGS, 0.5))
+    report = score(Predictions(probs, [[0.0, 0.0]] * 2, 1.0), examples, DEFAULT_FLAGS,
+                   dict.fromkeys(DEFAULT_FLAGS, 0.5))
     assert report["per_flag"]["give_item"]["precision"] == 0.0 and report["flag_micro_precision"] == 0.25
     ruled = report["after_rules"]
     assert ruled["per_flag"]["give_item"]["support"] == 0 and ruled["flag_micro_precision"] == 0.5

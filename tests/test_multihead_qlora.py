@@ -45,5 +45,6 @@ def test_two_qlora_steps_on_the_embedded_model_write_a_small_adapter(tmp_path):
     for name in ("adapter_model.safetensors", "adapter_config.json", "heads.safetensors", "tokenizer.json"):
         assert (out / name).is_file()
     assert (out / "adapter_model.safetensors").stat().st_size < 5_000_000  # LoRA + 11 marker rows, no embeddings
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "embedded:smollm2-135m-instruct"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "embedded:smollm2-135m-instruct"
     assert not (out / "checkpoints").exists()  # removed after a successful run

@@ -55,10 +55,12 @@ def test_broken_file_lists_every_problem_as_file_field_message(npc_folder, regis
     with pytest.raises(PersonaFileError) as info:
         load_personas(npc_folder.folder, registry)
     lines = info.value.problems
-    assert f"{path}: favourite_colour: unknown field (check the spelling; `persona-agents schema` lists the fields)" in lines
-    assert f"{path}: initial_state.moood: unknown field (check the spelling; `persona-agents schema` lists the fields)" in lines
-    assert any(l.startswith(f"{path}: initial_state.trust: Input should be less than or equal to 1") for l in lines)
-    assert any(l.startswith(f"{path}: traits: Input should be a valid list") for l in lines)
+    hint = "(check the spelling; `persona-agents schema` lists the fields)"
+    assert f"{path}: favourite_colour: unknown field {hint}" in lines
+    assert f"{path}: initial_state.moood: unknown field {hint}" in lines
+    assert any(line.startswith(f"{path}: initial_state.trust: Input should be less than or equal to 1")
+               for line in lines)
+    assert any(line.startswith(f"{path}: traits: Input should be a valid list") for line in lines)
     assert len(lines) == 4
     assert str(info.value).startswith("4 problem(s) in persona files:")
 
@@ -72,7 +74,8 @@ def test_invalid_yaml_names_the_line(npc_folder, registry):
 
 
 def test_unknown_step_names_stage_file_and_available_steps(npc_folder, registry):
-    path = npc_folder("anna", pipeline={"retrieve": ["keyword_lor"], "prompt": ["chat_template"], "generate": ["transformers"]})
+    path = npc_folder("anna", pipeline={"retrieve": ["keyword_lor"], "prompt": ["chat_template"],
+                                        "generate": ["transformers"]})
     with pytest.raises(PersonaFileError) as info:
         load_personas(npc_folder.folder, registry)
     assert info.value.problems == [
@@ -82,7 +85,8 @@ def test_unknown_step_names_stage_file_and_available_steps(npc_folder, registry)
 
 
 def test_step_of_another_stage_says_where_it_belongs(npc_folder, registry):
-    path = npc_folder("anna", pipeline={"preprocess": ["chat_template"], "prompt": ["chat_template"], "generate": ["transformers"]})
+    path = npc_folder("anna", pipeline={"preprocess": ["chat_template"], "prompt": ["chat_template"],
+                                        "generate": ["transformers"]})
     with pytest.raises(PersonaFileError) as info:
         load_personas(npc_folder.folder, registry)
     assert info.value.problems[0].startswith(f"{path}: pipeline.preprocess[0]: Unknown preprocess step 'chat_template'")

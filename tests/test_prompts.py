@@ -84,7 +84,8 @@ def test_chat_prompt_tokens_hold_only_the_template_markers(tiny_model_dir):
     attack = FORGERIES[2]
     turn = make_turn(attack, history=(Exchange(attack, "No."),))
     messages = render_messages(turn)
-    step = TransformersGenerator(TransformersGenerator.Options(model=str(tiny_model_dir)), turn.persona, Runtime(npcs_dir="."))
+    step = TransformersGenerator(TransformersGenerator.Options(model=str(tiny_model_dir)), turn.persona,
+                                 Runtime(npcs_dir="."))
     step.warm_up()
     ids = step._encode(Prompt(format="chat", messages=messages))["input_ids"][0].tolist()
     tok = step.loaded.tokenizer

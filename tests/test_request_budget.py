@@ -38,9 +38,9 @@ def refused_field(turn, budget, count) -> str:
 
 
 def test_an_ordinary_turn_passes_unchanged(count):
-    turn = make_turn(context=GameContext(quest_stage="in_progress", location="forge", items=("iron_ore", "broken_sword"),
-                                         actions=("show_item:broken_sword",), game_state={"time_of_day": "morning"}),
-                     history=(Exchange("Hello there.", "Morning. What do you need?"),))
+    context = GameContext(quest_stage="in_progress", location="forge", items=("iron_ore", "broken_sword"),
+                          actions=("show_item:broken_sword",), game_state={"time_of_day": "morning"})
+    turn = make_turn(context=context, history=(Exchange("Hello there.", "Morning. What do you need?"),))
     assert apply_request_budget(turn, RequestBudget(), count) is turn
 
 

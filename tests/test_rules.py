@@ -9,8 +9,8 @@ import pytest
 
 from persona_agents.default_plugins.game_rules import GameRules
 from persona_agents.persona import DeltaPolicy, FlagRule
-from persona_agents.plugins import load_plugins
 from persona_agents.persona_loader import load_personas
+from persona_agents.plugins import load_plugins
 from persona_agents.rules import RuleFacts, allowed_flags, check_flag, limit_deltas
 from persona_agents.runtime import Runtime
 from persona_agents.turn import Deltas, FiredFlag, GameContext, NpcState, Turn
@@ -67,7 +67,8 @@ def samples():
     return load_personas(NPCS_DIR, load_plugins(PLUGINS_DIR).registry)
 
 
-def run_rules(samples, npc_id, proposed, stage="not_started", trust=0.3, relationship=0.0, items=(), history=None, deltas=(0.0, 0.0)):
+def run_rules(samples, npc_id, proposed, stage="not_started", trust=0.3, relationship=0.0, items=(), history=None,
+              deltas=(0.0, 0.0)):
     persona = samples[npc_id].persona
     step = GameRules(GameRules.Options(), persona, Runtime(npcs_dir=NPCS_DIR))
     turn = Turn(npc_id=npc_id, player_id="p", utterance="x", persona=persona,
@@ -102,7 +103,8 @@ def test_silvia_gives_the_heirloom_only_at_complete_and_once(samples):
     assert rejected == {"give_item": "stage"}
     fired, _, _ = run_rules(samples, "mother_abandoned_factory", ["give_item"], stage="complete")
     assert fired == {"give_item": {"item": "gold_necklace"}}
-    _, rejected, _ = run_rules(samples, "mother_abandoned_factory", ["give_item"], stage="complete", history={"give_item": (2,)})
+    _, rejected, _ = run_rules(samples, "mother_abandoned_factory", ["give_item"], stage="complete",
+                               history={"give_item": (2,)})
     assert rejected == {"give_item": "once_only"}
 
 

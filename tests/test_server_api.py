@@ -88,7 +88,8 @@ def test_list_and_show_npcs(api):
     assert [n["id"] for n in npcs] == ["broken", "guard", "smith"]
     smith = api.get("/v1/npcs/smith").json()
     assert smith["flags"] == ["give_item"] and smith["location"] == "forge"
-    assert smith["initial_state"] == {"trust": 0.3, "relationship": 0.0, "mood": "neutral", "quest_stage": "not_started"}
+    assert smith["initial_state"] == {"trust": 0.3, "relationship": 0.0, "mood": "neutral",
+                                      "quest_stage": "not_started"}
     assert smith["steps"]["postprocess"] == ["propose_flags", "game_rules"]
     assert smith["persona"]["flag_rules"]["give_item"]["payload"] == {"item": "sword"}
     missing = assert_problem(api.get("/v1/npcs/nobody"), 404, "unknown_npc", "npc_id")
@@ -207,8 +208,10 @@ def test_stream_reports_a_pipeline_error_as_an_error_event(api):
 def test_stream_rejects_before_streaming(api, live):
     assert_problem(api.post("/v1/npcs/nobody/turns/stream", json={"player_id": "p", "utterance": "hi"}),
                    404, "unknown_npc")
-    assert_problem(api.post("/v1/npcs/smith/turns/stream", json={"player_id": "p"}), 422, "invalid_request", "utterance")
-    assert_problem(httpx.post(f"{live.base_url}/v1/npcs/smith/turns/stream", json={"player_id": "p", "utterance": "hi"}),
+    assert_problem(api.post("/v1/npcs/smith/turns/stream", json={"player_id": "p"}),
+                   422, "invalid_request", "utterance")
+    assert_problem(httpx.post(f"{live.base_url}/v1/npcs/smith/turns/stream",
+                              json={"player_id": "p", "utterance": "hi"}),
                    401, "unauthorized")
 
 
@@ -236,7 +239,8 @@ def test_invalid_body_is_422_naming_the_field(api, body, field):
 
 
 def test_malformed_json_is_422(api):
-    response = api.post("/v1/npcs/smith/turns", content=b'{"player_id": "p", ', headers={"content-type": "application/json"})
+    response = api.post("/v1/npcs/smith/turns", content=b'{"player_id": "p", ',
+                        headers={"content-type": "application/json"})
     assert_problem(response, 422, "invalid_request", "body")
 
 
@@ -354,13 +358,15 @@ def test_ask_errors(api):
     bad_items = seed_request(player())
     bad_items["context"]["player_state"]["items"] = "iron_ore"
     assert_problem(api.post("/ask", json=bad_items), 422, "invalid_request", "context.player_state.items")
-    assert_problem(api.post("/ask", json=seed_request(player(), user_input="y" * 250)), 422, "input_rejected", "user_input")
+    assert_problem(api.post("/ask", json=seed_request(player(), user_input="y" * 250)),
+                   422, "input_rejected", "user_input")
 
 
 def test_a_client_that_leaves_mid_stream_still_gets_its_turn_stored(live):
     who = player()
     with httpx.Client(base_url=live.base_url, headers=live.headers, timeout=60) as client:
-        with client.stream("POST", "/v1/npcs/guard/turns/stream", json={"player_id": who, "utterance": "Hi", "seed": 5}) as response:
+        body = {"player_id": who, "utterance": "Hi", "seed": 5}
+        with client.stream("POST", "/v1/npcs/guard/turns/stream", json=body) as response:
             assert response.status_code == 200
             next(response.iter_lines())  # the first line of the first event, then hang up
     with live.client() as api:

@@ -61,7 +61,8 @@ def test_same_request_id_returns_the_stored_response_once(npc_folder, db_url):
 
 
 def test_an_exception_inside_the_pipeline_leaves_the_store_as_before(npc_folder, db_url):
-    npc_folder("anna", pipeline=pipeline_with({"name": "propose_flags", "options": {"trust": 0.1, "flags": ["give_hint"]}},
+    npc_folder("anna", pipeline=pipeline_with({"name": "propose_flags",
+                                               "options": {"trust": 0.1, "flags": ["give_hint"]}},
                                               "game_rules", {"name": "explode", "options": {"on_turn": 2}}),
                flag_rules={"give_hint": {}})
     manager = manager_for(npc_folder.folder, db_url)
@@ -80,8 +81,8 @@ def test_killing_the_process_mid_turn_leaves_the_store_as_before(npc_folder, db_
     plugins.mkdir()
     for module in (proposer, failing_steps):
         shutil.copy(module.__file__, plugins)
-    args = [sys.executable, "-m", "persona_agents", "run-dialogue", "--npc", "anna", "--npcs-dir", str(npc_folder.folder),
-            "--player", "p1", "--db", db_url, "--json", "--say"]
+    args = [sys.executable, "-m", "persona_agents", "run-dialogue", "--npc", "anna",
+            "--npcs-dir", str(npc_folder.folder), "--player", "p1", "--db", db_url, "--json", "--say"]
     done = subprocess.run(args + ["first"], env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     before = StateStore(db_url).export("p1")
@@ -103,8 +104,10 @@ def test_killing_the_process_mid_turn_leaves_the_store_as_before(npc_folder, db_
 def test_concurrent_turns_for_one_player_are_serialised(npc_folder, db_url):
     pattern = [0.01, -0.004, 0.002, -0.003]
     npc_folder("anna", generation={"max_new_tokens": 1, "temperature": 0.0},
-               pipeline={**pipeline_with({"name": "propose_flags", "options": {"trust_pattern": pattern}}, "game_rules"),
-                         "prompt": [{"name": "chat_template", "options": {"history_turns": 0, "include_examples": False}}]})
+               pipeline={**pipeline_with({"name": "propose_flags", "options": {"trust_pattern": pattern}},
+                                         "game_rules"),
+                         "prompt": [{"name": "chat_template",
+                                     "options": {"history_turns": 0, "include_examples": False}}]})
     manager = manager_for(npc_folder.folder, db_url)
     errors: list[BaseException] = []
 
@@ -130,8 +133,10 @@ def test_concurrent_turns_for_one_player_are_serialised(npc_folder, db_url):
 
 
 def test_once_only_flags_are_remembered_across_turns(npc_folder, db_url):
-    npc_folder("anna", pipeline=pipeline_with({"name": "propose_flags", "options": {"flags": ["give_item", "quest_start"]}}, "game_rules"),
-               flag_rules={"give_item": {"once": True, "payload": {"item": "bread"}}, "quest_start": {"stages": ["not_started"]}})
+    npc_folder("anna", pipeline=pipeline_with({"name": "propose_flags",
+                                               "options": {"flags": ["give_item", "quest_start"]}}, "game_rules"),
+               flag_rules={"give_item": {"once": True, "payload": {"item": "bread"}},
+                           "quest_start": {"stages": ["not_started"]}})
     manager = manager_for(npc_folder.folder, db_url)
     first = manager.turn("anna", "please", player_id="p1")
     assert [f.to_dict() for f in first.flags] == [{"name": "give_item", "payload": {"item": "bread"}},
@@ -157,16 +162,19 @@ def test_schema_version_is_recorded_and_newer_databases_are_refused(db_url):
 def test_state_cli_show_export_reset_and_continuing_a_conversation(npc_folder, db_url):
     npc_folder("anna")
     base = [sys.executable, "-m", "persona_agents"]
-    talk = base + ["run-dialogue", "--npc", "anna", "--npcs-dir", str(npc_folder.folder), "--player", "p9", "--db", db_url, "--json", "--say"]
+    talk = base + ["run-dialogue", "--npc", "anna", "--npcs-dir", str(npc_folder.folder), "--player", "p9",
+                   "--db", db_url, "--json", "--say"]
     for line in ("one", "two"):
         result = subprocess.run(talk + [line], env=cli_env(), capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["meta"]["turn"] == 2  # continued across runs
-    show = subprocess.run(base + ["state", "show", "--player", "p9", "--db", db_url], env=cli_env(), capture_output=True, text=True)
+    show = subprocess.run(base + ["state", "show", "--player", "p9", "--db", db_url], env=cli_env(),
+                          capture_output=True, text=True)
     assert show.stdout.startswith("anna: trust 0.30, relationship +0.00") and "turns 2" in show.stdout
     export = json.loads(subprocess.run(base + ["state", "export", "--player", "p9", "--npc", "anna", "--db", db_url],
                                        env=cli_env(), capture_output=True, text=True).stdout)
     assert [h["player"] for h in export["npcs"]["anna"]["history"]] == ["one", "two"]
-    reset = subprocess.run(base + ["state", "reset", "--player", "p9", "--db", db_url], env=cli_env(), capture_output=True, text=True)
+    reset = subprocess.run(base + ["state", "reset", "--player", "p9", "--db", db_url], env=cli_env(),
+                           capture_output=True, text=True)
     assert reset.stdout.strip() == "Reset 1 conversation(s) of player 'p9'."
     assert StateStore(db_url).export("p9") == {"player_id": "p9", "npcs": {}}

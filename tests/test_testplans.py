@@ -82,7 +82,8 @@ def test_plan_errors_name_file_plan_turn_and_field(tmp_path):
     with pytest.raises(PlanFileError) as info:
         load_plans([bad], ["anna"])
     assert info.value.problems == [f"{bad}: plan 'p1': turn 2: expect.delta: Extra inputs are not permitted"]
-    bad.write_text(yaml.safe_dump({"name": "p2", "npc": "bob", "turns": [{"say": "x", "expect": {"flags": ["give_itm"]}}]}))
+    bad.write_text(yaml.safe_dump({"name": "p2", "npc": "bob",
+                                   "turns": [{"say": "x", "expect": {"flags": ["give_itm"]}}]}))
     with pytest.raises(PlanFileError) as info:
         load_plans([bad], ["anna"])
     assert info.value.problems == [

@@ -97,6 +97,8 @@ class AuthoredLines(Step):
                                            "out-of-world list for this NPC.")
         embedder: str = Field("embedded", description="Sentence embedder for the meaning match.")
 
+    options: Options
+
     def __init__(self, options, persona, runtime):
         super().__init__(options, persona, runtime)
         self._embedder = None

@@ -38,7 +38,8 @@ class FaissLore(Step):
     class Options(StepOptions):
         k: int = Field(4, ge=1, le=50, description="How many entries at most.")
         min_score: float = Field(
-            0.3, ge=-1.0, le=1.0, description="Cosine similarity an entry needs to be used (roughly 0.2 loose, 0.5 strict)."
+            0.3, ge=-1.0, le=1.0,
+            description="Cosine similarity an entry needs to be used (roughly 0.2 loose, 0.5 strict).",
         )
         max_lore_tokens: int = Field(200, ge=1, le=8192, description=_BUDGET_HELP)
         embedder: str = Field(
@@ -49,6 +50,8 @@ class FaissLore(Step):
         history_turns: int = Field(
             0, ge=0, le=10, description="Earlier player lines added to the search query (helps follow-up questions)."
         )
+
+    options: Options
 
     def __init__(self, options, persona, runtime):
         super().__init__(options, persona, runtime)
@@ -89,6 +92,8 @@ class KeywordLore(Step):
             2, ge=0, le=50, description="Earlier exchanges (player and NPC lines) searched for keywords too."
         )
         max_lore_tokens: int = Field(200, ge=1, le=8192, description=_BUDGET_HELP)
+
+    options: Options
 
     def __init__(self, options, persona, runtime):
         super().__init__(options, persona, runtime)

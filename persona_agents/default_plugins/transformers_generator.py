@@ -152,7 +152,8 @@ class TransformersGenerator(Step):
             # Defence in depth: prompt steps already neutralised request text, but only this
             # step knows the model's own special tokens.
             messages = [
-                {"role": m["role"], "content": neutralize(m["content"], self._special) if m["role"] != "system" else m["content"]}
+                {"role": m["role"],
+                 "content": neutralize(m["content"], self._special) if m["role"] != "system" else m["content"]}
                 for m in prompt.messages
             ]
             return tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
@@ -186,7 +187,8 @@ class TransformersGenerator(Step):
         streamer = None
         if sink is not None:
             skip = 0 if self._engine is not None else inputs["input_ids"].shape[1]
-            streamer = MarkerSafeStreamer(self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special), skip)
+            streamer = MarkerSafeStreamer(self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special),
+                                          skip)
         if self._engine is not None:
             return self._fast_generate(turn, inputs, seed, streamer)
         kwargs = self.generation_kwargs(turn)

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import torch
 
@@ -160,7 +160,7 @@ class BatchEngine:
 
     def _admit(self, job: GenerationJob) -> None:
         try:
-            slot = self._free_slot()
+            slot = cast(int, self._free_slot())  # admitted only while a slot is free
             prompt = list(job.prompt_ids)
             if not prompt:
                 raise ValueError("empty prompt")
@@ -194,7 +194,7 @@ class BatchEngine:
         tokens = [job.new_ids[-1] if job else 0 for job in rows]
         positions = [len(job.prompt_ids) + len(job.new_ids) - 1 if job else 0 for job in rows]
         try:
-            hidden = self.decoder.decode(self._cache, list(range(last + 1)), tokens, positions)
+            hidden = self.decoder.decode(cast(KVCache, self._cache), list(range(last + 1)), tokens, positions)
             live = [i for i, job in enumerate(rows) if job is not None]
             logits = self.decoder.logits(hidden[live], decode=True)
         except BaseException as exc:  # noqa: BLE001
@@ -202,11 +202,11 @@ class BatchEngine:
             self.fail_all(exc)
             return
         for row, index in enumerate(live):
-            self._accept(rows[index], logits[row])
+            self._accept(cast(GenerationJob, rows[index]), logits[row])
 
     def _accept(self, job: GenerationJob, logits: torch.Tensor) -> None:
         try:
-            token = job.chooser.choose(logits)
+            token = cast(TokenChooser, job.chooser).choose(logits)  # set when the job was admitted
             job.new_ids.append(token)
             if job.on_token is not None:
                 job.on_token(token)

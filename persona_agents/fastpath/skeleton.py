@@ -110,7 +110,8 @@ class _Layer(nn.Module):
 class _Decoder(nn.Module):
     def __init__(self, cfg, theta: float):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = _Norm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = _Rotary(cfg.head_dim, theta)
@@ -170,13 +171,14 @@ def load_skeleton(folder: str | Path) -> SkeletonCausalLM:
     state = {name: tensor.float() for name, tensor in load_file(str(folder / WEIGHTS_FILE)).items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    expected = {name for name, _ in model.named_parameters()} - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    expected = ({name for name, _ in model.named_parameters()}
+                - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not hold a llama model's weights: missing "
                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model.lm_head.weight = model.model.embed_tokens.weight  # type: ignore[assignment]  # a Parameter at runtime
     model.requires_grad_(False)
     return model

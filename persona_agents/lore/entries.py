@@ -44,7 +44,13 @@ from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 from ..errors import LoreFileError
@@ -81,7 +87,8 @@ class LoreEntry(BaseModel):
         default_factory=list, description="Known only while the player holds all these items (the game's `items`)."
     )
     requires_actions: list[str] = Field(
-        default_factory=list, description="Known only once the player has done all these actions (the game's `actions`)."
+        default_factory=list,
+        description="Known only once the player has done all these actions (the game's `actions`).",
     )
     location: str | None = Field(None, description="Where the entry is about (informational).")
     tags: list[str] = Field(default_factory=list, description="Free tags (informational).")
@@ -122,7 +129,8 @@ class LoreEntry(BaseModel):
             if unknown:
                 what = "is not a declared quest stage" if len(unknown) == 1 else "are not declared quest stages"
                 declared = ", ".join(game.stages)
-                raise ValueError(f"{', '.join(map(repr, unknown))} {what}; declared quest stages{game.where}: {declared}")
+                raise ValueError(f"{', '.join(map(repr, unknown))} {what}; "
+                                 f"declared quest stages{game.where}: {declared}")
         return stages
 
     @property
@@ -233,7 +241,8 @@ def lore_folder(npcs_dir: str | Path) -> Path:
 def lore_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix in LORE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix in LORE_SUFFIXES and p.is_file() and not p.name.startswith("."))
 
 
 def folder_signature(folder: Path) -> Signature:
@@ -429,7 +438,8 @@ def load_lore_folder(folder: str | Path, stages: QuestStages | Sequence[str] | N
         stems[path.stem] = path
         for item in load_lore_file(path, problems, quest_stages):
             if item.id in seen:
-                problems.append(f"{path}: entry '{item.id}': the id is already used in {seen[item.id]}; ids must be unique")
+                problems.append(f"{path}: entry '{item.id}': the id is already used in {seen[item.id]}; "
+                                "ids must be unique")
                 continue
             seen[item.id] = path
             items.append(item)

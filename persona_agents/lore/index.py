@@ -28,12 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, cast
 
 from ..fileutil import atomic_write, file_lock
 from .embedder import Embedder
@@ -79,7 +78,8 @@ def index_dir(cache_dir: Path, npcs_dir: Path, embedder_name: str) -> Path:
     resolved = str(Path(npcs_dir).resolve())
     key = hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:12]
     model_key = hashlib.sha256(embedder_name.encode("utf-8")).hexdigest()[:8]
-    return Path(cache_dir) / "lore-index" / f"{_slug(Path(resolved).name)}-{key}" / f"{_slug(embedder_name)[:40]}-{model_key}"
+    return (Path(cache_dir) / "lore-index" / f"{_slug(Path(resolved).name)}-{key}"
+            / f"{_slug(embedder_name)[:40]}-{model_key}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,9 @@ class LoreIndex:
                 elif not rebuild:
                     log.warning("Lore index %s is not usable (%s); rebuilding it.", self.directory, reason)
                 index, manifest = self._empty()
-            report = self._update(index, manifest, collection, progress, created, None if created else reason)
+            # _read returns a manifest with every index it returns; _empty() made both otherwise.
+            report = self._update(index, cast(dict[str, Any], manifest), collection, progress, created,
+                                  None if created else reason)
             self.collection = collection
             return report
 
@@ -181,7 +183,8 @@ class LoreIndex:
         except RuntimeError as exc:
             return None, None, f"faiss cannot read {INDEX_FILE}: {str(exc).splitlines()[-1]}"
         if index.d != self.embedder.dimension or index.ntotal != len(manifest["entries"]):
-            return None, None, f"{INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d}, the manifest says otherwise"
+            return None, None, (f"{INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d}, "
+                                "the manifest says otherwise")
         if not isinstance(index, faiss.IndexIDMap2):
             return None, None, f"{INDEX_FILE} is a {type(index).__name__}, expected IndexIDMap2"
         return index, manifest, None

@@ -35,7 +35,8 @@ def plain_stack(folder: Path) -> dict[str, Any] | None:
             return None
         pooling = _read(folder / modules[1]["path"] / "config.json")
         modes = [mode for mode in _POOLING_MODES if pooling.get(mode)]
-        if modes not in (["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"]) or pooling.get("include_prompt") is False:
+        if (modes not in (["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"])
+                or pooling.get("include_prompt") is False):
             return None
         bert = _read(folder / "sentence_bert_config.json") if (folder / "sentence_bert_config.json").is_file() else {}
         st_config = folder / "config_sentence_transformers.json"
@@ -58,6 +59,9 @@ class PlainSentenceEncoder:
 
         self.settings = settings
         self.lean = lean_bert_reason(folder) is None
+        # LeanBert and its tokenizer, or transformers' AutoModel and AutoTokenizer.
+        self.model: Any
+        self.tokenizer: Any
         if self.lean:
             self.model = LeanBert(folder)
             positions, hidden = self.model.max_position_embeddings, self.model.hidden_size

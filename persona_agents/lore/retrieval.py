@@ -75,7 +75,8 @@ def semantic_search(
     # trust: keyed so, a few cached filters serve every turn.
     key = (collection.signature, npc_id, tuple(knowledge.lore), tuple(knowledge.factions), facts.stage,
            open_gates(collection, facts))
-    allowed = index.allowed(key, lambda: [item.id for item in visible_items(collection.items, npc_id, knowledge, facts)])
+    allowed = index.allowed(
+        key, lambda: [item.id for item in visible_items(collection.items, npc_id, knowledge, facts)])
     if not allowed.ids or not query.strip():
         return []
     vector = index.embedder.encode([query])[0]

@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 
 
 class KnowledgeLike(Protocol):
-    lore: Sequence[str]
-    factions: Sequence[str]
+    @property
+    def lore(self) -> Sequence[str]: ...
+
+    @property
+    def factions(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,9 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
             pred = pred.rescore(bundle.heads, ev_val)
     if refit is not None:
         log.info("Computing the <STATE> vectors of %d training examples for the heads refit...", len(train_examples))
-        x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode), pad, batch_size,
+        # strict=False: only the prompt up to <STATE> is read, and inference renders a long
+        # prompt whole; a prompt longer than max_length trains the heads as the game shows it.
+        x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode, strict=False), pad, batch_size,
                           progress="<STATE> vectors")
         val = (pred.states, *targets(val_examples, flags)) if val_examples else None
         masks = ((allowed_mask(train_examples, flags), allowed_mask(val_examples, flags) if val_examples else None)

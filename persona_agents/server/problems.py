@@ -106,11 +106,13 @@ def describe_exception(exc: BaseException, instance: str | None = None) -> tuple
     if isinstance(exc, RateLimited):
         detail = (f"{exc.field}: '{exc.key}' is over the limit of {exc.limit} turns; wait {exc.retry_after} s "
                   "(Retry-After) before the next one.")
-        return 429, problem_body(429, "rate_limited", detail, instance, field=exc.field), {"Retry-After": str(exc.retry_after)}
+        return (429, problem_body(429, "rate_limited", detail, instance, field=exc.field),
+                {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, PlayerBusy):
         detail = (f"{exc.field}: '{exc.key}' already has {exc.limit} turns running or queued; their turns run one "
                   f"after another. Wait for an answer (Retry-After: {exc.retry_after} s) before sending more.")
-        return 429, problem_body(429, "player_busy", detail, instance, field=exc.field), {"Retry-After": str(exc.retry_after)}
+        return (429, problem_body(429, "player_busy", detail, instance, field=exc.field),
+                {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ServerBusy):
         detail = (f"The server is busy: {exc.waiting} turns are waiting for a worker. Retry after "
                   f"{exc.retry_after} s (Retry-After).")
@@ -174,8 +176,9 @@ async def _domain_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    # Starlette types a handler as taking any Exception; each of these is registered for its own class.
+    app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_handler)  # type: ignore[arg-type]
     app.add_exception_handler(PersonaAgentsError, _domain_handler)
     app.add_exception_handler(RateLimited, _domain_handler)
 

@@ -35,7 +35,8 @@ def parse_rate_limit(spec: str | None) -> RateLimit | None:
         return None
     match = _SPEC.match(spec.lower())
     if not match or match.group(2) not in _UNITS or int(match.group(1)) < 1:
-        raise ValueError(f"Invalid rate limit {spec!r}: write N/sec, N/min or N/hour with N >= 1 (e.g. 60/min), or 'off'.")
+        raise ValueError(
+            f"Invalid rate limit {spec!r}: write N/sec, N/min or N/hour with N >= 1 (e.g. 60/min), or 'off'.")
     return RateLimit(int(match.group(1)), float(_UNITS[match.group(2)]))
 
 

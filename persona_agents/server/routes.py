@@ -26,14 +26,25 @@ from .ask import ask_field, ask_response, ask_to_turn
 from .problems import Problem, describe_exception
 from .scheduler import Ticket
 from .schemas import (
-    ID_PATTERN, MAX_ID_CHARS, SSE_EVENT_SCHEMA, AskRequest, AskResponse, Health, NpcDetail, NpcList, PlayerNpcState,
-    Readiness, TurnOut, TurnRequest,
+    ID_PATTERN,
+    MAX_ID_CHARS,
+    SSE_EVENT_SCHEMA,
+    AskRequest,
+    AskResponse,
+    Health,
+    NpcDetail,
+    NpcList,
+    PlayerNpcState,
+    Readiness,
+    TurnOut,
+    TurnRequest,
 )
 
 router = APIRouter()
 
 NpcId = Annotated[str, Path(max_length=MAX_ID_CHARS, description="The NPC's id (GET /v1/npcs lists them).")]
-PlayerId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, description="The player's id.")]
+PlayerId = Annotated[
+    str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN, description="The player's id.")]
 
 _DESCRIPTIONS = {
     401: "Missing or wrong API key.", 404: "Unknown NPC (the problem lists the available ids).",
@@ -226,7 +237,8 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=Readiness, tags=["health"],
-            responses={503: {"model": Readiness, "description": "Still warming up, or a model or the database is unavailable."},
+            responses={503: {"model": Readiness,
+                             "description": "Still warming up, or a model or the database is unavailable."},
                        **errors(401)},
             summary="Readiness: every NPC's pipeline warmed up and the database reachable")
 async def readyz(request: Request):

@@ -257,9 +257,12 @@ class AskMinDeltas(_Open):
 class AskRequire(_Open):
     """Conditions the game asks to hold for the reply to be `valid` (see persona_agents.server.ask)."""
 
-    words: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS, description="Any of these in user_input.")
-    items: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS, description="All held (player_state.items).")
-    actions: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS, description="All done (player_state.actions).")
+    words: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS,
+                              description="Any of these in user_input.")
+    items: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS,
+                              description="All held (player_state.items).")
+    actions: list[Name] = Field(default_factory=list, max_length=MAX_LIST_ITEMS,
+                                description="All done (player_state.actions).")
     game_state: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_GAME_STATE_KEYS,
                                              description="Each key equals the sent game_state's value.")
     min_deltas: AskMinDeltas | None = Field(None, description="The turn's deltas reach at least these values.")

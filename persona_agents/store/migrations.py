@@ -8,17 +8,22 @@ database from the previous version to the new one (ALTER TABLE ... through
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, Table, inspect, select
 
 from ..errors import PersonaAgentsError
 from .schema import Base, FlagEventRow, HistoryRow, NpcStateRow, SchemaVersion, TurnRecordRow
 
 
+def _table(row: type[Base]) -> Table:
+    """A mapped class's Table (SQLAlchemy types `__table__` as the wider FromClause)."""
+    return cast(Table, row.__table__)
+
+
 def _v1_initial(connection: Connection) -> None:
     for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow):
-        table.__table__.create(connection, checkfirst=True)
+        _table(table).create(connection, checkfirst=True)
 
 
 #: (version, what it does, how). Append only.
@@ -42,7 +47,7 @@ def current_version(connection: Connection) -> int:
 def upgrade(engine: Engine, url_for_messages: str) -> int:
     """Bring the database to CURRENT_VERSION in one transaction; returns the version."""
     with engine.begin() as connection:
-        SchemaVersion.__table__.create(connection, checkfirst=True)
+        _table(SchemaVersion).create(connection, checkfirst=True)
         version = current_version(connection)
         if version > CURRENT_VERSION:
             raise SchemaVersionError(
@@ -53,9 +58,10 @@ def upgrade(engine: Engine, url_for_messages: str) -> int:
             if number > version:
                 apply(connection)
         if version == 0:
-            connection.execute(SchemaVersion.__table__.insert().values(id=1, version=CURRENT_VERSION))
+            connection.execute(_table(SchemaVersion).insert().values(id=1, version=CURRENT_VERSION))
         elif version < CURRENT_VERSION:
-            connection.execute(SchemaVersion.__table__.update().where(SchemaVersion.id == 1).values(version=CURRENT_VERSION))
+            connection.execute(_table(SchemaVersion).update().where(SchemaVersion.id == 1)
+                               .values(version=CURRENT_VERSION))
     return CURRENT_VERSION
 
 

@@ -78,7 +78,8 @@ class StateStore:
         try:
             parsed = make_url(self.url)
         except Exception as exc:
-            raise StoreError(f"Invalid database URL {self.url!r}: {exc}. Use sqlite:///path/to/state.db or postgresql+psycopg://...") from exc
+            raise StoreError(f"Invalid database URL {self.url!r}: {exc}. "
+                             "Use sqlite:///path/to/state.db or postgresql+psycopg://...") from exc
         self._memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
         self._serial = threading.Lock() if self._memory else contextlib.nullcontext()
         self.engine = self._make_engine(parsed)
@@ -104,7 +105,8 @@ class StateStore:
         return engine
 
     # -- reading -----------------------------------------------------------------------
-    def load(self, player_id: str, npc_id: str, initial: NpcState, history_limit: int | None = 50) -> StoredConversation:
+    def load(self, player_id: str, npc_id: str, initial: NpcState,
+             history_limit: int | None = 50) -> StoredConversation:
         with self._serial, self.engine.connect() as conn:
             row = conn.execute(
                 select(NpcStateRow.__table__).where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id == npc_id)
@@ -252,23 +254,31 @@ class StateStore:
             out: dict[str, Any] = {"player_id": player_id, "npcs": {}}
             for s in rows(NpcStateRow, *where(NpcStateRow), order=NpcStateRow.npc_id):
                 mine = (player_id, s["npc_id"])
-                history = rows(HistoryRow, HistoryRow.player_id == mine[0], HistoryRow.npc_id == mine[1], order=HistoryRow.turn_number)
-                flags = rows(FlagEventRow, FlagEventRow.player_id == mine[0], FlagEventRow.npc_id == mine[1], order=FlagEventRow.turn_number)
-                records = rows(TurnRecordRow, TurnRecordRow.player_id == mine[0], TurnRecordRow.npc_id == mine[1], order=TurnRecordRow.turn_number)
+                history = rows(HistoryRow, HistoryRow.player_id == mine[0], HistoryRow.npc_id == mine[1],
+                               order=HistoryRow.turn_number)
+                flags = rows(FlagEventRow, FlagEventRow.player_id == mine[0], FlagEventRow.npc_id == mine[1],
+                             order=FlagEventRow.turn_number)
+                records = rows(TurnRecordRow, TurnRecordRow.player_id == mine[0], TurnRecordRow.npc_id == mine[1],
+                               order=TurnRecordRow.turn_number)
                 out["npcs"][s["npc_id"]] = {
                     "state": {k: s[k] for k in ("trust", "relationship", "mood", "quest_stage", "turns")},
-                    "flags_fired": [{"flag": f["flag"], "turn": f["turn_number"], "payload": f["payload"]} for f in flags],
-                    "history": [{"turn": h["turn_number"], "player": h["player_text"], "npc": h["npc_text"]} for h in history],
+                    "flags_fired": [{"flag": f["flag"], "turn": f["turn_number"], "payload": f["payload"]}
+                                    for f in flags],
+                    "history": [{"turn": h["turn_number"], "player": h["player_text"], "npc": h["npc_text"]}
+                                for h in history],
                     "turn_records": [
                         {"turn": r["turn_number"], "request_id": r["request_id"], "request": r["request"],
-                         "response": r["response"], "created_at": r["created_at"].isoformat() if r["created_at"] else None}
+                         "response": r["response"],
+                         "created_at": r["created_at"].isoformat() if r["created_at"] else None}
                         for r in records
                     ],
                 }
         return out
 
     def count(self, table: str, player_id: str | None = None, npc_id: str | None = None) -> int:
-        model = {"turn_records": TurnRecordRow, "history": HistoryRow, "flag_events": FlagEventRow, "states": NpcStateRow}[table]
+        tables: dict[str, Any] = {"turn_records": TurnRecordRow, "history": HistoryRow, "flag_events": FlagEventRow,
+                                  "states": NpcStateRow}
+        model = tables[table]
         cond = ([model.player_id == player_id] if player_id else []) + ([model.npc_id == npc_id] if npc_id else [])
         with self._serial, self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(model).where(*cond)).scalar_one()

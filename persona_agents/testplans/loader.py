@@ -46,7 +46,8 @@ def _where(path: Path, raw: object, loc: tuple) -> str:
     if rest[:1] == ["plans"] and len(rest) > 1 and isinstance(rest[1], int):
         index = rest[1]
         name = None
-        plans = raw.get("plans") if isinstance(raw, dict) and "plans" in raw else (raw if isinstance(raw, list) else [raw])
+        plans = (raw.get("plans") if isinstance(raw, dict) and "plans" in raw
+                 else (raw if isinstance(raw, list) else [raw]))
         if isinstance(plans, list) and index < len(plans) and isinstance(plans[index], dict):
             name = plans[index].get("name")
         parts.append(f"plan {name!r}" if name else f"plan #{index + 1}")

@@ -82,7 +82,8 @@ def check_turn(number: int, spec: PlanTurn, response: TurnResponse) -> list[Chec
     if exp.lore:
         ids = [entry["id"] for entry in response.meta.get("lore", [])]
         for lore_id in exp.lore.retrieved:
-            checks.append(Check(number, f"lore {lore_id} retrieved", lore_id in ids, "retrieved", ", ".join(ids) or "none"))
+            checks.append(Check(number, f"lore {lore_id} retrieved", lore_id in ids, "retrieved",
+                                ", ".join(ids) or "none"))
         for lore_id in exp.lore.not_retrieved:
             checks.append(Check(number, f"lore {lore_id} not retrieved", lore_id not in ids, "not retrieved",
                                 ", ".join(ids) or "none"))

@@ -41,7 +41,8 @@ class Range(_Strict):
         return (self.min is None or value >= self.min - 1e-9) and (self.max is None or value <= self.max + 1e-9)
 
     def describe(self) -> str:
-        parts = ([f">= {self.min:g}"] if self.min is not None else []) + ([f"<= {self.max:g}"] if self.max is not None else [])
+        parts = (([f">= {self.min:g}"] if self.min is not None else [])
+                 + ([f"<= {self.max:g}"] if self.max is not None else []))
         return " and ".join(parts) or "any value"
 
 
