@@ -156,7 +156,8 @@ def test_a_rule_naming_an_undeclared_event_lists_the_declared_ones(tmp_path):
         load_personas(npcs, load_plugins(tmp_path / "plugins").registry)
     text = str(info.value)
     declared = "rent_room, start_brawl, pay_tab, quest_start, quest_complete"
-    assert f"flag_rules: unknown flag(s) 'give_item'; valid flags: {declared} (declared in {npcs / '_game.yaml'})" in text
+    where = npcs / "_game.yaml"
+    assert f"flag_rules: unknown flag(s) 'give_item'; valid flags: {declared} (declared in {where})" in text
     assert "flag_rules.rent_room.stages: unknown quest stage(s) 'in_progress'; valid quest stages: not_started, " \
            "accepted, cellar_cleared, rewarded" in text
     assert "lines[0].events: unknown flag(s) 'brawl'" in text
@@ -192,7 +193,8 @@ def test_stage_and_mood_moves_are_declared_not_coded(tmp_path):
                 flags=(FiredFlag("quest_complete"),))
     after = next_state(state, turn, game)
     assert (after.quest_stage, after.mood) == ("rewarded", "grateful")
-    started = next_state(NpcState(0.3, 0.0, "busy", "not_started"), turn.replace(flags=(FiredFlag("quest_start"),)), game)
+    started = next_state(NpcState(0.3, 0.0, "busy", "not_started"), turn.replace(flags=(FiredFlag("quest_start"),)),
+        game)
     assert (started.quest_stage, started.mood) == ("accepted", "busy")
     # Moods that follow the feelings: the first rule whose bounds hold after the turn.
     moody = Persona.model_validate(persona(mood_rules=[{"mood": "busy", "max_relationship": -0.5},

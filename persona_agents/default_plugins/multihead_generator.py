@@ -49,6 +49,7 @@ class MultiHeadGenerator(TransformersGenerator):
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
 
     path_options = {"adapter": "folder", "model": "model"}
+    options: Options
 
     def __init__(self, options, persona, runtime):
         super().__init__(options, persona, runtime)

@@ -87,7 +87,8 @@ def save_artifacts(out_dir: str | Path, lm, heads: StateHeads, tokenizer, meta: 
 def save_heads(out_dir: str | Path, heads: StateHeads) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(Path(out_dir) / HEADS_FILE))
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()},
+        str(Path(out_dir) / HEADS_FILE))
 
 
 def write_metadata(out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def calibrate_flag(probs: Sequence[float], targets: Sequence[int], min_precision
             best_floored = (f1, j - 1, precision)
         i = j
     chosen = best_floored or best
+    assert chosen is not None  # `pairs` is never empty here, so some threshold was scored
     cut = eligible[chosen[1]][0]  # eligible is the head of pairs: the same index in both
     below = pairs[chosen[1] + 1][0] if chosen[1] + 1 < len(pairs) else 0.0
     floor_met = None if min_precision is None else best_floored is not None

@@ -150,7 +150,8 @@ def minimal_persona(npc_id: str) -> Persona:
     )
 
 
-def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[str, Persona]) -> tuple[Example | None, list[str]]:
+def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[str,
+    Persona]) -> tuple[Example | None, list[str]]:
     """One record -> (Example, []) or (None, problems)."""
     p = _Problems(where)
     if not isinstance(record, dict):
@@ -175,7 +176,8 @@ def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[s
     tags = record["tags"]
     trust, relationship, mood, stage, location = init.trust, init.relationship, init.mood, None, None
     if not isinstance(tags, dict):
-        p.add("tags", f"expected an object, got {type(tags).__name__}", 'write "tags": {"trust": 0.5, "relationship": 0.0}')
+        p.add("tags", f"expected an object, got {type(tags).__name__}",
+            'write "tags": {"trust": 0.5, "relationship": 0.0}')
     else:
         if "trust" in tags:
             if _number(tags["trust"]) and 0.0 <= tags["trust"] <= 1.0:
@@ -314,8 +316,7 @@ def retrieve_lore(examples: list[Example], npcs_dir: str | Path) -> list[Example
 
     from ..persona_loader import load_personas
     from ..plugins import load_plugins
-    from ..runtime import game_dir
-    from ..runtime import Runtime
+    from ..runtime import Runtime, game_dir
 
     host = load_plugins(game_dir(npcs_dir) / "plugins")
     loaded = load_personas(Path(npcs_dir), host.registry)
@@ -323,15 +324,17 @@ def retrieve_lore(examples: list[Example], npcs_dir: str | Path) -> list[Example
     steps: dict[str, Any] = {}
     for npc_id, persona in loaded.items():
         for name, options in persona.step_options.get("retrieve", ()):
-            step = host.registry.get(name).cls(options, persona.persona, runtime)
+            info = host.registry.get(name)
+            assert info is not None  # load_personas validated every step name
+            step = info.cls(options, persona.persona, runtime)
             step.warm_up()
             steps[npc_id] = step
     result = []
     for example in examples:
-        step = steps.get(example.turn.npc_id)
-        if step is None or example.turn.lore:
+        found = steps.get(example.turn.npc_id)
+        if found is None or example.turn.lore:
             result.append(example)
             continue
-        turn = step.run(example.turn)
+        turn = found.run(example.turn)
         result.append(dataclasses.replace(example, turn=example.turn.replace(lore=turn.lore)))
     return result

@@ -90,7 +90,8 @@ def _r(x: float) -> float:
     return round(float(x), 4)
 
 
-def flag_metrics(predicted: Sequence[Sequence[bool]], examples: Sequence[Example], flags: Sequence[str]) -> dict[str, Any]:
+def flag_metrics(predicted: Sequence[Sequence[bool]], examples: Sequence[Example],
+    flags: Sequence[str]) -> dict[str, Any]:
     per_flag: dict[str, dict[str, float]] = {}
     TP = FP = FN = 0
     f1s = []
@@ -139,7 +140,8 @@ def allowed_table(examples: Sequence[Example], flags: Sequence[str]) -> list[lis
     return table
 
 
-def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example], flags: Sequence[str]) -> list[list[bool]] | None:
+def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example],
+    flags: Sequence[str]) -> list[list[bool]] | None:
     """`fired` less the flags the example's persona rules forbid in its state; None when no
     persona has rules (nothing to apply)."""
     table = allowed_table(examples, flags)
@@ -148,10 +150,11 @@ def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example], fl
     return [[bool(f) and a for f, a in zip(row, allowed)] for row, allowed in zip(fired, table)]
 
 
-def score(pred: Predictions, examples: Sequence[Example], flags: Sequence[str], thresholds: dict[str, float]) -> dict[str, Any]:
+def score(pred: Predictions, examples: Sequence[Example], flags: Sequence[str], thresholds: dict[str,
+    float]) -> dict[str, Any]:
     fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in pred.flag_probs]
-    report = {"n_examples": len(examples), **flag_metrics(fired, examples, flags), **delta_metrics(pred.deltas, examples),
-              "lm_loss": _r(pred.lm_loss)}
+    report: dict[str, Any] = {"n_examples": len(examples), **flag_metrics(fired, examples, flags),
+                              **delta_metrics(pred.deltas, examples), "lm_loss": _r(pred.lm_loss)}
     for name in flags:
         report["per_flag"][name]["threshold"] = _r(thresholds[name])
     kept = after_rules(fired, examples, flags)

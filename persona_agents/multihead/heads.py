@@ -56,6 +56,11 @@ class StateHeadsOutput:
 
 
 class StateHeads(nn.Module):
+    shift: torch.Tensor  # buffers, declared for the type checker
+    scale: torch.Tensor
+    evidence_in: nn.Linear  # only with config.evidence_size
+    evidence_flag: nn.Linear
+
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.config = config
@@ -117,7 +122,7 @@ class MultiHeadForward:
 def backbone_and_lm_head(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(the decoder stack that ends with the final norm, the output projection) of a
     causal LM, a peft-wrapped one included."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    base: Any = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # type: ignore[operator]  # peft
     return base.get_decoder(), base.get_output_embeddings()
 
 

@@ -48,7 +48,8 @@ def has_entries() -> bool:
 
 
 def cache_path(adapter_dir: Path, fingerprint: dict[str, Any], dtype: str) -> Path:
-    digest = hashlib.sha256(json.dumps({"format": FORMAT, "base": fingerprint, "dtype": dtype}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({"format": FORMAT, "base": fingerprint, "dtype": dtype},
+        sort_keys=True).encode())
     for name in _ADAPTER_FILES:
         file = adapter_dir / name
         if file.is_file():

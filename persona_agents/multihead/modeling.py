@@ -74,9 +74,8 @@ def load_base(ref: str, quantization: str = "none", dtype: str = "float32"):
     model = None
     if quantization == "nf4":
         try:
-            from transformers import BitsAndBytesConfig
-
             import bitsandbytes  # noqa: F401  (fails here, not deep inside from_pretrained)
+            from transformers import BitsAndBytesConfig
 
             quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                        bnb_4bit_compute_dtype=torch.float32)

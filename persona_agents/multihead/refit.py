@@ -79,7 +79,7 @@ def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: in
         hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
         for row, i in enumerate(index):
             out[i] = hidden[row, len(prompts[row]) - 1].float().clone()
-    return torch.stack(out)
+    return torch.stack([vector for vector in out if vector is not None])  # every slot is filled above
 
 
 def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: RefitSettings,

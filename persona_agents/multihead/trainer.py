@@ -26,23 +26,28 @@ from .modeling import QUANTIZATIONS
 class MultiHeadTrainingConfig(TrainingArguments):
     """TrainingArguments plus the base, LoRA, heads and loss options of a multi-head run."""
 
-    base_model: str = field(default="embedded", metadata={"help": "Base causal LM: 'embedded', a Hugging Face id or a local path."})
+    base_model: str = field(default="embedded",
+        metadata={"help": "Base causal LM: 'embedded', a Hugging Face id or a local path."})
     flags: list[str] = field(default_factory=lambda: list(DEFAULT_FLAGS),
                              metadata={"help": "The flag vocabulary, in head order (a studio may use its own events)."})
-    quantization: str = field(default="nf4", metadata={"help": "Base weights while training: 'nf4' (QLoRA, 4-bit) or 'none'."})
+    quantization: str = field(default="nf4",
+        metadata={"help": "Base weights while training: 'nf4' (QLoRA, 4-bit) or 'none'."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 * lora_r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                            metadata={"help": "Linear layers that get LoRA updates."})
-    max_length: int = field(default=384, metadata={"help": "Longest sequence (prompt + reply) in tokens; history is trimmed first."})
-    history_turns: int = field(default=4, metadata={"help": "Earlier exchanges rendered in <CTX> (inference should use the same)."})
+    max_length: int = field(default=384,
+        metadata={"help": "Longest sequence (prompt + reply) in tokens; history is trimmed first."})
+    history_turns: int = field(default=4,
+        metadata={"help": "Earlier exchanges rendered in <CTX> (inference should use the same)."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the reply's LM cross-entropy."})
     delta_loss_weight: float = field(default=10.0, metadata={
         "help": "Weight of the delta MSE. Deltas are small numbers (most within +-0.1), so their MSE is "
                 "small too; the weight brings its gradient to the scale of the other losses."})
     flag_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the flag BCE-with-logits."})
-    flag_pos_weight: float | None = field(default=None, metadata={"help": "BCE weight of positive flag labels (rare events)."})
+    flag_pos_weight: float | None = field(default=None,
+        metadata={"help": "BCE weight of positive flag labels (rare events)."})
     heads_inner_size: int = field(default=256, metadata={"help": "Width of the heads' hidden layer."})
     heads_dropout: float = field(default=0.1, metadata={"help": "Dropout in the heads."})
     heads_learning_rate: float = field(default=1e-3, metadata={
@@ -59,13 +64,15 @@ class MultiHeadTrainingConfig(TrainingArguments):
         "help": "Heads that read few-shot evidence: how close the player's line is to the example lines the "
                 "persona's authored lines give for each event (multihead/evidence.py); None keeps the adapter's "
                 "setting in a heads-only refit, and means off for a new adapter."})
-    npcs_dir: str = field(default="npcs", metadata={"help": "Persona folder whose personas render the training prompts."})
+    npcs_dir: str = field(default="npcs",
+        metadata={"help": "Persona folder whose personas render the training prompts."})
     retrieve_lore: bool = field(default=True, metadata={
         "help": "Fill each prompt's LORE lines with the NPC's own retrieve step, as inference does."})
     # Trainer defaults that do not fit this model: our batches carry targets the model's
     # forward does not take, and evaluation reports losses only (figures come from
     # `persona-agents eval`).
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (the batch holds head targets)."})
+    remove_unused_columns: bool = field(default=False,
+        metadata={"help": "Must stay False (the batch holds head targets)."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Must stay True."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of the LoRA update and marker rows."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per device."})
@@ -96,7 +103,8 @@ class MultiHeadTrainingConfig(TrainingArguments):
         if not self.prediction_loss_only:
             problems.append("prediction_loss_only must be True (use `persona-agents eval` for metrics)")
         if self.quantization == "nf4" and (self.fp16 or self.bf16):
-            problems.append("fp16/bf16 mixed precision with nf4: the 4-bit compute dtype is float32 here; drop --fp16/--bf16")
+            problems.append("fp16/bf16 mixed precision with nf4: the 4-bit compute dtype is float32 here; "
+                            "drop --fp16/--bf16")
         if self.gradient_checkpointing:
             problems.append("gradient_checkpointing is not supported by the multi-head model; drop it")
         if problems:
@@ -108,7 +116,8 @@ class MultiHeadTrainingConfig(TrainingArguments):
 
 def build_optimizer(model: torch.nn.Module, config: MultiHeadTrainingConfig) -> torch.optim.Optimizer:
     """AdamW with two learning rates: the adapter's and the (fresh) heads'."""
-    heads, adapter = [], []
+    heads: list[torch.nn.Parameter] = []
+    adapter: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (heads if name.startswith("heads.") else adapter).append(p)

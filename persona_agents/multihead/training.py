@@ -95,7 +95,8 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
     encode = dict(tokenizer=tok, flags=flags, max_length=int(bundle.meta["max_length"]),
                   history_turns=bundle.history_turns)
     scored = list(val_examples or train_examples)
-    log.info("Scoring %d %s examples with the saved adapter...", len(scored), "validation" if val_examples else "training")
+    log.info("Scoring %d %s examples with the saved adapter...", len(scored),
+        "validation" if val_examples else "training")
     scored_set = EncodedDataset(scored, **encode, strict=False)  # scored whole, as inference sees them
     need_states = refit is not None or evidence
     pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size,
@@ -122,6 +123,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         # prompt whole; a prompt longer than max_length trains the heads as the game shows it.
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode, strict=False), pad, batch_size,
                           progress="<STATE> vectors")
+        assert pred.states is not None  # kept: need_states
         val = (pred.states, *targets(val_examples, flags)) if val_examples else None
         masks = ((allowed_mask(train_examples, flags), allowed_mask(val_examples, flags) if val_examples else None)
                  if refit.flags_where_allowed else (None, None))
@@ -161,7 +163,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     if config.retrieve_lore and personas:
         both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
         train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
-    if resume is True and not any(Path(config.output_dir).glob("checkpoint-*")):
+    if resume is True and not any(Path(str(config.output_dir)).glob("checkpoint-*")):
         raise TrainingConfigError(f"--resume: no checkpoint in {config.output_dir}. Start without --resume.")
 
     set_seed(config.seed)
@@ -222,7 +224,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration,
                              evidence=bool(config.heads_evidence)))
     written = write_metadata(out, meta)
-    checkpoints = Path(config.output_dir)
+    checkpoints = Path(str(config.output_dir))
     if not keep_checkpoints and checkpoints.is_dir() and checkpoints.resolve().is_relative_to(out.resolve()):
         shutil.rmtree(checkpoints, ignore_errors=True)
     return written
@@ -230,7 +232,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
 
 def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
-                  validation: str | Path | Sequence[str | Path] | None = None, calibration: CalibrationPolicy | None = None,
+                  validation: str | Path | Sequence[str | Path] | None = None,
+                  calibration: CalibrationPolicy | None = None,
                   ) -> dict[str, Any]:
     """Keep an adapter's LoRA weights; refit its heads and recalibrate its thresholds on
     `data` / `validation` (e.g. new labels for the same replies). With

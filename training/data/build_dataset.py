@@ -40,8 +40,18 @@ if HERE not in sys.path:          # the sibling modules, also when imported from
     sys.path.insert(0, HERE)
 
 import datacard  # noqa: E402
-from scenarios import (BACKGROUND_ACTIONS, BACKGROUND_ITEMS, DONE, IP, NS,  # noqa: E402
-                       COVERAGE, COVERAGE_FIRST_LINES, OPENINGS, SCENARIOS, TIMES)
+from scenarios import (  # noqa: E402
+    BACKGROUND_ACTIONS,
+    BACKGROUND_ITEMS,
+    COVERAGE,
+    COVERAGE_FIRST_LINES,
+    DONE,
+    IP,
+    NS,
+    OPENINGS,
+    SCENARIOS,
+    TIMES,
+)
 
 SRC_DIR = os.path.join(HERE, "src")
 SEED = 1234

@@ -57,7 +57,8 @@ def row(report: dict) -> dict:
     return {"n": report["n_examples"], "f1_after_rules": round(ruled["flag_micro_f1"], 3),
             "f1_raw": round(report["flag_micro_f1"], 3),
             "end_conversation_recall": None if not end.get("support") else round(end["recall"], 3),
-            "mae_trust": round(report["delta_mae_trust"], 3), "mae_relationship": round(report["delta_mae_relationship"], 3),
+            "mae_trust": round(report["delta_mae_trust"],
+                3), "mae_relationship": round(report["delta_mae_relationship"], 3),
             "baseline_mae": [round(report["baseline"]["delta_mae_trust"], 3),
                              round(report["baseline"]["delta_mae_relationship"], 3)],
             "unknown_events": report.get("events_unknown_to_adapter")}
