@@ -57,3 +57,16 @@ def test_the_split_is_by_conversation_and_rebuilds_identically(tmp_path):
     train, val = records(split / "train.jsonl"), records(split / "validation.jsonl")
     assert not {r["conversation_id"] for r in train} & {r["conversation_id"] for r in val}
     assert {r["npc_id"] for r in val} == {r["npc_id"] for r in train}  # every NPC in both
+
+
+def test_the_measurement_runs_on_the_generalist_adapter(tmp_path):
+    """training/generalist/measure.py --quick: issue 26's table cannot rot (real model,
+    8 turns per set)."""
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(GENERALIST / "measure.py"), "--adapter",
+                           "training/adapters/smollm2-npc", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert len(results) == 4 and all(r["n"] == 8 for r in results.values())
+    assert "| smollm2-npc: new NPCs, persona only | 8 |" in done.stdout

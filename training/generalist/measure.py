@@ -1,7 +1,7 @@
 """Measure adapters the way a studio meets them (issue 26) and print the table.
 
-    python training/generalist/measure.py --adapter training/adapters/smollm2-generalist \
-        [--adapter training/adapters/smollm2-npc] [--quick] [--out results.json]
+    python training/generalist/measure.py --adapter training/adapters/smollm2-npc \
+        [--adapter OTHER] [--quick] [--out results.json]
 
 For each adapter, `persona-agents eval` on:
 - the four held-out NPCs (another author, never trained on), with the persona's authored
