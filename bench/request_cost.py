@@ -206,7 +206,8 @@ def largest_body(sizer: Sizer, shape: str, budget: dict[str, int]) -> dict[str, 
     return {
         "utterance": sizer.fill(budget["utterance"], UTTERANCE_CHARS, shape),
         "seed": 11,
-        "quest_stage": sizer.fill(budget["value"], NAME_CHARS, shape),
+        # The quest stage must be one the game declares (issue 27): its longest is all a request can send.
+        "quest_stage": "in_progress",
         "location": sizer.fill(budget["value"], NAME_CHARS, shape),
         "items": build_list(sizer, shape, budget, "items"),
         "actions": build_list(sizer, shape, budget, "actions"),
