@@ -20,7 +20,7 @@ working unchanged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -117,6 +117,15 @@ class GameDefinition(_Strict):
 
     def unknown_stages(self, names) -> list[str]:
         return [n for n in names if n not in self.quest_stages]
+
+    def stage_after(self, stage: str, fired: Iterable[str], flag_rules: Mapping[str, Any]) -> str:
+        """The quest stage after events fired: each fired event moves it as the persona's
+        rule says (`sets_stage`), else as the game's event does, else leaves it."""
+        for name in fired:
+            rule = flag_rules.get(name)
+            event = self.events.get(name)
+            stage = (getattr(rule, "sets_stage", None) or (event.sets_stage if event else None) or stage)
+        return stage
 
     def events_hint(self) -> str:
         return "declared events: " + ", ".join(self.events)

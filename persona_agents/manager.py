@@ -46,12 +46,11 @@ def next_state(state: NpcState, turn: Turn, game: GameDefinition = DEFAULT_GAME)
         if mood_rule.holds(trust, relationship):
             mood = mood_rule.mood
             break
-    for flag in turn.flags:  # then what happened: an event's mood wins
-        rule = turn.persona.flag_rules.get(flag.name)
-        event = game.events.get(flag.name)
-        stage = ((rule.sets_stage if rule and rule.sets_stage else None)
-                 or (event.sets_stage if event else None) or stage)
+    fired = [flag.name for flag in turn.flags]
+    for name in fired:  # then what happened: an event's mood wins
+        rule = turn.persona.flag_rules.get(name)
         mood = (rule.sets_mood if rule and rule.sets_mood else None) or mood
+    stage = game.stage_after(stage, fired, turn.persona.flag_rules)
     return NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage)
 
 

@@ -13,7 +13,7 @@ refusal carries a machine-readable reason:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence, cast
+from typing import Iterable, Mapping, Sequence, cast
 
 from .persona import AxisPolicy, DeltaPolicy, FlagRule, Persona
 from .turn import Deltas, FiredFlag, RejectedFlag, Turn, effective_stage
@@ -53,21 +53,35 @@ class Refusal:
     detail: str
 
 
+def gate_refusal(gate, trust: float | None, relationship: float | None, items: Iterable[str],
+                 actions: Iterable[str]) -> Refusal | None:
+    """A gate on what the player has earned (`min_trust`, `min_relationship`,
+    `requires_items`, `requires_actions`: a flag rule's or a lore entry's), or None when it
+    holds. An unknown trust or relationship (None) never opens its gate."""
+    if gate.min_trust is not None:
+        if trust is None:
+            return Refusal("trust_below", f"trust unknown; needs {gate.min_trust:.2f}")
+        if trust < gate.min_trust:
+            return Refusal("trust_below", f"trust {trust:.2f} < {gate.min_trust:.2f}")
+    if gate.min_relationship is not None:
+        if relationship is None:
+            return Refusal("relationship_below", f"relationship unknown; needs {gate.min_relationship:+.2f}")
+        if relationship < gate.min_relationship:
+            return Refusal("relationship_below", f"relationship {relationship:+.2f} < {gate.min_relationship:+.2f}")
+    missing = [i for i in gate.requires_items if i not in items]
+    if missing:
+        return Refusal("missing_item", "player lacks " + ", ".join(missing))
+    missing = [a for a in gate.requires_actions if a not in actions]
+    if missing:
+        return Refusal("missing_action", "player has not done " + ", ".join(missing))
+    return None
+
+
 def _conditions(rule: FlagRule, facts: RuleFacts) -> Refusal | None:
     """The state conditions of one rule (stage, thresholds, items, actions)."""
     if rule.stages is not None and facts.quest_stage not in rule.stages:
         return Refusal("stage", f"quest stage is {facts.quest_stage!r}; allowed in {', '.join(rule.stages)}")
-    if rule.min_trust is not None and facts.trust < rule.min_trust:
-        return Refusal("trust_below", f"trust {facts.trust:.2f} < {rule.min_trust:.2f}")
-    if rule.min_relationship is not None and facts.relationship < rule.min_relationship:
-        return Refusal("relationship_below", f"relationship {facts.relationship:+.2f} < {rule.min_relationship:+.2f}")
-    missing = [i for i in rule.requires_items if i not in facts.items]
-    if missing:
-        return Refusal("missing_item", "player lacks " + ", ".join(missing))
-    missing = [a for a in rule.requires_actions if a not in facts.actions]
-    if missing:
-        return Refusal("missing_action", "player has not done " + ", ".join(missing))
-    return None
+    return gate_refusal(rule, facts.trust, facts.relationship, facts.items, facts.actions)
 
 
 def check_flag(rule: FlagRule | None, facts: RuleFacts, unlisted_allowed: bool = False) -> Refusal | None:

@@ -78,24 +78,11 @@ def as_facts(situation: Situation) -> LoreFacts:
 
 def gate_reason(entry: LoreEntry, facts: LoreFacts) -> str | None:
     """Why the state withholds `entry` now (its trust, relationship, item or action gate),
-    or None when every gate holds. The wording is the flag rules' (`rules._conditions`)."""
-    if entry.min_trust is not None:
-        if facts.trust is None:
-            return f"trust unknown; needs {entry.min_trust:.2f}"
-        if facts.trust < entry.min_trust:
-            return f"trust {facts.trust:.2f} < {entry.min_trust:.2f}"
-    if entry.min_relationship is not None:
-        if facts.relationship is None:
-            return f"relationship unknown; needs {entry.min_relationship:+.2f}"
-        if facts.relationship < entry.min_relationship:
-            return f"relationship {facts.relationship:+.2f} < {entry.min_relationship:+.2f}"
-    missing = [i for i in entry.requires_items if i not in facts.items]
-    if missing:
-        return "player lacks " + ", ".join(missing)
-    missing = [a for a in entry.requires_actions if a not in facts.actions]
-    if missing:
-        return "player has not done " + ", ".join(missing)
-    return None
+    or None when every gate holds: the flag rules' own check (`rules.gate_refusal`)."""
+    from ..rules import gate_refusal
+
+    refusal = gate_refusal(entry, facts.trust, facts.relationship, facts.items, facts.actions)
+    return None if refusal is None else refusal.detail
 
 
 def hidden_reason(item: LoreItem, npc_id: str, knowledge: KnowledgeLike, situation: Situation) -> str | None:

@@ -151,11 +151,7 @@ def _check_conversation(cid: str, turns: list, raw: dict, games: dict, report: D
                                      f"with delta {a.delta[index]:+}: expected {want}")
         stage = a.turn.state.quest_stage
         if game is not None:
-            for flag in a.flags:
-                rule = a.turn.persona.flag_rules.get(flag)
-                event = game.events.get(flag)
-                stage = (rule.sets_stage if rule and rule.sets_stage else None) or (
-                    event.sets_stage if event else None) or stage
+            stage = game.stage_after(stage, a.flags, a.turn.persona.flag_rules)
         if b.turn.state.quest_stage != stage:
             # A warning only: the game may move a stage itself (the sample world completes
             # find_jason once the player holds Jason's letter).

@@ -178,12 +178,10 @@ def example_evidence(bundle, examples: Sequence[Example], without_lines: bool = 
     """The few-shot evidence rows of `examples`, for heads that read it (else None)."""
     if not bundle.heads.config.evidence_size:
         return None
-    from ..lore.embedder import load_embedder
-    from .evidence import evidence_matrix
+    from .evidence import evidence_tensor
 
-    embedder = load_embedder(bundle.meta.get("evidence", {}).get("embedder", "embedded"))
-    return torch.from_numpy(evidence_matrix(examples, bundle.flags, embedder, exclude_same=exclude_same,
-                                            without_lines=without_lines))
+    return evidence_tensor(examples, bundle.flags, bundle.meta.get("evidence", {}).get("embedder", "embedded"),
+                           exclude_same=exclude_same, without_lines=without_lines)
 
 
 def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int = 8, base_lm_loss: bool = True,

@@ -108,7 +108,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         from .evidence import evidence_matrix
 
         log.info("Few-shot evidence: the writers' example lines nearest each player line...")
-        embedder = load_embedder("embedded")
+        embedder = load_embedder("embedded")  # loaded once for both sets
         # Examples worded exactly as the player's line are left out: real players never
         # quote the writers, and a perfect match would teach the heads to wait for one.
         ev_train = torch.from_numpy(evidence_matrix(train_examples, flags, embedder, exclude_same=True))
