@@ -11,8 +11,9 @@ limit) on a free loopback port, waits for /readyz, then in one run:
   body limit and one over it: each must be refused (413/422) before any model work; prints
   the status and how long the answer took;
 - ordinary: `--ordinary` turns of a typical line with a small context (quest stage,
-  location, two items, one game_state pair), the same line and seed each time, each from a
-  new player (so each has the same prompt and the same reply);
+  location, two items, one game_state pair), the same seed and the same line up to one place
+  word (the same token count; a line the server has not embedded yet, as a player's would
+  be), each from a new player;
 - largest: a request that fills every `request_budget` (the persona's; defaults utterance
   128 tokens, each value 24, items 64, actions 64, game_state 96, history 256) to just
   under its limit, counted with the embedded model's tokenizer, for a player whose stored
@@ -39,6 +40,7 @@ noisy (`loadavg_*` shows it; `--torch-threads 1` avoids the worst of it).
 
     python bench/request_cost.py [--quick] [--npc ID] [--ordinary 5] [--largest 2] [--alongside 2]
                                  [--history-turns 4] [--shapes plain,nfkc] [--torch-threads N]
+                                 [--prefill-chunk N]
 
 `--quick` (a smoke run, well under a minute on 2 cores) plays the plain shape only, with
 one history turn, one largest and one alongside turn, and serves with one torch thread
@@ -93,6 +95,20 @@ HISTORY_TURNS_SHOWN = 4  # the sectioned prompt step's history_turns in npcs/_de
 ORDINARY = {"utterance": "Good morning! Can you fix my sword? The blade snapped on the road.", "seed": 7,
             "quest_stage": "in_progress", "location": "village_square", "items": ["iron_ore", "broken_sword"],
             "game_state": {"weather": "rain"}}
+# Each measured ordinary turn says a line the server has not seen (one place word changed,
+# the same token count), as players do: a repeated line would find its sentence vector
+# cached and skip the embedder's trip to the compute thread.
+PLACES = ("road", "mill", "farm", "well", "gate", "bridge", "hill", "pass", "ridge", "shore", "dock", "square",
+          "market", "river", "lake", "field", "wood")
+_fresh_lines = iter(range(10**6))
+
+
+def ordinary_request(player: str) -> dict[str, Any]:
+    """The ordinary request with a line not said before in this run."""
+    n = next(_fresh_lines)
+    place = PLACES[n % len(PLACES)] + ("" if n < len(PLACES) else f" {n // len(PLACES)}")
+    return {**ORDINARY, "utterance": ORDINARY["utterance"].replace("road", place), "player_id": player}
+
 
 PLAIN_WORDS = ("the old forge burns hot tonight and iron is scarce since the mine fell so tell me what "
                "a fair blade costs in silver").split()
@@ -418,6 +434,26 @@ def joined(records: list[dict[str, Any]], key: str, fmt: str = ".2f") -> str:
     return ",".join(format(r[key], fmt) for r in records)
 
 
+def npcs_with_prefill_chunk(tmp: Path, chunk: int) -> Path:
+    """A copy of the sample NPC folder whose shared generate step runs the prompt pass in
+    pieces of `chunk` tokens (the copy keeps relative paths working: it sits in the repo's
+    place through a symlinked training folder)."""
+    import shutil
+
+    import yaml
+
+    root = tmp / "game"
+    shutil.copytree(REPO / "npcs", root / "npcs", symlinks=True)
+    for name in ("training", "plugins"):
+        (root / name).symlink_to(REPO / name)
+    defaults = root / "npcs" / "_defaults.yaml"
+    data = yaml.safe_load(defaults.read_text())
+    for step in data["pipeline"]["generate"]:
+        step.setdefault("options", {})["prefill_chunk"] = chunk
+    defaults.write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "npcs"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npc", default="blacksmith_village_center")
@@ -430,6 +466,9 @@ def main() -> int:
     parser.add_argument("--idle-wait", type=float, default=3.0, help="seconds idle before the idle RSS figures")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="passed to `serve` (1 on a CPU shared with other busy processes)")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="serve a copy of the sample NPCs whose generate step sets this prefill_chunk "
+                             "(e.g. 100000: the prompt pass in one piece, as before chunked prefill)")
     parser.add_argument("--quick", action="store_true",
                         help="the plain shape only, 2 ordinary turns, 1 largest, 1 alongside, 1 history turn, "
                         "1 torch thread unless --torch-threads is given")
@@ -452,14 +491,15 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         extra = ("--torch-threads", str(args.torch_threads)) if args.torch_threads else ()
-        server = start_cli_server(Path(tmp), REPO / "npcs", api_key=None, rate_limit="off", ready_timeout=600,
+        npcs = REPO / "npcs" if args.prefill_chunk is None else npcs_with_prefill_chunk(Path(tmp), args.prefill_chunk)
+        server = start_cli_server(Path(tmp), npcs, api_key=None, rate_limit="off", ready_timeout=600,
                                   extra_args=extra)
         pid = server.process.pid
         client = Client(server.base_url, args.npc)
         results: dict[str, Any] = {}
         try:
             rss_ready = rss_mb(pid)
-            client.turn({**ORDINARY, "player_id": "rc-warm"})  # first-call costs out of the figures
+            client.turn(ordinary_request("rc-warm"))  # first-call costs out of the figures
             probes_ok = run_probes(client)
 
             # Players whose history is filled first: `largest` per shape, and `alongside` per shape.
@@ -488,7 +528,7 @@ def main() -> int:
             load_start = loadavg()
             # The history turns grew the engine's cache and it was given back: the first
             # ordinary turn allocates its own cache, the next ones reuse it.
-            ordinary = [measured({**ORDINARY, "player_id": f"rc-ordinary-{i}"}) for i in range(args.ordinary)]
+            ordinary = [measured(ordinary_request(f"rc-ordinary-{i}")) for i in range(args.ordinary)]
             rss_after_ordinary = rss_mb(pid)
 
             largest: dict[str, list] = {}
@@ -508,7 +548,7 @@ def main() -> int:
                         big_started = time.perf_counter()
                         big = pool.submit(client.turn, {**bodies[shape], "player_id": player})
                         time.sleep(max(0.0, big_started + 0.2 - time.perf_counter()))
-                        seconds, out = client.turn({**ORDINARY, "player_id": f"rc-{shape}-beside-{i}"})
+                        seconds, out = client.turn(ordinary_request(f"rc-{shape}-beside-{i}"))
                         source = out["meta"].get("reply_source", "model")
                         big_seconds, _ = big.result()
                     alongside[shape].append((seconds, f"{out['meta']['new_tokens']}/{source}", big_seconds))
@@ -527,6 +567,7 @@ def main() -> int:
     print(f"npc={args.npc} mode={'quick' if args.quick else 'full'} ordinary_turns={args.ordinary} "
           f"largest_turns_per_shape={args.largest} alongside_turns_per_shape={args.alongside} "
           f"history_turns={args.history_turns} torch_threads={args.torch_threads or 'default'} "
+          f"prefill_chunk={args.prefill_chunk or 'default'} "
           f"cpus={os.cpu_count()} commit={git_head()} budget={json.dumps(budget, separators=(',', ':'))}")
     print(f"loadavg_start={load_start} loadavg_end={load_end} (1/5/15 min; above {os.cpu_count()} the machine "
           f"is shared and the times are noisy)")

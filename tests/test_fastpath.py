@@ -380,3 +380,108 @@ def test_a_job_can_decide_after_the_prompt_pass_not_to_decode(compute):
     assert silent.new_ids == [] and silent.kept is not None and seen == [silent.kept.shape]
     spoken = engine.generate(GenerationJob(prompt, 8, keep_index=5, after_prefill=lambda kept: True))
     assert spoken.new_ids == engine.generate(GenerationJob(prompt, 8)).new_ids
+
+
+def test_a_prompt_pass_in_chunks_gives_the_hidden_states_and_cache_of_one_pass(compute):
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model)
+    prompt = prompts(1, length=30)[0]
+    whole, chunked = decoder.new_cache(1, 64), decoder.new_cache(1, 64)
+    want = compute.call(decoder.prefill, whole, 0, prompt, [7, -1])
+    first = compute.call(decoder.prefill, chunked, 0, prompt[:11], [7])
+    middle = compute.call(decoder.prefill, chunked, 0, prompt[11:20], [], start=11)
+    last = compute.call(decoder.prefill, chunked, 0, prompt[20:], [-1], start=20)
+    assert middle.shape[0] == 0
+    torch.testing.assert_close(torch.cat([first, last]), want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(whole.k + whole.v, chunked.k + chunked.v):
+        torch.testing.assert_close(a[:, :, :30], b[:, :, :30], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_chunked_prompt_passes_give_the_tokens_and_kept_state_of_one_pass(chunk, compute):
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model, decode_weights="float32")
+    one_pass = BatchEngine(decoder, VOCAB, compute=compute)
+    chunked = BatchEngine(decoder, VOCAB, compute=compute, prefill_chunk=chunk)
+    for prompt in prompts(3):
+        expected = reference_greedy(model, prompt, 10, penalty=1.15)
+        want = one_pass.generate(GenerationJob(prompt, 10, SamplingSettings(repetition_penalty=1.15),
+                                               eos_ids=frozenset({2}), keep_index=5))
+        got = chunked.generate(GenerationJob(prompt, 10, SamplingSettings(repetition_penalty=1.15),
+                                             eos_ids=frozenset({2}), keep_index=5))
+        assert got.new_ids == want.new_ids == expected
+        torch.testing.assert_close(got.kept, want.kept, atol=1e-5, rtol=1e-5)
+
+
+def _hold(compute: ComputeThread) -> threading.Event:
+    """Keep the compute thread busy until the returned event is set, so that jobs submitted
+    meanwhile are all waiting when the engine's next round looks at them."""
+    started, release = threading.Event(), threading.Event()
+    threading.Thread(target=compute.call, args=(lambda: started.set() or release.wait(10),), daemon=True).start()
+    started.wait(10)
+    return release
+
+
+def _submit(engine: BatchEngine, job: GenerationJob) -> threading.Thread:
+    thread = threading.Thread(target=engine.generate, args=(job,))
+    thread.start()
+    while job not in engine._pending and not job.done.is_set():
+        threading.Event().wait(0.001)
+    return thread
+
+
+def test_a_short_turn_does_not_wait_for_a_long_prompt_pass(compute):
+    # Issue 33: the largest request's prompt pass must not hold up an ordinary turn that
+    # arrives meanwhile; it runs in chunks and the shorter prompt goes first.
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model, decode_weights="float32")
+    engine = BatchEngine(decoder, VOCAB, compute=compute, prefill_chunk=8)
+    done: list[str] = []
+    long_job = GenerationJob(prompts(1, length=200)[0], 4, on_end=lambda: done.append("long"))
+    short_job = GenerationJob(prompts(1, length=12, seed=2)[0], 4, on_end=lambda: done.append("short"))
+    release = _hold(compute)
+    threads = [_submit(engine, long_job), _submit(engine, short_job)]
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert done == ["short", "long"]
+    assert short_job.new_ids == engine.generate(GenerationJob(short_job.prompt_ids, 4)).new_ids
+
+
+def test_a_waiting_long_prompt_is_not_starved_by_a_stream_of_short_turns(compute):
+    # Aging: every second a job waits without work counts as `aging_tokens_per_s` tokens.
+    decoder = compute.call(LeanDecoder, tiny(), decode_weights="float32")
+    engine = BatchEngine(decoder, VOCAB, compute=compute, aging_tokens_per_s=100.0, decode_step_tokens=10)
+    now = 1000.0
+    long_job = GenerationJob(list(range(3, 803)), 4, last_served=now - 1.0)
+    short_job = GenerationJob(list(range(3, 303)), 48, last_served=now)
+    assert engine._priority(short_job, now) < engine._priority(long_job, now)  # 300 < 800 - 100
+    long_job.last_served = now - 6.0
+    assert engine._priority(long_job, now) < engine._priority(short_job, now)  # 800 - 600 < 300
+    # A replying job counts the decode steps it may still take.
+    short_job.chooser, short_job.new_ids = object(), [5] * 8  # type: ignore[assignment]
+    assert engine._priority(short_job, now) == (48 - 8) * 10
+
+
+def test_replying_sequences_go_on_beside_a_slot_whose_prompt_pass_is_under_way(compute):
+    # A decode step must not write into the slot of a job still in its prompt pass: the
+    # long prompt takes slot 0, the short one slot 1 and replies while slot 0 is filled.
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model, decode_weights="float32")
+    engine = BatchEngine(decoder, VOCAB, compute=compute, prefill_chunk=4)
+    batch = [prompts(1, length=200)[0], prompts(1, length=12, seed=2)[0]]
+    alone = [engine.generate(GenerationJob(p, 12)).new_ids for p in batch]
+    jobs = [GenerationJob(p, 12) for p in batch]
+    steps: list[list[int]] = []
+    decode = decoder.decode
+    decoder.decode = lambda cache, slots, *rest: steps.append(list(slots)) or decode(cache, slots, *rest)
+    try:
+        release = _hold(compute)
+        threads = [_submit(engine, job) for job in jobs]
+        release.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        del decoder.decode
+    assert [job.new_ids for job in jobs] == alone
+    assert [1] in steps  # slot 1 replied alone while slot 0's prompt pass went on

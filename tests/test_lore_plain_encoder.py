@@ -74,3 +74,30 @@ def test_lean_bert_matches_transformers_bert_and_imports_no_transformers():
             "load_embedder('embedded').encode(['hi']); print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_repeated_one_sentence_query_is_encoded_once():
+    # A turn asks for its player line's vector up to three times (lore, writers' lines,
+    # heads' evidence); only the first may wait for the compute thread.
+    from persona_agents.lore.embedder import Embedder
+
+    calls: list[list[str]] = []
+
+    class Counting:
+        def encode(self, texts, **kwargs):
+            calls.append(list(texts))
+            return np.array([[float(len(t)), 1.0] for t in texts])
+
+    embedder = Embedder(name="counting", fingerprint="counting", model=Counting(), dimension=2, recent_size=2)
+    first = embedder.encode(["Fix my sword?"])
+    again = embedder.encode(["Fix my sword?"])
+    np.testing.assert_array_equal(first, again)
+    again[0, 0] = -1.0  # the caller's copy, not the cached row
+    np.testing.assert_array_equal(embedder.encode(["Fix my sword?"]), first)
+    assert calls == [["Fix my sword?"]]
+    embedder.encode(["a", "b"])  # batches are not cached
+    embedder.encode(["a", "b"])
+    embedder.encode(["one"])
+    embedder.encode(["two"])  # the oldest query leaves the cache (size 2)
+    embedder.encode(["Fix my sword?"])
+    assert calls[-1] == ["Fix my sword?"] and len(calls) == 6

@@ -84,3 +84,19 @@ def test_eval_reports_bad_data_without_a_traceback(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--data", str(bad), "--adapter", str(ADAPTER)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{bad}:1: tags: missing" in result.output
+
+
+@pytest.mark.model
+def test_the_heads_run_once_a_turn_when_the_game_decides_after_the_prompt_pass(sample_manager, monkeypatch):
+    # Decide, then speak: the heads' output read for the decision is the turn's; reading
+    # the <STATE> row again would cost another trip to the compute thread.
+    from persona_agents.default_plugins.multihead_generator import MultiHeadGenerator
+
+    calls = []
+    heads = MultiHeadGenerator._heads
+    monkeypatch.setattr(MultiHeadGenerator, "_heads",
+                        lambda self, turn, rows: calls.append(1) or heads(self, turn, rows))
+    response = sample_manager.turn("blacksmith_village_center", "Can you mend my broken sword?",
+                                   player_id="heads-once", seed=3)
+    assert response.meta["engine"] == "fast" and len(calls) == 1
+    assert set(response.flag_probs) and response.meta["timings_ms"]["generate"] > 0

@@ -56,6 +56,7 @@ class MultiHeadGenerator(TransformersGenerator):
         self._declared: list[str] = []
         self._evidence_bank = None  # EventEvidence, for heads that read few-shot evidence
         self._evidence: dict[int, object] = {}  # id(turn.prompt) -> evidence row, while a turn runs
+        self._decided: dict[int, object] = {}  # id(turn.prompt) -> heads output read after the prompt pass
 
     def adapter_path(self) -> Path:
         """The adapter folder: an absolute path as given, a relative one under the game folder
@@ -125,6 +126,7 @@ class MultiHeadGenerator(TransformersGenerator):
             return super().run(turn)
         finally:
             self._evidence.pop(key, None)
+            self._decided.pop(key, None)
 
     def _heads(self, turn, state_rows):
         """The heads on the kept <STATE> row, with the turn's few-shot evidence if they read it."""
@@ -152,8 +154,8 @@ class MultiHeadGenerator(TransformersGenerator):
         empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
 
         def after(kept):
-            provisional = self._finish(turn.replace(generation=empty), self._heads(turn, kept[None]))
-            return decider(provisional)
+            heads = self._decided[id(turn.prompt)] = self._heads(turn, kept[None])
+            return decider(self._finish(turn.replace(generation=empty), heads))
 
         return after
 
@@ -180,7 +182,10 @@ class MultiHeadGenerator(TransformersGenerator):
 
     def _finish(self, turn, heads):
         if not hasattr(heads, "flag_probs"):  # the kept <STATE> row
-            heads = on_compute_thread(self._heads, turn, heads)
+            # Read once: where the decision ran after the prompt pass, its heads' output is
+            # kept (another trip to the compute thread would wait for whatever runs there).
+            decided = self._decided.get(id(turn.prompt))
+            heads = decided if decided is not None else on_compute_thread(self._heads, turn, heads)
         # Only the events this NPC's game declares (a generalist adapter knows more).
         flags, thresholds = self._declared, self.bundle.thresholds
         index = [self.bundle.flags.index(name) for name in flags]

@@ -56,6 +56,9 @@ class EngineOptions(StepOptions):
     prefill_precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="Fast engine: weights of the prompt pass, which the state heads read "
         "(float32 = the reference's head outputs).")
+    prefill_chunk: int = Field(
+        128, ge=1, description="Fast engine: the prompt pass runs in pieces of this many tokens, so a long "
+        "prompt does not hold up turns that arrive meanwhile (the shortest prompt goes first).")
 
 
 class TransformersGenerator(Step):
@@ -119,7 +122,8 @@ class TransformersGenerator(Step):
             return None, f"fast engine unavailable ({reason}); using transformers generate"
         opts = self.options
         batch = "float32" if opts.decode_precision == "float32" else "int8"
-        key = ("fast-engine", id(self.loaded.model), opts.decode_precision, opts.prefill_precision)
+        key = ("fast-engine", id(self.loaded.model), opts.decode_precision, opts.prefill_precision,
+               opts.prefill_chunk)
 
         def build():
             from persona_agents.fastpath.decoder import LeanDecoder
@@ -127,7 +131,7 @@ class TransformersGenerator(Step):
 
             decoder = LeanDecoder(self.loaded.model, opts.decode_precision, self._low_rank(),
                                   prefill_weights=opts.prefill_precision, batch_weights=batch)
-            return BatchEngine(decoder, vocab_size=decoder.lm_head.shape[0])
+            return BatchEngine(decoder, vocab_size=decoder.lm_head.shape[0], prefill_chunk=opts.prefill_chunk)
 
         # On the compute thread, where `_load` takes the registry's lock too: holding that
         # lock here while waiting for the compute thread could deadlock with another NPC's

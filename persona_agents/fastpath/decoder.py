@@ -309,29 +309,40 @@ class LeanDecoder:
 
     # -- the two passes --------------------------------------------------------------------
 
-    def prefill(self, cache: KVCache, slot: int, ids: Sequence[int], keep: Sequence[int]) -> torch.Tensor:
-        """Run the prompt `ids` into cache slot `slot`; returns the final-norm hidden state
-        (length, hidden) at the positions `keep` (negative counts from the end)."""
+    def prefill(self, cache: KVCache, slot: int, ids: Sequence[int], keep: Sequence[int],
+                start: int = 0) -> torch.Tensor:
+        """Run the prompt `ids` into cache slot `slot` at positions `start`..; returns the
+        final-norm hidden state (len(keep), hidden) at the positions `keep` of `ids`
+        (negative counts from the end). With `start` > 0 the tokens attend to the `start`
+        positions already in the slot: a prompt pass may run in chunks (the engine's
+        chunked prefill) or continue a prompt whose first part is cached."""
         length = len(ids)
-        if length > cache.max_len:
-            raise ValueError(f"prompt of {length} tokens exceeds the cache length {cache.max_len}")
+        end = start + length
+        if end > cache.max_len:
+            raise ValueError(f"prompt of {end} tokens exceeds the cache length {cache.max_len}")
         x = self.embed[torch.tensor(ids)]
-        cos, sin = self._cos[:length, None, :], self._sin[:length, None, :]
+        cos, sin = self._cos[start:end, None, :], self._sin[start:end, None, :]
         scale = self.head_dim ** -0.5
         kind = self.prefill_weights
+        # Row i sees the cached positions and itself: causal with an offset of `start`.
+        mask = None if start == 0 else (
+            torch.arange(end)[None, :] <= torch.arange(start, end)[:, None])[None, None]
         for index, layer in enumerate(self.layers):
             h = self._norm(x, layer.norm1)
             q, k, v = self._split_qkv(layer.projection("qkv", kind)(h))  # (length, heads, head_dim)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             k, v = k.transpose(0, 1), v.transpose(0, 1)  # (kv_heads, length, head_dim)
-            cache.k[index][slot, :, :length] = k
-            cache.v[index][slot, :, :length] = v
-            attn = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], is_causal=True,
-                                                  scale=scale, enable_gqa=self.kv_heads != self.heads)
+            cache.k[index][slot, :, start:end] = k
+            cache.v[index][slot, :, start:end] = v
+            if start:
+                k, v = cache.k[index][slot, :, :end], cache.v[index][slot, :, :end]
+            attn = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask,
+                                                  is_causal=mask is None, scale=scale,
+                                                  enable_gqa=self.kv_heads != self.heads)
             x = x + layer.projection("o", kind)(attn[0].transpose(0, 1).reshape(length, -1))
             gate, up = layer.projection("gate_up", kind)(self._norm(x, layer.norm2)).chunk(2, dim=-1)
             x = x + layer.projection("down", kind)(F.silu(gate) * up)
-        rows = torch.tensor([i if i >= 0 else length + i for i in keep])
+        rows = torch.tensor([i if i >= 0 else length + i for i in keep], dtype=torch.long)
         return self._norm(x[rows], self.final_norm)
 
     def _masked_attention(self, q, keys, values, bias, scale):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,18 +68,37 @@ class Embedder:
     dimension: int
     # One encode at a time: CPU threads are shared anyway, and it keeps torch calm.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The last one-sentence queries: a turn asks for its player line's vector up to three
+    #: times (lore search, the writers' lines, the heads' evidence), and every trip to the
+    #: compute thread waits for the prompt chunk running there.
+    #: Its own lock, so that a hit never waits for an encode under way.
+    recent: OrderedDict = field(default_factory=OrderedDict)
+    recent_size: int = 256
+    recent_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> Any:
         import numpy as np
 
         if not texts:
             return np.zeros((0, self.dimension), dtype="float32")
+        single = texts[0] if len(texts) == 1 else None
+        if single is not None:
+            with self.recent_lock:
+                if single in self.recent:
+                    self.recent.move_to_end(single)
+                    return self.recent[single][None].copy()
         with self.lock:
             # On the compute thread, with generation: see persona_agents/fastpath/compute.py.
             vectors = on_compute_thread(
                 self.model.encode, texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                 show_progress_bar=False)
-        return np.ascontiguousarray(vectors, dtype="float32")
+        vectors = np.ascontiguousarray(vectors, dtype="float32")
+        if single is not None:
+            with self.recent_lock:
+                self.recent[single] = vectors[0].copy()
+                if len(self.recent) > self.recent_size:
+                    self.recent.popitem(last=False)
+        return vectors
 
 
 def load_embedder(ref: str) -> Embedder:
