@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.persona-agents-installed
 
-.PHONY: setup demo test test-fast lint schema clean adapter adapter-heads seed-game
+.PHONY: adapter-v2 setup demo test test-fast lint schema clean adapter adapter-heads seed-game
 
 setup: $(STAMP)
 
@@ -42,10 +42,11 @@ schema: setup
 
 # Retrain the shipped adapter the sample NPCs use (about 77 min on 2 CPU cores: 50 of
 # training, then the heads refit and calibration; settings and figures in training/README.md).
+# It is trained on sectioned prompt version 1; `adapter-v2` is the planned retrain.
 adapter: setup
 	$(BIN)/persona-agents train --data training/data/train.jsonl \
 		--validation training/data/validation.jsonl --base embedded \
-		--out training/adapters/smollm2-npc --quantization none --epochs 1 \
+		--out training/adapters/smollm2-npc --quantization none --epochs 1 --prompt-version 1 \
 		--lr 3e-4 --heads-lr 2e-3 --batch-size 4 --max-length 448 --history-turns 4 --seed 42 \
 		--heads-flags-where-allowed --min-precision end_conversation=0.8
 	$(MAKE) adapter-heads
@@ -62,6 +63,21 @@ adapter-heads: setup
 		--out training/adapters/smollm2-npc --base embedded --quantization none \
 		--max-length 448 --history-turns 4 --seed 42 --heads-only --heads-evidence \
 		--heads-flags-where-allowed --min-precision end_conversation=0.8 --batch-size 8
+
+# The planned retrain (issues 25, 26, 29: one prompt version, one retrain): LoRA and heads
+# on sectioned prompt version 2 (events, example lines and the game's decision in the
+# prompt), over the six sample NPCs' data and the 44 generalist NPCs', into a new folder
+# (the sample NPCs switch once it is measured). Estimated 3.5 hours on 2 CPU cores: it
+# checkpoints every 50 steps; `make adapter-v2 RESUME=--resume` continues an interrupted run.
+adapter-v2: setup
+	$(BIN)/python training/generalist/build_splits.py
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents train --npcs-dir training/generalist/npcs \
+		--data training/data/train.jsonl --data training/generalist/data/split/train.jsonl \
+		--validation training/data/validation.jsonl --validation training/generalist/data/split/validation.jsonl \
+		--out training/adapters/smollm2-npc-v2 --base embedded --quantization none --epochs 1 \
+		--prompt-version 2 --max-length 768 --history-turns 4 --seed 42 --lr 3e-4 --heads-lr 2e-3 \
+		--batch-size 4 --save-steps 50 --heads-evidence --heads-flags-where-allowed \
+		--min-precision end_conversation=0.8 $(RESUME)
 
 # Issue 27: the seed's game (examples/seed_game/: the seed's seven events, its JSONL data)
 # gets a real adapter on a tiny setting: a rank-4 LoRA, 20 steps of 2 over its 53 training

@@ -83,8 +83,13 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="Comma-separated linear layers for LoRA.")
 @click.option("--quantization", type=click.Choice(["nf4", "none"]), default="nf4", show_default=True,
               help="nf4: QLoRA on a 4-bit base; none: LoRA on the full-precision base.")
-@click.option("--max-length", type=int, default=448, show_default=True, help="Longest training sequence in tokens.")
+@click.option("--max-length", type=int, default=768, show_default=True,
+              help="Longest training sequence in tokens (prompt version 2 needs about 450-730 for the sample and "
+                   "generalist NPCs; 1 about 310-440).")
 @click.option("--history-turns", type=int, default=4, show_default=True, help="Earlier exchanges in each prompt.")
+@click.option("--prompt-version", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="Sectioned prompt version: 2 shows the persona's events and example lines and writes the game's "
+                   "decision before the reply (decide, then speak); 1 is the seed's layout.")
 @click.option("--retrieve-lore/--no-retrieve-lore", default=True, show_default=True,
               help="Add the lore each NPC's retrieve step finds, as inference does.")
 @click.option("--flags", "flag_names", default=None,
@@ -125,7 +130,8 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @npcs_dir_option
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
-          lora_targets, quantization, max_length, history_turns, retrieve_lore, flag_names, lm_weight, delta_weight,
+          lora_targets, quantization, max_length, history_turns, prompt_version, retrieve_lore, flag_names, lm_weight,
+          delta_weight,
           flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed,
           heads_evidence, heads_only, min_precision,
           calibrate_after_rules, min_threshold, seed, threads, npcs_dir):
@@ -148,7 +154,8 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
     config = MultiHeadTrainingConfig(
         output_dir=str(out / "checkpoints"), base_model=base, flags=_names(flag_names), quantization=quantization,
         lora_r=lora_r, lora_target_modules=_names(lora_targets), max_length=max_length, history_turns=history_turns,
-        lm_loss_weight=lm_weight, delta_loss_weight=delta_weight, flag_loss_weight=flag_weight,
+        prompt_version=int(prompt_version), lm_loss_weight=lm_weight, delta_loss_weight=delta_weight,
+        flag_loss_weight=flag_weight,
         heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
         max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,

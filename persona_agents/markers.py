@@ -24,8 +24,21 @@ SECTION_MARKERS: tuple[str, ...] = (
     "<SYS>", "</SYS>", "<RAG>", "</RAG>", "<PLAYER_STATE>", "</PLAYER_STATE>",
     "<CTX>", "</CTX>", "<PLAYER>", "<STATE>", "<NPC>",
 )
+#: Version 2 of the sectioned prompt adds the persona's events and example lines and the
+#: game's decision (prompt_format.render_sectioned_v2).
+SECTION_MARKERS_V2: tuple[str, ...] = (
+    *SECTION_MARKERS, "<EVENTS>", "</EVENTS>", "<EXAMPLES>", "</EXAMPLES>", "<DECISION>",
+)
+
+
+def section_markers(version: int) -> tuple[str, ...]:
+    """The special tokens an adapter trained on sectioned prompt `version` has."""
+    return SECTION_MARKERS if version == 1 else SECTION_MARKERS_V2
+
+
 #: Markers that end the NPC's reply when a model writes them.
-REPLY_STOP_MARKERS: tuple[str, ...] = ("<PLAYER>", "<NPC>", "<STATE>", "</CTX>", "<SYS>", "<|im_end|>", "<|im_start|>")
+REPLY_STOP_MARKERS: tuple[str, ...] = ("<PLAYER>", "<NPC>", "<STATE>", "</CTX>", "<SYS>", "<DECISION>",
+                                       "<|im_end|>", "<|im_start|>")
 
 #: Special tokens of common model families written without angle brackets.
 BRACKETLESS_SPECIAL_TOKENS: tuple[str, ...] = (

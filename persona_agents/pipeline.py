@@ -73,18 +73,19 @@ class Pipeline:
             done = done.with_meta(streamed="after postprocess")
         return done
 
-    def _decide(self, provisional: Turn, tell: Callable[[Turn], None]) -> bool:
+    def _decide(self, provisional: Turn, tell: Callable[[Turn], None]) -> tuple[bool, Turn]:
         """Decide, then speak: called by a generate step between the prompt pass and
         decoding, with the heads' proposals. The deciding postprocess steps (game_rules)
         run on it, the decision goes out (`event: decision`), and the answer says whether
-        the model's reply is still needed (False: a step will say a writer's line)."""
+        the model's reply is still needed (False: a step will say a writer's line), with
+        the decided turn (a version 2 prompt writes its decision before the reply)."""
         turn = self._outcome_from_generation(provisional)
         for step in self.steps["postprocess"]:
             if not step.rewrites_text:
                 turn = self._run_step(step, turn)
         turn = self.enforce_rules(turn)
         tell(turn)
-        return not any(step.replaces_reply(turn) for step in self.steps["postprocess"])
+        return not any(step.replaces_reply(turn) for step in self.steps["postprocess"]), turn
 
     def enforce_rules(self, turn: Turn) -> Turn:
         """The game's authority, whatever the persona's postprocess list says (issue 27):

@@ -8,13 +8,16 @@ line, earlier lines, items, actions, location, game state) passes through
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .markers import neutralize
+from .persona import FlagRule
 from .turn import Turn, effective_stage
 
-#: Bumped whenever the sectioned layout changes; saved with trained adapters.
-SECTIONED_FORMAT_VERSION = 1
+#: Bumped whenever the sectioned layout changes; saved with trained adapters. New
+#: adapters are trained on the latest; each adapter is read with the version it records.
+SECTIONED_FORMAT_VERSION = 2
+SECTIONED_FORMAT_VERSIONS = (1, 2)
 
 
 def _safe(text: Any) -> str:
@@ -36,8 +39,15 @@ def effective_location(turn: Turn) -> str | None:
     return turn.context.location or turn.persona.location
 
 
-def render_sectioned(turn: Turn, history_turns: int = 6) -> str:
-    """The seed's sectioned prompt, ending with `<STATE>` and the open `<NPC>` turn."""
+def render_sectioned(turn: Turn, history_turns: int = 6, version: int = 1,
+                     event_descriptions: Mapping[str, str] | None = None) -> str:
+    """The sectioned prompt. Version 1 (the seed's) ends with `<STATE>` and the open
+    `<NPC>` turn; version 2 ends after `<STATE>`: the game's decision comes next
+    (`render_decision`), then the reply."""
+    if version == 2:
+        return render_sectioned_v2(turn, history_turns, event_descriptions)
+    if version != 1:
+        raise ValueError(f"unknown sectioned prompt version {version}; known: {SECTIONED_FORMAT_VERSIONS}")
     p, s, ctx = turn.persona, turn.state, turn.context
     location = effective_location(turn)
     sys_lines = [
@@ -72,6 +82,105 @@ def render_sectioned(turn: Turn, history_turns: int = 6) -> str:
         "<CTX>\n" + "\n".join(ctx_lines) + "\n</CTX>\n"
         f"<PLAYER> {_safe_line(turn.utterance)}\n<STATE>\n<NPC>"
     )
+
+
+def _rule_conditions(rule: FlagRule) -> list[str]:
+    """A flag rule's conditions in words, for the model to read (the rules enforce them)."""
+    words = []
+    if rule.stages is not None:
+        words.append("quest stage " + " or ".join(rule.stages))
+    if rule.min_trust is not None:
+        words.append(f"trust at least {rule.min_trust:.2f}")
+    if rule.min_relationship is not None:
+        words.append(f"relationship at least {rule.min_relationship:+.2f}")
+    if rule.requires_items:
+        words.append("the player holds " + " and ".join(rule.requires_items))
+    if rule.requires_actions:
+        words.append("the player has done " + " and ".join(rule.requires_actions))
+    if rule.any_of:
+        words.append("either " + " or ".join("(" + ", ".join(_rule_conditions(alt)) + ")" for alt in rule.any_of))
+    if rule.once:
+        words.append("once only")
+    return words
+
+
+def event_lines(persona, descriptions: Mapping[str, str] | None = None) -> list[str]:
+    """The events this NPC's rules allow, each with what it means and when it may fire:
+    `give_item: hands over the map fragment; only if relationship at least +0.50`."""
+    lines = []
+    for name, rule in persona.flag_rules.items():
+        if not rule.allowed:
+            continue
+        meaning = " ".join((rule.means or (descriptions or {}).get(name) or name.replace("_", " ")).split())
+        conditions = _rule_conditions(rule)
+        lines.append(f"{name}: {meaning}" + ("; only if " + ", ".join(conditions) if conditions else ""))
+    return lines
+
+
+def render_sectioned_v2(turn: Turn, history_turns: int = 6, event_descriptions: Mapping[str, str] | None = None) -> str:
+    """Version 2: what the studio wrote first and the same on every turn of an NPC (a
+    prefix cache can keep it): `<SYS>` the persona, `<EVENTS>` what its rules allow and
+    when, `<EXAMPLES>` its example lines; then the turn: `<RAG>` lore, `<PLAYER_STATE>`
+    (state tags, location, items, actions, game state), `<CTX>` history, the player's
+    line and `<STATE>`, where the heads read. The decision and `<NPC>` follow."""
+    p, s, ctx = turn.persona, turn.state, turn.context
+    sys_lines = [f"npc_id: {p.id}", f"name: {p.name}", f"role: {p.role}"]
+    if p.traits:
+        sys_lines.append("traits: " + ", ".join(p.traits))
+    if p.speaking_style:
+        sys_lines.append("style: " + " ".join(p.speaking_style.split()))
+    if p.backstory:
+        sys_lines.append("DESCRIPTION: " + " ".join(p.backstory.split()))
+    example_lines = []
+    for line in p.example_lines:
+        example_lines.append(f"<PLAYER> {' '.join(line.player.split())}")
+        example_lines.append(f"<NPC> {' '.join(line.npc.split())}")
+    location = effective_location(turn)
+    state_lines = [
+        f"location: {_safe_line(location) if location else 'unknown'}",
+        f"tags: mood={s.mood}, trust={s.trust:.2f}, relationship={s.relationship:+.2f}, "
+        f"quest_stage={_safe_line(effective_stage(turn))}",
+        "items: " + (", ".join(_safe_line(i) for i in ctx.items) or "none"),
+        "actions: " + (", ".join(_safe_line(a) for a in ctx.actions) or "none"),
+    ]
+    if ctx.game_state:
+        state_lines.append("game_state: " + _game_state_line(ctx.game_state))
+    ctx_lines = []
+    for exchange in turn.history[-history_turns:] if history_turns else ():
+        ctx_lines.append(f"<PLAYER> {_safe_line(exchange.player)}")
+        ctx_lines.append(f"<NPC> {_safe_line(exchange.npc)}")
+    return (
+        "<SYS>\n" + "\n".join(sys_lines) + "\n</SYS>\n"
+        "<EVENTS>\n" + "\n".join(event_lines(p, event_descriptions) or ["none"]) + "\n</EVENTS>\n"
+        "<EXAMPLES>\n" + "\n".join(example_lines) + "\n</EXAMPLES>\n"
+        "<RAG>\n" + "\n".join(f"LORE: {chunk.text.strip()}" for chunk in turn.lore) + "\n</RAG>\n"
+        "<PLAYER_STATE>\n" + "\n".join(state_lines) + "\n</PLAYER_STATE>\n"
+        "<CTX>\n" + "\n".join(ctx_lines) + "\n</CTX>\n"
+        f"<PLAYER> {_safe_line(turn.utterance)}\n<STATE>\n"
+    )
+
+
+def _payload_text(payload: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(payload.items()))
+
+
+def render_decision(fired: Sequence[tuple[str, Mapping[str, Any]]] = (),
+                    refused: Sequence[tuple[str, str]] = ()) -> str:
+    """Version 2's decision, written after `<STATE>` once the game's rules have decided,
+    and the open `<NPC>` turn: `<DECISION> give_item(item=repaired_sword), quest_complete
+    | refused: unlock_hidden_path (trust_below)`, or `<DECISION> none`. The reply is
+    trained to agree with it."""
+    parts = [f"{name}({_payload_text(payload)})" if payload else name for name, payload in fired]
+    text = ", ".join(parts) or "none"
+    if refused:
+        text += " | refused: " + ", ".join(f"{name} ({reason})" for name, reason in refused)
+    return f"<DECISION> {text}\n<NPC>"
+
+
+def decision_of_turn(turn: Turn) -> str:
+    """`render_decision` of a decided turn (its fired flags with payloads, its refusals)."""
+    return render_decision([(f.name, f.payload) for f in turn.flags],
+                           [(r.name, r.reason) for r in turn.flags_rejected])
 
 
 def _describe_state(turn: Turn) -> str:

@@ -53,8 +53,9 @@ _decision_sink: contextvars.ContextVar[DecisionSink | None] = contextvars.Contex
     "persona_agents_decision_sink", default=None)
 #: Set by the pipeline while its generate stage runs: a generate step that knows the
 #: turn's events after the prompt pass calls it with the provisional turn; it answers
-#: whether the model's reply is still needed (False: a writer's line will be said).
-Decider = Callable[["Turn"], bool]
+#: whether the model's reply is still needed (False: a writer's line will be said), and
+#: the decided turn (its fired and refused events).
+Decider = Callable[["Turn"], "tuple[bool, Turn]"]
 _decider: contextvars.ContextVar[Decider | None] = contextvars.ContextVar("persona_agents_decider", default=None)
 
 

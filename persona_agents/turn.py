@@ -69,6 +69,9 @@ class Prompt:
     text: str | None = None
     messages: tuple[Mapping[str, str], ...] = ()
     stop_markers: tuple[str, ...] = ()
+    #: The sectioned layout's version. Version 2's text ends after `<STATE>`: the generate
+    #: step writes the game's decision and `<NPC>` after it (`prompt_format.render_decision`).
+    version: int = 1
 
 
 @dataclass(frozen=True)

@@ -106,3 +106,11 @@ def test_vs_llamacpp_quick_never_builds_and_says_when_llamacpp_is_missing():
         assert "measuring our side only" in stdout and "--install-llamacpp" in stdout
     else:
         assert_figures(figures, ("llamacpp_s", "vs_llamacpp_ratio"))
+
+
+@pytest.mark.model
+def test_prompt_v2_cost_quick():
+    figures, _ = run_quick("prompt_v2_cost.py")
+    assert_figures(figures, ("prompt_tokens_v1", "prompt_tokens_v2", "prefix_tokens_v2", "v1_s", "v2_s", "v2_cold_s",
+                             "v2_ratio", "v2_cold_ratio"))
+    assert int(figures["prefix_hits"]) >= 3  # every counted v2 turn found its NPC's prefix cached

@@ -485,3 +485,50 @@ def test_replying_sequences_go_on_beside_a_slot_whose_prompt_pass_is_under_way(c
         del decoder.decode
     assert [job.new_ids for job in jobs] == alone
     assert [1] in steps  # slot 1 replied alone while slot 0's prompt pass went on
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_nothing(compute):
+    # Sectioned version 2 opens with what is the same on every turn of an NPC: the engine
+    # keeps that prefix's cache and the next turn's prompt pass starts after it.
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model, decode_weights="float32")
+    plain = BatchEngine(decoder, VOCAB, compute=compute)
+    cached = BatchEngine(decoder, VOCAB, compute=compute, prefill_chunk=8)
+    prefix = prompts(1, length=21, seed=5)[0]
+    for n, tail in enumerate(prompts(3, length=6, seed=6)):
+        prompt = prefix + tail
+        want = plain.generate(GenerationJob(prompt, 10, keep_index=len(prompt) - 2))
+        got = cached.generate(GenerationJob(prompt, 10, keep_index=len(prompt) - 2, prefix_len=len(prefix)))
+        assert got.new_ids == want.new_ids == reference_greedy(model, prompt, 10)
+        torch.testing.assert_close(got.kept, want.kept, atol=1e-5, rtol=1e-5)
+        assert (cached.prefix_misses, cached.prefix_hits) == (1, n)
+    # A kept position inside the prefix needs the whole pass: the cache is not used.
+    cached.generate(GenerationJob(prefix + [7, 8, 9], 4, keep_index=3, prefix_len=len(prefix)))
+    assert cached.prefix_hits == 2
+
+
+def test_the_prefix_cache_keeps_at_most_its_token_budget(compute):
+    decoder = compute.call(LeanDecoder, tiny(), decode_weights="float32")
+    engine = BatchEngine(decoder, VOCAB, compute=compute, prefix_cache_tokens=45)
+    first, second = prompts(1, length=20, seed=7)[0], prompts(1, length=20, seed=8)[0]
+    for prefix in (first, second, first):
+        engine.generate(GenerationJob(prefix + [5, 6], 2, prefix_len=len(prefix)))
+    # 20 + 20 tokens fit; the third job found `first` still there
+    assert (engine.prefix_misses, engine.prefix_hits) == (2, 1)
+    third = prompts(1, length=20, seed=9)[0]
+    engine.generate(GenerationJob(third + [5, 6], 2, prefix_len=len(third)))
+    engine.generate(GenerationJob(second + [5, 6], 2, prefix_len=len(second)))  # the least recently used went
+    assert (engine.prefix_misses, engine.prefix_hits) == (4, 1)
+
+
+def test_the_prompt_can_be_continued_after_the_prompt_pass(compute):
+    # Decide, then speak (prompt version 2): the decision's tokens follow the prompt on the
+    # same cache; the reply is what a pass over prompt + decision would give.
+    model = tiny()
+    engine = engine_for(model, compute, decode_weights="float32")
+    prompt, decision = prompts(1, length=15)[0], [11, 12, 13, 14]
+    seen = []
+    job = engine.generate(GenerationJob(prompt, 10, keep_index=len(prompt) - 1,
+                                        after_prefill=lambda kept: seen.append(kept) or list(decision)))
+    assert job.new_ids == reference_greedy(model, prompt + decision, 10)
+    assert list(job.prompt_ids) == prompt + decision and len(seen) == 1

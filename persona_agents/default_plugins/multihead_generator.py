@@ -14,6 +14,13 @@ run on that one vector, so there is no second pass over prompt and reply.
 The generation carries the deltas, every flag's probability, and the flags whose
 probability reaches their threshold; the pipeline's postprocess steps (game rules) then
 decide what the game applies.
+
+Decide, then speak. Right after the prompt pass the heads read `<STATE>` and the
+pipeline's rules decide (`current_decider`). An adapter trained on sectioned version 2
+then has the decision written into its prompt (`<DECISION> give_item(item=map_fragment)
+... <NPC>`): the fast engine runs those few tokens on the same cache and decodes from
+there; the transformers engine continues from the prompt pass's cache the same way. No
+decoding at all where a writer's line fits the decision.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from persona_agents.errors import StepError
 from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.models import LoadedModel
-from persona_agents.streaming import current_decider
-from persona_agents.turn import Deltas, Generation
+from persona_agents.prompt_format import decision_of_turn
+from persona_agents.streaming import Decider, current_decider
+from persona_agents.turn import Deltas, FiredFlag, Generation
 
 from .transformers_generator import EngineOptions, TransformersGenerator
 
@@ -49,6 +57,7 @@ class MultiHeadGenerator(TransformersGenerator):
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
 
     path_options = {"adapter": "folder", "model": "model"}
+    decides = True
     options: Options
 
     def __init__(self, options, persona, runtime):
@@ -57,6 +66,7 @@ class MultiHeadGenerator(TransformersGenerator):
         self._evidence_bank = None  # EventEvidence, for heads that read few-shot evidence
         self._evidence: dict[int, object] = {}  # id(turn.prompt) -> evidence row, while a turn runs
         self._decided: dict[int, object] = {}  # id(turn.prompt) -> heads output read after the prompt pass
+        self._deciders: dict[int, Decider | None] = {}  # id(turn.prompt) -> the pipeline's decider, while a turn runs
 
     def adapter_path(self) -> Path:
         """The adapter folder: an absolute path as given, a relative one under the game folder
@@ -88,6 +98,7 @@ class MultiHeadGenerator(TransformersGenerator):
         self.bundle, loaded = self.runtime.models.shared(key, build)
         self._check_events(path)
         self._state_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))
+        self._rag_id = self.bundle.tokenizer.convert_tokens_to_ids("<RAG>")
         self._decoder = loaded.model.get_decoder()
         return loaded
 
@@ -116,7 +127,15 @@ class MultiHeadGenerator(TransformersGenerator):
             raise StepError(
                 f"NPC '{self.persona.id}': the multihead generate step needs the sectioned prompt format, got "
                 f"'{turn.prompt.format}'. Set `prompt: [sectioned]` in the persona's pipeline.")
+        if turn.prompt.version != self.bundle.prompt_version:
+            raise StepError(
+                f"NPC '{self.persona.id}': adapter {self.options.adapter} was trained on sectioned prompt version "
+                f"{self.bundle.prompt_version}, but the prompt step rendered version {turn.prompt.version}. Set "
+                f"`version: {self.bundle.prompt_version}` (or `auto`) in the sectioned step's options.")
         key = id(turn.prompt)
+        # Read here, on the turn's thread: the decision is taken on the compute thread,
+        # which does not see the pipeline's context.
+        self._deciders[key] = current_decider()
         if self._evidence_bank is not None:
             # Embedded here, on the turn's thread: the heads may run on the compute thread.
             import torch
@@ -127,6 +146,7 @@ class MultiHeadGenerator(TransformersGenerator):
         finally:
             self._evidence.pop(key, None)
             self._decided.pop(key, None)
+            self._deciders.pop(key, None)
 
     def _heads(self, turn, state_rows):
         """The heads on the kept <STATE> row, with the turn's few-shot evidence if they read it."""
@@ -144,20 +164,54 @@ class MultiHeadGenerator(TransformersGenerator):
     def _fast_keep_index(self, inputs) -> int:
         return self._state_index(inputs)
 
+    def _fast_prefix_len(self, inputs, turn) -> int:
+        # Version 2 opens with what is the same on every turn of this NPC (persona,
+        # events, example lines), up to <RAG>: the engine keeps its cache.
+        if turn.prompt.version != 2:
+            return 0
+        found = (inputs["input_ids"][0] == self._rag_id).nonzero()
+        return int(found[0]) if len(found) else 0
+
     def _fast_after_prefill(self, turn):
         # Decide, then speak: the heads read the <STATE> row as soon as the prompt pass has
         # run; the pipeline's decider applies the game's rules, sends the decision out and
-        # says whether the model's words are still needed.
-        decider = current_decider()
-        if decider is None:
+        # says whether the model's words are still needed; a version 2 prompt then gets the
+        # decision's tokens before the reply.
+        version = turn.prompt.version
+        if self._deciders.get(id(turn.prompt)) is None and version == 1:
             return None
-        empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
 
         def after(kept):
-            heads = self._decided[id(turn.prompt)] = self._heads(turn, kept[None])
-            return decider(self._finish(turn.replace(generation=empty), heads))
+            speak, decided = self._decide(turn, self._read_heads(turn, kept))
+            if not speak:
+                return False
+            return self._decision_ids(decided) if version == 2 else True
 
         return after
+
+    def _read_heads(self, turn, kept):
+        """The heads on the kept <STATE> row, kept for `_finish` (read once a turn)."""
+        heads = self._decided[id(turn.prompt)] = self._heads(turn, kept[None])
+        return heads
+
+    def _decide(self, turn, heads):
+        """(speak?, the decided turn): the pipeline's decider, or outside a pipeline the
+        persona's rules on the heads' proposals."""
+        empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
+        provisional = self._finish(turn.replace(generation=empty), heads)
+        decider = self._deciders.get(id(turn.prompt))
+        if decider is not None:
+            return decider(provisional)
+        from persona_agents.rules import enforce
+
+        generation = provisional.generation
+        proposed = provisional.replace(flags=tuple(FiredFlag(name) for name in generation.flags),
+                                       deltas=generation.deltas)
+        return True, enforce(proposed, self.persona)
+
+    def _decision_ids(self, decided) -> list[int]:
+        """The decision of version 2, as tokens that continue the prompt."""
+        return self.loaded.tokenizer(decision_of_turn(decided), add_special_tokens=False)["input_ids"]
 
     def _fast_extra(self, job):
         # The fast engine kept the <STATE> row of its prefill's final norm: the same vector
@@ -179,6 +233,38 @@ class MultiHeadGenerator(TransformersGenerator):
         finally:
             handle.remove()
         return output, captured[0][None]  # the heads run in _finish, with the turn's evidence
+
+    def _reference_generate(self, inputs, kwargs, seed: int, turn=None):
+        if turn is None or turn.prompt.version != 2:
+            return super()._reference_generate(inputs, kwargs, seed, turn)
+        import torch
+
+        # Version 2 on the transformers engine: the prompt pass, the heads and the decision,
+        # then generate continues from the prompt pass's cache with the decision's tokens.
+        with self.loaded.lock, torch.inference_mode():
+            torch.manual_seed(seed)
+            index = self._state_index(inputs)
+            captured = []
+            handle = self._decoder.register_forward_hook(
+                lambda module, args, output: captured.append(
+                    (output[0] if isinstance(output, tuple) else output.last_hidden_state)[0, index].clone()))
+            try:
+                out = self.loaded.model(**inputs, use_cache=True)
+            finally:
+                handle.remove()
+            state = captured[0]
+            speak, decided = self._decide(turn, self._read_heads(turn, state))
+            if not speak:
+                return [], state[None]
+            decision = torch.tensor([self._decision_ids(decided)], dtype=inputs["input_ids"].dtype)
+            full = torch.cat([inputs["input_ids"], decision], dim=1)
+            streamer = kwargs.get("streamer")
+            if streamer is not None:
+                streamer._skip = full.shape[1]  # the first put carries prompt and decision
+            output = self.loaded.model.generate(input_ids=full, attention_mask=torch.ones_like(full),
+                                                past_key_values=out.past_key_values, **kwargs)
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        return sequences[0, full.shape[1]:].tolist(), state[None]
 
     def _finish(self, turn, heads):
         if not hasattr(heads, "flag_probs"):  # the kept <STATE> row

@@ -28,6 +28,7 @@ from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.markers import neutralize, strip_markers
 from persona_agents.models import EMBEDDED_MODEL
+from persona_agents.prompt_format import render_decision
 from persona_agents.steps import Step, StepOptions
 from persona_agents.streaming import MarkerSafeStreamer, current_sink
 from persona_agents.turn import Generation
@@ -56,6 +57,10 @@ class EngineOptions(StepOptions):
     prefill_precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="Fast engine: weights of the prompt pass, which the state heads read "
         "(float32 = the reference's head outputs).")
+    prefix_cache_tokens: int = Field(
+        4096, ge=0, description="Fast engine: prompt prefix tokens whose cache is kept across turns, all NPCs of "
+        "the model together (about 46 KB each for the embedded model); 0: none. Prompts that open with what is "
+        "the same on every turn (sectioned version 2) skip that part of the prompt pass.")
     prefill_chunk: int = Field(
         128, ge=1, description="Fast engine: the prompt pass runs in pieces of this many tokens, so a long "
         "prompt does not hold up turns that arrive meanwhile (the shortest prompt goes first).")
@@ -64,6 +69,8 @@ class EngineOptions(StepOptions):
 class TransformersGenerator(Step):
     name = "transformers"
     stage = "generate"
+    #: Whether the step writes the game's decision into a version 2 prompt itself.
+    decides = False
     description = "Generate the reply with a transformers causal LM (default: the embedded SmolLM2-135M-Instruct)."
 
     class Options(EngineOptions):
@@ -123,7 +130,7 @@ class TransformersGenerator(Step):
         opts = self.options
         batch = "float32" if opts.decode_precision == "float32" else "int8"
         key = ("fast-engine", id(self.loaded.model), opts.decode_precision, opts.prefill_precision,
-               opts.prefill_chunk)
+               opts.prefill_chunk, opts.prefix_cache_tokens)
 
         def build():
             from persona_agents.fastpath.decoder import LeanDecoder
@@ -131,7 +138,8 @@ class TransformersGenerator(Step):
 
             decoder = LeanDecoder(self.loaded.model, opts.decode_precision, self._low_rank(),
                                   prefill_weights=opts.prefill_precision, batch_weights=batch)
-            return BatchEngine(decoder, vocab_size=decoder.lm_head.shape[0], prefill_chunk=opts.prefill_chunk)
+            return BatchEngine(decoder, vocab_size=decoder.lm_head.shape[0], prefill_chunk=opts.prefill_chunk,
+                               prefix_cache_tokens=opts.prefix_cache_tokens)
 
         # On the compute thread, where `_load` takes the registry's lock too: holding that
         # lock here while waiting for the compute thread could deadlock with another NPC's
@@ -161,7 +169,11 @@ class TransformersGenerator(Step):
                 for m in prompt.messages
             ]
             return tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-        return tok(prompt.text, return_tensors="pt")
+        text = prompt.text or ""
+        if prompt.version == 2 and not self.decides:
+            # Version 2 leaves the decision to the step that decides; without one, none.
+            text += render_decision()
+        return tok(text, return_tensors="pt")
 
     def generation_kwargs(self, turn) -> dict:
         """generate() arguments from the persona's settings (shared with subclasses)."""
@@ -198,9 +210,9 @@ class TransformersGenerator(Step):
         kwargs = self.generation_kwargs(turn)
         if streamer is not None:
             kwargs["streamer"] = streamer
-        return on_compute_thread(self._reference_generate, inputs, kwargs, seed)
+        return on_compute_thread(self._reference_generate, inputs, kwargs, seed, turn)
 
-    def _reference_generate(self, inputs, kwargs, seed: int):
+    def _reference_generate(self, inputs, kwargs, seed: int, turn=None):
         import torch
 
         with self.loaded.lock, torch.inference_mode():
@@ -227,6 +239,7 @@ class TransformersGenerator(Step):
             # Stop once a marker appears in the reply's text, as the reference's stop strings do.
             should_stop=(lambda ids: any(m in tok.decode(ids[-16:]) for m in markers)) if markers else None,
             keep_index=self._fast_keep_index(inputs),
+            prefix_len=self._fast_prefix_len(inputs, turn),
             after_prefill=self._fast_after_prefill(turn),
             on_token=(lambda token: streamer.put(torch.tensor([token]))) if streamer is not None else None,
             on_end=streamer.end if streamer is not None else None,
@@ -241,6 +254,11 @@ class TransformersGenerator(Step):
     def _fast_keep_index(self, inputs) -> int | None:
         """The prompt position whose final hidden state the fast engine should keep."""
         return None
+
+    def _fast_prefix_len(self, inputs, turn) -> int:
+        """How many of the prompt's first tokens are the same on every turn (the engine
+        keeps their cache); 0: none."""
+        return 0
 
     def _fast_extra(self, job):
         """What `_finish` gets from a fast-engine job (as `_generate`'s second value)."""

@@ -20,6 +20,12 @@ sent alongside took 2.8x its time). Counting the whole prompt, not what is left 
 keeps a long prompt behind a short one however far it has got: an ordinary turn waits
 for at most the chunk under way. A turn that arrives while others reply has its prompt
 pass first and then joins their decode steps.
+
+A prompt's first `prefix_len` tokens may be the same on every turn (an NPC's persona,
+events and example lines: the sectioned prompt's version 2 puts them first): their keys
+and values are kept (`prefix_cache_tokens` tokens in all, least recently used out) and
+copied into the next such job's slot, whose prompt pass starts after them. Causal
+attention makes them the same as a pass over the whole prompt would compute.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import ctypes
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, cast
 
@@ -63,9 +69,12 @@ class GenerationJob:
     #: True when the reply so far must end (a prompt marker appeared in its text).
     should_stop: Callable[[list[int]], bool] | None = None
     keep_index: int | None = None
+    #: The first tokens of `prompt_ids` that many jobs share (kept in the prefix cache).
+    prefix_len: int = 0
     #: Called on the compute thread right after the prompt pass with the kept hidden state
-    #: (decide, then speak): False ends the job there, with no new tokens.
-    after_prefill: Callable[[torch.Tensor | None], bool] | None = None
+    #: (decide, then speak): False ends the job there, with no new tokens; a list of token
+    #: ids continues the prompt with them (the game's decision) before the reply.
+    after_prefill: Callable[[torch.Tensor | None], bool | list[int]] | None = None
     on_token: Callable[[int], None] | None = None
     on_end: Callable[[], None] | None = None
     new_ids: list[int] = field(default_factory=list)
@@ -86,7 +95,7 @@ class BatchEngine:
 
     def __init__(self, decoder: LeanDecoder, vocab_size: int, max_batch: int = 8, initial_length: int = 512,
                  compute: ComputeThread | None = None, prefill_chunk: int = 128, decode_step_tokens: int = 10,
-                 aging_tokens_per_s: float = 100.0):
+                 aging_tokens_per_s: float = 100.0, prefix_cache_tokens: int = 4096):
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be at least 1")
         # Measured on the embedded model (2-core CPU): a decode step 15 ms, a prompt token
@@ -95,6 +104,11 @@ class BatchEngine:
         self.prefill_chunk = prefill_chunk
         self.decode_step_tokens = decode_step_tokens
         self.aging_tokens_per_s = aging_tokens_per_s
+        # prompt prefix ids -> (keys, values) per layer, (kv_heads, len, head_dim) each
+        self._prefixes: OrderedDict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = OrderedDict()
+        self.prefix_cache_tokens = prefix_cache_tokens
+        #: Jobs whose prefix came from the cache, and jobs that computed and kept one.
+        self.prefix_hits = self.prefix_misses = 0
         self.decoder = decoder
         self.vocab_size = vocab_size
         self.max_batch = max_batch
@@ -218,12 +232,49 @@ class BatchEngine:
             self._active.append(job)
         else:
             self._active[slot] = job
+        self._use_prefix(job)
+
+    def _prefix_of(self, job: GenerationJob) -> tuple[int, ...] | None:
+        """The job's shareable prefix, when it has one the cache can serve: at least one
+        prompt token after it, and the kept position (the heads' row) not inside it."""
+        n = job.prefix_len
+        keep = job.keep_index if job.keep_index is None or job.keep_index >= 0 else len(job.prompt_ids) + job.keep_index
+        if n <= 0 or n >= len(job.prompt_ids) or (keep is not None and keep < n) or self.prefix_cache_tokens < n:
+            return None
+        return tuple(job.prompt_ids[:n])
+
+    def _use_prefix(self, job: GenerationJob) -> None:
+        key = self._prefix_of(job)
+        entry = None if key is None else self._prefixes.get(key)
+        if key is None or entry is None:
+            return
+        self._prefixes.move_to_end(key)
+        cache, n = cast(KVCache, self._cache), len(key)
+        for layer, (k, v) in enumerate(zip(*entry)):
+            cache.k[layer][job.slot, :, :n] = k
+            cache.v[layer][job.slot, :, :n] = v
+        job.prefilled = n
+        self.prefix_hits += 1
+
+    def _keep_prefix(self, job: GenerationJob) -> None:
+        """Keep the prefix the job has just computed (its prompt pass has passed it)."""
+        key = self._prefix_of(job)
+        if key is None or key in self._prefixes:
+            return
+        cache, n = cast(KVCache, self._cache), len(key)
+        self._prefixes[key] = ([k[job.slot, :, :n].clone() for k in cache.k],
+                               [v[job.slot, :, :n].clone() for v in cache.v])
+        self.prefix_misses += 1
+        while sum(len(k) for k in self._prefixes) > self.prefix_cache_tokens:
+            self._prefixes.popitem(last=False)
 
     def _prefill_chunk(self, job: GenerationJob) -> None:
         """The job's next `prefill_chunk` prompt tokens; after the last, it starts replying."""
         try:
             prompt = job.prompt_ids
             begin, end = job.prefilled, min(len(prompt), job.prefilled + self.prefill_chunk)
+            if begin < job.prefix_len < end:
+                end = job.prefix_len  # a chunk ends where the shareable prefix does
             keep_at = None if job.keep_index is None else (
                 job.keep_index if job.keep_index >= 0 else len(prompt) + job.keep_index)
             keep = [end - 1 - begin] if end == len(prompt) else []
@@ -233,20 +284,35 @@ class BatchEngine:
                                           start=begin)
             job.prefilled = end
             job.last_served = time.monotonic()
+            if end == job.prefix_len:
+                self._keep_prefix(job)
             if keep_at is not None and begin <= keep_at < end:
                 job.kept = hidden[-1].clone()
             if end < len(prompt):
                 return
-            if job.after_prefill is not None and not job.after_prefill(job.kept):
+            verdict = True if job.after_prefill is None else job.after_prefill(job.kept)
+            if verdict is False:
                 self._finish(job)  # decided not to speak
                 return
-            job.chooser = TokenChooser(job.sampling, list(prompt), job.seed, self.vocab_size)
+            if isinstance(verdict, list) and verdict:
+                hidden = self._continue(job, verdict)
+            job.chooser = TokenChooser(job.sampling, list(job.prompt_ids), job.seed, self.vocab_size)
             self.max_active_seen = max(self.max_active_seen,
                                        sum(j is not None and j.chooser is not None for j in self._active))
             self._accept(job, self.decoder.logits(hidden[:1])[0])
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             log.debug("prefill failed", exc_info=True)
             self._finish(job, error=exc)
+
+    def _continue(self, job: GenerationJob, ids: list[int]) -> torch.Tensor:
+        """Run `ids` after the job's prompt, on its cache slot (a few tokens: in one piece);
+        they become part of the prompt. Returns the last position's hidden state."""
+        start = len(job.prompt_ids)
+        job.prompt_ids = [*job.prompt_ids, *ids]
+        cache = self._ensure_cache(job.slot + 1, len(job.prompt_ids) + job.max_new_tokens)
+        hidden = self.decoder.prefill(cache, job.slot, ids, [-1], start=start)
+        job.prefilled = len(job.prompt_ids)
+        return hidden
 
     def _step(self) -> None:
         """One decode step for every replying sequence (rows 0..last replying slot, so the

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import AdapterError
-from ..markers import SECTION_MARKERS
+from ..markers import section_markers
 from ..models import resolve_model
-from ..prompt_format import SECTIONED_FORMAT_VERSION
+from ..prompt_format import SECTIONED_FORMAT_VERSION, SECTIONED_FORMAT_VERSIONS
 from . import merged_cache
 from .heads import HeadsConfig, StateHeads
 
@@ -68,6 +68,11 @@ class AdapterBundle:
     def history_turns(self) -> int:
         return int(self.meta.get("history_turns", 6))
 
+    @property
+    def prompt_version(self) -> int:
+        """The sectioned prompt version the adapter was trained on (read_metadata checked it)."""
+        return int(self.meta["prompt_format_version"])
+
 
 def save_artifacts(out_dir: str | Path, lm, heads: StateHeads, tokenizer, meta: dict[str, Any]) -> dict[str, Any]:
     """Write the adapter folder; `meta` must hold flags, thresholds and base. Returns the
@@ -96,7 +101,7 @@ def write_metadata(out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
     full = {
         "format_version": FORMAT_VERSION,
         "prompt_format": "sectioned",
-        "prompt_format_version": SECTIONED_FORMAT_VERSION,
+        "prompt_format_version": SECTIONED_FORMAT_VERSION,  # a new adapter's; `meta` keeps an older one's
         "state_token": "<STATE>",
         **meta,
         "thresholds_version": thresholds_version(meta["thresholds"]),
@@ -127,10 +132,11 @@ def read_metadata(adapter_dir: str | Path) -> dict[str, Any]:
         raise AdapterError(f"{path}: incomplete adapter, missing {', '.join(missing)}. {hint}")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise AdapterError(f"{path} was written by a newer persona-agents (format {meta['format_version']}); upgrade.")
-    if meta.get("prompt_format_version") != SECTIONED_FORMAT_VERSION:
+    if meta.get("prompt_format_version") not in SECTIONED_FORMAT_VERSIONS:
         raise AdapterError(
-            f"{path} was trained on sectioned prompt format version {meta.get('prompt_format_version')}, this "
-            f"persona-agents renders version {SECTIONED_FORMAT_VERSION}. Retrain the adapter (make adapter).")
+            f"{path} was trained on sectioned prompt format version {meta.get('prompt_format_version')}; this "
+            f"persona-agents renders versions {', '.join(map(str, SECTIONED_FORMAT_VERSIONS))}. Retrain the adapter "
+            "(make adapter) or upgrade persona-agents.")
     return meta
 
 
@@ -206,7 +212,7 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     fingerprint = base_fingerprint(model, name, meta["base"].get("vocab_size", 0))
     check_base(meta, fingerprint, ref, path)
     vocab = tokenizer.get_vocab()  # builds a 49k-entry dict on each call: once
-    missing = [m for m in SECTION_MARKERS if m not in vocab]
+    missing = [m for m in section_markers(int(meta["prompt_format_version"])) if m not in vocab]
     if missing:
         raise AdapterError(f"{path}: the tokenizer lacks the prompt markers {', '.join(missing)}; retrain the adapter.")
     base_rows = model.get_input_embeddings().weight.shape[0]

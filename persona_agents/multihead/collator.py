@@ -3,7 +3,10 @@
 A training sequence is the sectioned prompt (rendered by `render_sectioned`, tokenized
 exactly as the generate step tokenizes it) + " " + the reply + the end token. Labels are
 -100 on every prompt token, so the LM loss is on the reply (and its end) only. The index
-of the prompt's `<STATE>` token is where the heads read.
+of the prompt's `<STATE>` token is where the heads read. In prompt version 2 the game's
+decision on the gold events (`gold_decision`: the persona's rules applied to them, with
+their payloads and refusals, as inference applies them to the heads' proposals) sits
+between `<STATE>` and `<NPC>`, so the reply learns to agree with what the game decided.
 
 Too long for `max_length`? Older history turns are dropped first (the same choice
 `history_turns` makes at inference), then the reply's tail; a prompt that does not fit
@@ -21,7 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import TrainingDataError
-from ..prompt_format import render_sectioned
+from ..prompt_format import decision_of_turn, render_sectioned
+from ..turn import FiredFlag
 from .data import Example
 
 STATE_TOKEN = "<STATE>"
@@ -48,13 +52,28 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
+def gold_decision(example: Example) -> str:
+    """Version 2's decision text for a training example: the persona's rules applied to
+    the gold events (fired ones with their payloads, refused ones with their reasons)."""
+    from ..rules import enforce
+
+    proposed = example.turn.replace(flags=tuple(FiredFlag(name) for name in example.flags), flags_rejected=())
+    return decision_of_turn(enforce(proposed, example.turn.persona))
+
+
+def render_training_prompt(example: Example, history_turns: int, version: int) -> str:
+    """The prompt text a training sequence starts with (the reply follows)."""
+    text = render_sectioned(example.turn, history_turns, version)
+    return text + gold_decision(example) if version == 2 else text
+
+
 def encode_example(example: Example, tokenizer, flags: Sequence[str], max_length: int,
-                   history_turns: int, strict: bool = True) -> dict[str, Any]:
+                   history_turns: int, strict: bool = True, prompt_version: int = 1) -> dict[str, Any]:
     state_id = marker_id(tokenizer)
     reply = tokenizer(" " + example.response, add_special_tokens=False)["input_ids"] + [end_token_id(tokenizer)]
     prompt: list[int] = []
     for turns in range(min(history_turns, len(example.turn.history)), -1, -1):
-        prompt = encode_prompt(tokenizer, render_sectioned(example.turn, turns))
+        prompt = encode_prompt(tokenizer, render_training_prompt(example, turns, prompt_version))
         if len(prompt) + min(len(reply), _MIN_REPLY_TOKENS) <= max_length:
             break
     if len(prompt) >= max_length and strict:
@@ -76,9 +95,10 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Examples encoded once up front (tokenizing is cheap next to a CPU training step)."""
 
     def __init__(self, examples: Sequence[Example], tokenizer, flags: Sequence[str], max_length: int,
-                 history_turns: int, strict: bool = True):
+                 history_turns: int, strict: bool = True, prompt_version: int = 1):
         self.examples = list(examples)
-        self.features = [encode_example(e, tokenizer, flags, max_length, history_turns, strict) for e in self.examples]
+        self.features = [encode_example(e, tokenizer, flags, max_length, history_turns, strict, prompt_version)
+                         for e in self.examples]
 
     def __len__(self) -> int:
         return len(self.features)

@@ -194,7 +194,7 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
     bundle = load_adapter(adapter_dir, merge=False)
     meta = bundle.meta
     dataset = EncodedDataset(examples, bundle.tokenizer, bundle.flags, int(meta.get("max_length", 384)),
-                             bundle.history_turns, strict=False)
+                             bundle.history_turns, strict=False, prompt_version=bundle.prompt_version)
     model = MultiHeadModel(bundle.model, bundle.heads)
     pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
     evidence = example_evidence(bundle, examples, without_lines)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import ModelLoadError, TrainingConfigError
-from ..markers import SECTION_MARKERS
+from ..markers import section_markers
 from ..models import resolve_model
 from .heads import HeadsConfig, MultiHeadModel, StateHeads
 
@@ -24,14 +24,14 @@ log = logging.getLogger("persona_agents.multihead")
 QUANTIZATIONS = ("nf4", "none")
 
 
-def add_markers(tokenizer) -> list[int]:
-    """Make the prompt markers special tokens (never split, never produced by player text)
-    and return their ids."""
-    missing = [m for m in SECTION_MARKERS if m not in tokenizer.get_vocab()]
+def add_markers(tokenizer, prompt_version: int = 1) -> list[int]:
+    """Make the prompt markers of sectioned `prompt_version` special tokens (never split,
+    never produced by player text) and return their ids."""
+    markers = list(section_markers(prompt_version))
+    missing = [m for m in markers if m not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(SECTION_MARKERS)},
-                                     replace_extra_special_tokens=False)
-    return [tokenizer.convert_tokens_to_ids(m) for m in SECTION_MARKERS]
+        tokenizer.add_special_tokens({"additional_special_tokens": markers}, replace_extra_special_tokens=False)
+    return [tokenizer.convert_tokens_to_ids(m) for m in markers]
 
 
 def base_fingerprint(model, name: str, vocab_size: int) -> dict[str, Any]:
@@ -105,13 +105,13 @@ class TrainableModel:
 def build_trainable_model(base_ref: str, flags: Sequence[str], *, quantization: str = "nf4", lora_r: int = 8,
                           lora_alpha: int | None = None, lora_dropout: float = 0.05,
                           target_modules: Sequence[str] = ("q_proj", "v_proj"), heads_inner: int = 256,
-                          heads_dropout: float = 0.1) -> TrainableModel:
+                          heads_dropout: float = 0.1, prompt_version: int = 1) -> TrainableModel:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model, tokenizer, name, used = load_base(base_ref, quantization)
     base_vocab = len(tokenizer)
     fingerprint = base_fingerprint(model, name, base_vocab)
-    marker_ids = add_markers(tokenizer)
+    marker_ids = add_markers(tokenizer, prompt_version)
     model.resize_token_embeddings(len(tokenizer))
     if used == "nf4":
         # Gradient checkpointing trades compute for memory; a small model on a CPU has

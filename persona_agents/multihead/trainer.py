@@ -18,6 +18,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..errors import TrainingConfigError
 from ..flags import DEFAULT_FLAGS
+from ..prompt_format import SECTIONED_FORMAT_VERSION, SECTIONED_FORMAT_VERSIONS
 from .heads import multihead_losses
 from .modeling import QUANTIZATIONS
 
@@ -37,8 +38,11 @@ class MultiHeadTrainingConfig(TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                            metadata={"help": "Linear layers that get LoRA updates."})
-    max_length: int = field(default=384,
+    max_length: int = field(default=768,
         metadata={"help": "Longest sequence (prompt + reply) in tokens; history is trimmed first."})
+    prompt_version: int = field(default=SECTIONED_FORMAT_VERSION, metadata={
+        "help": "Sectioned prompt version to train on (2: the persona's events and example lines in the prompt, "
+                "and the game's decision before the reply; 1: the seed's layout)."})
     history_turns: int = field(default=4,
         metadata={"help": "Earlier exchanges rendered in <CTX> (inference should use the same)."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the reply's LM cross-entropy."})
@@ -95,6 +99,9 @@ class MultiHeadTrainingConfig(TrainingArguments):
             problems.append(f"max_length {self.max_length} is too short for a sectioned prompt (at least 64)")
         if self.history_turns < 0:
             problems.append("history_turns must be >= 0")
+        if self.prompt_version not in SECTIONED_FORMAT_VERSIONS:
+            problems.append(f"prompt_version {self.prompt_version} is unknown; choose one of "
+                            f"{', '.join(map(str, SECTIONED_FORMAT_VERSIONS))}")
         weights = (self.lm_loss_weight, self.delta_loss_weight, self.flag_loss_weight)
         if min(weights) < 0 or max(weights) == 0:
             problems.append("loss weights must be >= 0 and not all zero")

@@ -93,7 +93,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
     tok = bundle.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encode = dict(tokenizer=tok, flags=flags, max_length=int(bundle.meta["max_length"]),
-                  history_turns=bundle.history_turns)
+                  history_turns=bundle.history_turns, prompt_version=bundle.prompt_version)
     scored = list(val_examples or train_examples)
     log.info("Scoring %d %s examples with the saved adapter...", len(scored),
         "validation" if val_examples else "training")
@@ -170,12 +170,14 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     built = build_trainable_model(
         config.base_model, flags, quantization=config.quantization, lora_r=config.lora_r,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
-        heads_inner=config.heads_inner_size, heads_dropout=config.heads_dropout)
+        heads_inner=config.heads_inner_size, heads_dropout=config.heads_dropout,
+        prompt_version=config.prompt_version)
     if built.quantization != config.quantization:
         log.warning("Training with quantization '%s' (asked for '%s').", built.quantization, config.quantization)
     tokenizer = built.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_set = EncodedDataset(train_examples, tokenizer, flags, config.max_length, config.history_turns)
+    train_set = EncodedDataset(train_examples, tokenizer, flags, config.max_length, config.history_turns,
+                               prompt_version=config.prompt_version)
     lengths = sorted(len(f["input_ids"]) for f in train_set.features)
     log.info("%d training examples (tokens: median %d, max %d), %d validation examples; base %s, quantization %s.",
              len(train_set), lengths[len(lengths) // 2], lengths[-1], len(val_examples), built.base["name"],
@@ -201,6 +203,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
                  "target_modules": list(config.lora_target_modules)},
         "max_length": config.max_length,
         "history_turns": config.history_turns,
+        "prompt_format_version": config.prompt_version,
         "retrieve_lore": bool(config.retrieve_lore and personas),
         "training": {
             "data": _data_record(data, len(train_examples)),
