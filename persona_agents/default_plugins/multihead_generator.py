@@ -261,8 +261,10 @@ class MultiHeadGenerator(TransformersGenerator):
             streamer = kwargs.get("streamer")
             if streamer is not None:
                 streamer._skip = full.shape[1]  # the first put carries prompt and decision
+            # transformers 5 calls the prompt pass's cache `cache`, 4.x `past_key_values`.
+            name = "cache" if "cache" in out.keys() else "past_key_values"
             output = self.loaded.model.generate(input_ids=full, attention_mask=torch.ones_like(full),
-                                                past_key_values=out.past_key_values, **kwargs)
+                                                **{name: out[name]}, **kwargs)
         sequences = output.sequences if hasattr(output, "sequences") else output
         return sequences[0, full.shape[1]:].tolist(), state[None]
 
