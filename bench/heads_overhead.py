@@ -128,7 +128,7 @@ def main() -> None:
     # Decide, then speak: the decision runs as shipped, but the reply is always decoded, so
     # that every variant writes the same tokens.
     decide = pipeline._decide
-    pipeline._decide = lambda provisional, tell: (True, decide(provisional, tell)[1])
+    pipeline._decide = lambda provisional, tell: dataclasses.replace(decide(provisional, tell), speak=True)
     step = pipeline.steps["generate"][0]
     if not isinstance(step, MultiHeadGenerator):
         sys.exit(f"{args.npc} does not use the multihead generate step")

@@ -87,6 +87,10 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="Longest training sequence in tokens (prompt version 2 needs about 450-730 for the sample and "
                    "generalist NPCs; 1 about 310-440).")
 @click.option("--history-turns", type=int, default=4, show_default=True, help="Earlier exchanges in each prompt.")
+@click.option("--grounded-share", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Prompt version 2: share of examples trained with the writers' fitting lines after the decision.")
+@click.option("--refusal-lines/--no-refusal-lines", default=True, show_default=True,
+              help="Prompt version 2: train on the writers' refusal lines as replies where the rules refuse.")
 @click.option("--prompt-version", type=click.Choice(["1", "2"]), default="2", show_default=True,
               help="Sectioned prompt version: 2 shows the persona's events and example lines and writes the game's "
                    "decision before the reply (decide, then speak); 1 is the seed's layout.")
@@ -130,7 +134,8 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @npcs_dir_option
 @friendly_errors
 def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
-          lora_targets, quantization, max_length, history_turns, prompt_version, retrieve_lore, flag_names, lm_weight,
+          lora_targets, quantization, max_length, history_turns, grounded_share, refusal_lines, prompt_version,
+          retrieve_lore, flag_names, lm_weight,
           delta_weight,
           flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed,
           heads_evidence, heads_only, min_precision,
@@ -154,7 +159,8 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
     config = MultiHeadTrainingConfig(
         output_dir=str(out / "checkpoints"), base_model=base, flags=_names(flag_names), quantization=quantization,
         lora_r=lora_r, lora_target_modules=_names(lora_targets), max_length=max_length, history_turns=history_turns,
-        prompt_version=int(prompt_version), lm_loss_weight=lm_weight, delta_loss_weight=delta_weight,
+        prompt_version=int(prompt_version), grounded_share=grounded_share, refusal_lines=refusal_lines,
+        lm_loss_weight=lm_weight, delta_loss_weight=delta_weight,
         flag_loss_weight=flag_weight,
         heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
         max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,

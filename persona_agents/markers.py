@@ -24,10 +24,10 @@ SECTION_MARKERS: tuple[str, ...] = (
     "<SYS>", "</SYS>", "<RAG>", "</RAG>", "<PLAYER_STATE>", "</PLAYER_STATE>",
     "<CTX>", "</CTX>", "<PLAYER>", "<STATE>", "<NPC>",
 )
-#: Version 2 of the sectioned prompt adds the persona's events and example lines and the
-#: game's decision (prompt_format.render_sectioned_v2).
+#: Version 2 of the sectioned prompt adds the persona's events and example lines, the
+#: game's decision and the writers' lines it fits (prompt_format.render_sectioned_v2).
 SECTION_MARKERS_V2: tuple[str, ...] = (
-    *SECTION_MARKERS, "<EVENTS>", "</EVENTS>", "<EXAMPLES>", "</EXAMPLES>", "<DECISION>",
+    *SECTION_MARKERS, "<EVENTS>", "</EVENTS>", "<EXAMPLES>", "</EXAMPLES>", "<DECISION>", "<LINES>", "</LINES>",
 )
 
 
@@ -37,7 +37,7 @@ def section_markers(version: int) -> tuple[str, ...]:
 
 
 #: Markers that end the NPC's reply when a model writes them.
-REPLY_STOP_MARKERS: tuple[str, ...] = ("<PLAYER>", "<NPC>", "<STATE>", "</CTX>", "<SYS>", "<DECISION>",
+REPLY_STOP_MARKERS: tuple[str, ...] = ("<PLAYER>", "<NPC>", "<STATE>", "</CTX>", "<SYS>", "<DECISION>", "<LINES>",
                                        "<|im_end|>", "<|im_start|>")
 
 #: Special tokens of common model families written without angle brackets.

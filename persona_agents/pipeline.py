@@ -17,7 +17,7 @@ from .persona import STAGES, Persona
 from .request_budget import TokenCounter, apply_request_budget
 from .rules import enforce
 from .steps import Step
-from .streaming import current_decision_sink, current_sink, deciding, stream_to
+from .streaming import Decision, current_decision_sink, current_sink, deciding, stream_to
 from .turn import Deltas, FiredFlag, Turn
 
 
@@ -73,19 +73,22 @@ class Pipeline:
             done = done.with_meta(streamed="after postprocess")
         return done
 
-    def _decide(self, provisional: Turn, tell: Callable[[Turn], None]) -> tuple[bool, Turn]:
+    def _decide(self, provisional: Turn, tell: Callable[[Turn], None]) -> Decision:
         """Decide, then speak: called by a generate step between the prompt pass and
         decoding, with the heads' proposals. The deciding postprocess steps (game_rules)
         run on it, the decision goes out (`event: decision`), and the answer says whether
         the model's reply is still needed (False: a step will say a writer's line), with
-        the decided turn (a version 2 prompt writes its decision before the reply)."""
+        the decided turn and the lines to ground the reply in (a version 2 prompt writes
+        both before the reply)."""
         turn = self._outcome_from_generation(provisional)
         for step in self.steps["postprocess"]:
             if not step.rewrites_text:
                 turn = self._run_step(step, turn)
         turn = self.enforce_rules(turn)
         tell(turn)
-        return not any(step.replaces_reply(turn) for step in self.steps["postprocess"]), turn
+        speak = not any(step.replaces_reply(turn) for step in self.steps["postprocess"])
+        lines = tuple(line for step in self.steps["postprocess"] for line in step.grounding(turn)) if speak else ()
+        return Decision(speak, turn, lines)
 
     def enforce_rules(self, turn: Turn) -> Turn:
         """The game's authority, whatever the persona's postprocess list says (issue 27):

@@ -165,22 +165,24 @@ def _payload_text(payload: Mapping[str, Any]) -> str:
 
 
 def render_decision(fired: Sequence[tuple[str, Mapping[str, Any]]] = (),
-                    refused: Sequence[tuple[str, str]] = ()) -> str:
+                    refused: Sequence[tuple[str, str]] = (), lines: Sequence[str] = ()) -> str:
     """Version 2's decision, written after `<STATE>` once the game's rules have decided,
     and the open `<NPC>` turn: `<DECISION> give_item(item=repaired_sword), quest_complete
-    | refused: unlock_hidden_path (trust_below)`, or `<DECISION> none`. The reply is
-    trained to agree with it."""
+    | refused: unlock_hidden_path (trust_below)`, or `<DECISION> none`; then, in grounded
+    mode, the writers' lines that fit it (`<LINES>`, one per line). The reply is trained
+    to agree with the decision and to stay close to the lines."""
     parts = [f"{name}({_payload_text(payload)})" if payload else name for name, payload in fired]
     text = ", ".join(parts) or "none"
     if refused:
         text += " | refused: " + ", ".join(f"{name} ({reason})" for name, reason in refused)
-    return f"<DECISION> {text}\n<NPC>"
+    shown = "".join(f"- {' '.join(line.split())}\n" for line in lines)
+    return f"<DECISION> {text}\n" + (f"<LINES>\n{shown}</LINES>\n" if shown else "") + "<NPC>"
 
 
-def decision_of_turn(turn: Turn) -> str:
+def decision_of_turn(turn: Turn, lines: Sequence[str] = ()) -> str:
     """`render_decision` of a decided turn (its fired flags with payloads, its refusals)."""
     return render_decision([(f.name, f.payload) for f in turn.flags],
-                           [(r.name, r.reason) for r in turn.flags_rejected])
+                           [(r.name, r.reason) for r in turn.flags_rejected], lines)
 
 
 def _describe_state(turn: Turn) -> str:

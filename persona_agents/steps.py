@@ -72,6 +72,11 @@ class Step:
         on this decided turn (the generate step may then skip decoding)."""
         return False
 
+    def grounding(self, turn: "Turn") -> tuple[str, ...]:
+        """Postprocess steps: lines the model should read before it writes its reply on
+        this decided turn (a prompt that has room for them shows them after the decision)."""
+        return ()
+
     def token_counter(self) -> Callable[[str], int] | None:
         """A generate step that knows its model's tokenizer returns a function counting a
         text's tokens (after warm_up); the core bounds the request with it."""

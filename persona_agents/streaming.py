@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .markers import strip_markers
@@ -51,11 +52,18 @@ def current_sink() -> TextSink | None:
 DecisionSink = Callable[[dict], None]
 _decision_sink: contextvars.ContextVar[DecisionSink | None] = contextvars.ContextVar(
     "persona_agents_decision_sink", default=None)
+@dataclass(frozen=True)
+class Decision:
+    """What the pipeline's decider answers a generate step after the prompt pass."""
+
+    speak: bool  # False: a writer's line will be said, the model's words are not needed
+    turn: "Turn"  # the decided turn: its fired and refused events, capped deltas
+    lines: tuple[str, ...] = ()  # lines the model should read before its reply (grounded mode)
+
+
 #: Set by the pipeline while its generate stage runs: a generate step that knows the
-#: turn's events after the prompt pass calls it with the provisional turn; it answers
-#: whether the model's reply is still needed (False: a writer's line will be said), and
-#: the decided turn (its fired and refused events).
-Decider = Callable[["Turn"], "tuple[bool, Turn]"]
+#: turn's events after the prompt pass calls it with the provisional turn.
+Decider = Callable[["Turn"], Decision]
 _decider: contextvars.ContextVar[Decider | None] = contextvars.ContextVar("persona_agents_decider", default=None)
 
 

@@ -17,6 +17,9 @@ Modes (option `mode`):
 - `authored`: say the best fitting line verbatim; the model's reply only when none fits
   (an event-bound line needs less similarity than small talk: the decision already says
   it fits).
+- `grounded`: the model writes the reply with the best fitting lines in its prompt
+  (`<LINES>` after the decision, sectioned version 2; the adapter is trained to stay close
+  to them); as in `free`, a line replaces a reply that is empty or breaks the world.
 - `free`: keep the model's reply; a line replaces it only when the reply is empty or
   breaks the world's guard (a word that does not belong in the world).
 
@@ -81,15 +84,41 @@ def fits_decision(line: AuthoredLine, fired: frozenset[str], refused: frozenset[
     return not line.refuses or bool(refused.intersection(line.refuses))
 
 
+def rank_lines(lines, vectors, turn: Turn, query, min_score: float,
+               min_event_score: float) -> list[tuple[AuthoredLine, float]]:
+    """The lines that fit the decided `turn` (its fired and refused events, its state),
+    best first by meaning (`vectors[i]`: line i's example vectors; `query`: the player
+    line's), each with its similarity; see the module docstring for the scoring."""
+    fired = frozenset(f.name for f in turn.flags)
+    refused = frozenset(r.name for r in turn.flags_rejected)
+    recent = {e.npc.strip() for e in turn.history[-RECENT_EXCHANGES:]}
+    scored: list[tuple[float, int, AuthoredLine, float]] = []
+    for line, line_vectors in zip(lines, vectors):
+        if not fits_decision(line, fired, refused) or not fits_state(line, turn):
+            continue
+        similarity = float((line_vectors @ query).max())
+        score = similarity + (REFUSAL_BONUS if line.refuses else 0.0)
+        if line.text.strip() in recent:
+            score -= RECENT_PENALTY
+        if similarity < (min_event_score if line.events or line.refuses else min_score):
+            continue
+        scored.append((score, -len(scored), line, round(similarity, 3)))
+    scored.sort(reverse=True, key=lambda item: (item[0], item[1]))
+    return [(line, similarity) for _, _, line, similarity in scored]
+
+
 class AuthoredLines(Step):
     name = "authored_lines"
     stage = "postprocess"
     description = "Say the writers' own line that fits the game's decision, the state and the player's words."
 
     class Options(StepOptions):
-        mode: Literal["authored", "free"] = Field(
-            "authored", description="`authored`: the best fitting line, else the model's reply; `free`: the model's "
-            "reply, replaced by a line only when it is empty or breaks the world's words.")
+        mode: Literal["authored", "grounded", "free"] = Field(
+            "authored", description="`authored`: the best fitting line, else the model's reply; `grounded`: the "
+            "model's reply, written with the fitting lines in its prompt (an adapter trained on sectioned version "
+            "2); `free`: the model's reply. In `grounded` and `free` a line replaces the reply only when it is empty "
+            "or breaks the world's words.")
+        grounding_lines: int = Field(2, ge=1, le=8, description="`grounded`: fitting lines shown to the model.")
         min_score: float = Field(0.45, ge=-1.0, le=1.0, description="Similarity a line without events needs.")
         min_event_score: float = Field(0.0, ge=-1.0, le=1.0, description="Similarity a line bound to this turn's "
                                        "events or refusals needs (the decision already says it fits).")
@@ -145,38 +174,35 @@ class AuthoredLines(Step):
 
     def choose(self, turn: Turn) -> tuple[AuthoredLine, float] | None:
         """The best fitting line and its score, or None."""
+        ranked = self.ranked(turn)
+        return (ranked[0][0], ranked[0][1]) if ranked else None
+
+    def ranked(self, turn: Turn) -> list[tuple[AuthoredLine, float]]:
+        """The fitting lines, best first, with their similarity."""
         if not self.persona.lines:
-            return None
+            return []
         self.warm_up()
-        fired = frozenset(f.name for f in turn.flags)
-        refused = frozenset(r.name for r in turn.flags_rejected)
-        recent = {e.npc.strip() for e in turn.history[-RECENT_EXCHANGES:]}
-        query = self._query(turn.utterance)
-        best: tuple[AuthoredLine, float, float] | None = None
-        for line, vectors in zip(self.persona.lines, self._vectors):
-            if not fits_decision(line, fired, refused) or not fits_state(line, turn):
-                continue
-            similarity = float((vectors @ query).max())
-            score = similarity + (REFUSAL_BONUS if line.refuses else 0.0)
-            if line.text.strip() in recent:
-                score -= RECENT_PENALTY
-            bound = bool(line.events or line.refuses)
-            needed = self.options.min_event_score if bound else self.options.min_score
-            if similarity < needed:
-                continue
-            if best is None or score > best[1]:
-                best = (line, score, similarity)
-        return (best[0], round(best[2], 3)) if best else None
+        return rank_lines(self.persona.lines, self._vectors, turn, self._query(turn.utterance),
+                          self.options.min_score, self.options.min_event_score)
+
+    def grounding(self, turn: Turn) -> tuple[str, ...]:
+        """In `grounded` mode, the fitting lines the model reads before it writes its reply."""
+        if self.options.mode != "grounded" or turn.utterance not in self._queries:
+            return ()
+        return tuple(line.text.strip() for line, _ in self.ranked(turn)[: self.options.grounding_lines])
 
     def run(self, turn: Turn) -> Turn:
         reply = turn.reply.strip()
         broken = breaks_world(reply, self._pattern)
         wants_line = self.options.mode == "authored" or not reply or broken
+        if self.options.mode == "grounded":
+            turn = turn.with_meta(grounding_lines=[line.id for line, _ in
+                                                   self.ranked(turn)[: self.options.grounding_lines]])
         chosen = self.choose(turn) if wants_line else None
         if chosen is not None:
             line, similarity = chosen
             meta = {"reply_source": "authored", "line_id": line.id, "line_score": similarity}
-            if self.options.mode == "free":
+            if self.options.mode != "authored":
                 meta["reply_guard"] = "empty model reply" if not reply else "out-of-world words: " + ", ".join(broken)
             return turn.replace(reply=line.text.strip()).with_meta(**meta)
         meta = {"reply_source": "model"}

@@ -36,7 +36,7 @@ from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.models import LoadedModel
 from persona_agents.prompt_format import decision_of_turn
-from persona_agents.streaming import Decider, current_decider
+from persona_agents.streaming import Decider, Decision, current_decider
 from persona_agents.turn import Deltas, FiredFlag, Generation
 
 from .transformers_generator import EngineOptions, TransformersGenerator
@@ -182,10 +182,10 @@ class MultiHeadGenerator(TransformersGenerator):
             return None
 
         def after(kept):
-            speak, decided = self._decide(turn, self._read_heads(turn, kept))
-            if not speak:
+            decision = self._decide(turn, self._read_heads(turn, kept))
+            if not decision.speak:
                 return False
-            return self._decision_ids(decided) if version == 2 else True
+            return self._decision_ids(decision) if version == 2 else True
 
         return after
 
@@ -194,9 +194,9 @@ class MultiHeadGenerator(TransformersGenerator):
         heads = self._decided[id(turn.prompt)] = self._heads(turn, kept[None])
         return heads
 
-    def _decide(self, turn, heads):
-        """(speak?, the decided turn): the pipeline's decider, or outside a pipeline the
-        persona's rules on the heads' proposals."""
+    def _decide(self, turn, heads) -> Decision:
+        """The pipeline's decision, or outside a pipeline the persona's rules on the heads'
+        proposals."""
         empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
         provisional = self._finish(turn.replace(generation=empty), heads)
         decider = self._deciders.get(id(turn.prompt))
@@ -207,11 +207,13 @@ class MultiHeadGenerator(TransformersGenerator):
         generation = provisional.generation
         proposed = provisional.replace(flags=tuple(FiredFlag(name) for name in generation.flags),
                                        deltas=generation.deltas)
-        return True, enforce(proposed, self.persona)
+        return Decision(True, enforce(proposed, self.persona))
 
-    def _decision_ids(self, decided) -> list[int]:
-        """The decision of version 2, as tokens that continue the prompt."""
-        return self.loaded.tokenizer(decision_of_turn(decided), add_special_tokens=False)["input_ids"]
+    def _decision_ids(self, decision: Decision) -> list[int]:
+        """The decision of version 2 (and the lines to ground the reply in), as tokens that
+        continue the prompt."""
+        text = decision_of_turn(decision.turn, decision.lines)
+        return self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _fast_extra(self, job):
         # The fast engine kept the <STATE> row of its prefill's final norm: the same vector
@@ -253,11 +255,11 @@ class MultiHeadGenerator(TransformersGenerator):
             finally:
                 handle.remove()
             state = captured[0]
-            speak, decided = self._decide(turn, self._read_heads(turn, state))
-            if not speak:
+            decision = self._decide(turn, self._read_heads(turn, state))
+            if not decision.speak:
                 return [], state[None]
-            decision = torch.tensor([self._decision_ids(decided)], dtype=inputs["input_ids"].dtype)
-            full = torch.cat([inputs["input_ids"], decision], dim=1)
+            written = torch.tensor([self._decision_ids(decision)], dtype=inputs["input_ids"].dtype)
+            full = torch.cat([inputs["input_ids"], written], dim=1)
             streamer = kwargs.get("streamer")
             if streamer is not None:
                 streamer._skip = full.shape[1]  # the first put carries prompt and decision

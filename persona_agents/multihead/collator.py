@@ -25,7 +25,6 @@ import torch
 
 from ..errors import TrainingDataError
 from ..prompt_format import decision_of_turn, render_sectioned
-from ..turn import FiredFlag
 from .data import Example
 
 STATE_TOKEN = "<STATE>"
@@ -54,11 +53,11 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 def gold_decision(example: Example) -> str:
     """Version 2's decision text for a training example: the persona's rules applied to
-    the gold events (fired ones with their payloads, refused ones with their reasons)."""
-    from ..rules import enforce
+    the gold events (fired ones with their payloads, refused ones with their reasons),
+    and the writers' lines it shows (grounding.py)."""
+    from .grounding import decided_turn
 
-    proposed = example.turn.replace(flags=tuple(FiredFlag(name) for name in example.flags), flags_rejected=())
-    return decision_of_turn(enforce(proposed, example.turn.persona))
+    return decision_of_turn(decided_turn(example), example.grounding)
 
 
 def render_training_prompt(example: Example, history_turns: int, version: int) -> str:

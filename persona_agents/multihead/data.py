@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import TrainingDataError
 from ..flags import DEFAULT_FLAGS
 from ..persona import Persona
-from ..turn import Exchange, GameContext, LoreChunk, NpcState, Turn
+from ..turn import Exchange, GameContext, LoreChunk, NpcState, RejectedFlag, Turn
 
 #: Relationship labels (as the seed writes them) -> the number the prompt shows. Each is
 #: the middle of its band in training/data/README.md: enemy < -0.5 <= rival < -0.2 <=
@@ -64,6 +64,10 @@ class Example:
     flags: tuple[str, ...]
     source: str  # "file:line", for messages
     conversation_id: str | None = None
+    #: Prompt version 2 only: the writers' lines shown after the decision (grounding.py),
+    #: and refusals the decision states beyond what the rules make of `flags`.
+    grounding: tuple[str, ...] = ()
+    refused: tuple[RejectedFlag, ...] = ()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -43,6 +43,12 @@ class MultiHeadTrainingConfig(TrainingArguments):
     prompt_version: int = field(default=SECTIONED_FORMAT_VERSION, metadata={
         "help": "Sectioned prompt version to train on (2: the persona's events and example lines in the prompt, "
                 "and the game's decision before the reply; 1: the seed's layout)."})
+    grounded_share: float = field(default=0.5, metadata={
+        "help": "Prompt version 2: share of training examples shown the writers' lines that fit them after the "
+                "decision (grounded mode); the rest train without (authored and free modes)."})
+    refusal_lines: bool = field(default=True, metadata={
+        "help": "Prompt version 2: add the writers' refusal lines (persona `lines:` with `refuses:`) as reply "
+                "examples, each said where the rules refuse the event."})
     history_turns: int = field(default=4,
         metadata={"help": "Earlier exchanges rendered in <CTX> (inference should use the same)."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the reply's LM cross-entropy."})
@@ -99,6 +105,8 @@ class MultiHeadTrainingConfig(TrainingArguments):
             problems.append(f"max_length {self.max_length} is too short for a sectioned prompt (at least 64)")
         if self.history_turns < 0:
             problems.append("history_turns must be >= 0")
+        if not 0.0 <= self.grounded_share <= 1.0:
+            problems.append(f"grounded_share must be within 0..1, got {self.grounded_share}")
         if self.prompt_version not in SECTIONED_FORMAT_VERSIONS:
             problems.append(f"prompt_version {self.prompt_version} is unknown; choose one of "
                             f"{', '.join(map(str, SECTIONED_FORMAT_VERSIONS))}")

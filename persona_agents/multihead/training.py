@@ -145,6 +145,25 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
     return fields
 
 
+def _reply_examples(examples: list[Example], personas: dict, config: MultiHeadTrainingConfig) -> list[Example]:
+    """What the LoRA pass trains on: the examples, and on prompt version 2 a share of them
+    with the writers' fitting lines shown, plus the writers' refusal lines (grounding.py).
+    The heads are refitted on `examples` alone."""
+    if config.prompt_version < 2:
+        return examples
+    from ..lore.embedder import load_embedder
+    from .grounding import attach_grounding, refusal_examples
+
+    out = examples
+    if config.grounded_share > 0 and any(e.turn.persona.lines for e in examples):
+        out = attach_grounding(examples, load_embedder("embedded"), share=config.grounded_share)
+    if config.refusal_lines:
+        refusals = refusal_examples(list(personas.values()))
+        log.info("Refusals: %d reply examples from the writers' refusal lines.", len(refusals))
+        out = [*out, *refusals]
+    return out
+
+
 def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
                   validation: str | Path | Sequence[str | Path] | None = None, resume: str | bool | None = None,
                   keep_checkpoints: bool = False, calibration: CalibrationPolicy | None = None) -> dict[str, Any]:
@@ -176,7 +195,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         log.warning("Training with quantization '%s' (asked for '%s').", built.quantization, config.quantization)
     tokenizer = built.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_set = EncodedDataset(train_examples, tokenizer, flags, config.max_length, config.history_turns,
+    reply_examples = _reply_examples(train_examples, personas, config)
+    train_set = EncodedDataset(reply_examples, tokenizer, flags, config.max_length, config.history_turns,
                                prompt_version=config.prompt_version)
     lengths = sorted(len(f["input_ids"]) for f in train_set.features)
     log.info("%d training examples (tokens: median %d, max %d), %d validation examples; base %s, quantization %s.",
@@ -204,6 +224,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         "max_length": config.max_length,
         "history_turns": config.history_turns,
         "prompt_format_version": config.prompt_version,
+        "reply_examples": {"grounded": sum(bool(e.grounding) for e in reply_examples),
+                           "refusal_lines": sum(bool(e.refused) for e in reply_examples)},
         "retrieve_lore": bool(config.retrieve_lore and personas),
         "training": {
             "data": _data_record(data, len(train_examples)),
