@@ -75,7 +75,7 @@ adapter-v2: setup
 		--data training/data/train.jsonl --data training/generalist/data/split/train.jsonl \
 		--validation training/data/validation.jsonl --validation training/generalist/data/split/validation.jsonl \
 		--out training/adapters/smollm2-npc-v2 --base embedded --quantization none --epochs 1 \
-		--prompt-version 2 --max-length 768 --history-turns 4 --seed 42 --lr 3e-4 --heads-lr 2e-3 \
+		--prompt-version 2 --max-length 1024 --history-turns 4 --seed 42 --lr 3e-4 --heads-lr 2e-3 \
 		--batch-size 4 --save-steps 50 --heads-evidence --heads-flags-where-allowed \
 		--min-precision end_conversation=0.8 $(RESUME)
 

@@ -34,6 +34,9 @@ log = logging.getLogger("persona_agents.multihead")
 GROUNDED_SHARE = 0.5
 #: Lines shown, as the step's `grounding_lines` default.
 LINES_SHOWN = 2
+#: Example player lines used per refusal line: refusals are a voice to learn, not the
+#: bulk of the data (the sample and generalist NPCs' lines give about 600 otherwise).
+REFUSAL_EXAMPLES_PER_LINE = 2
 
 
 def _in_share(source: str, share: float) -> bool:
@@ -98,7 +101,7 @@ def refusal_examples(personas: Sequence[Persona]) -> list[Example]:
                 refusal = check_flag(persona.flag_rules.get(event), turn_facts(turn, ()))
                 if refusal is None or not fits_state(line, turn):
                     continue  # the rules would let it fire here, or the line does not fit
-                for n, said in enumerate(line.examples):
+                for n, said in enumerate(line.examples[:REFUSAL_EXAMPLES_PER_LINE]):
                     out.append(Example(
                         turn=turn.replace(utterance=said), response=line.text.strip(), delta=(0.0, 0.0), flags=(),
                         source=f"{persona.id}:lines:{line.id}:{n}",
