@@ -91,9 +91,9 @@ def npcs():
 
 def _plugins_dir_for(npcs_dir: Path, plugins_dir: Path | None) -> Path:
     """The local plugins folder: --plugins-dir, else plugins/ in the game folder."""
-    from .runtime import game_dir
+    from .runtime import plugins_dir_of
 
-    return Path(plugins_dir) if plugins_dir is not None else game_dir(npcs_dir) / "plugins"
+    return plugins_dir_of(npcs_dir, plugins_dir)
 
 
 def _host_for(npcs_dir: Path, plugins_dir: Path | None):

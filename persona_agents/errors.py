@@ -12,14 +12,26 @@ class PersonaAgentsError(Exception):
     """Base class of every error a user can cause and fix."""
 
 
-class PersonaFileError(PersonaAgentsError):
-    """One or more problems in persona files, one `file: field.path: message` line each."""
+class _ProblemList(Exception):
+    """An error that lists problems, one line each, under a header naming what has them
+    (`where`); at most `shown` lines, then how many more."""
+
+    where = "files"
+    shown: int | None = None
 
     def __init__(self, problems: list[str], header: str | None = None):
         self.problems = list(problems)
-        lines = [header or f"{len(self.problems)} problem(s) in persona files:"]
-        lines += [f"  {p}" for p in self.problems]
+        lines = [header or f"{len(self.problems)} problem(s) in {self.where}:"]
+        lines += [f"  {p}" for p in self.problems[: self.shown]]
+        if self.shown is not None and len(self.problems) > self.shown:
+            lines.append(f"  ... and {len(self.problems) - self.shown} more")
         super().__init__("\n".join(lines))
+
+
+class PersonaFileError(_ProblemList, PersonaAgentsError):
+    """One or more problems in persona files, one `file: field.path: message` line each."""
+
+    where = "persona files"
 
 
 class UnknownNpcError(PersonaAgentsError):
@@ -70,26 +82,17 @@ class LoreError(PersonaAgentsError):
     """Lore files, knowledge references or the lore index cannot be used."""
 
 
-class LoreFileError(LoreError):
+class LoreFileError(_ProblemList, LoreError):
     """One or more problems in lore files, one `file: entry: field: message` line each."""
 
-    def __init__(self, problems: list[str], header: str | None = None):
-        self.problems = list(problems)
-        lines = [header or f"{len(self.problems)} problem(s) in lore files:"]
-        lines += [f"  {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
+    where = "lore files"
 
 
-class TrainingDataError(PersonaAgentsError):
+class TrainingDataError(_ProblemList, PersonaAgentsError):
     """Problems in training or evaluation data, one `file:line: field: message` line each."""
 
-    def __init__(self, problems: list[str], header: str | None = None, shown: int = 30):
-        self.problems = list(problems)
-        lines = [header or f"{len(self.problems)} problem(s) in training data:"]
-        lines += [f"  {p}" for p in self.problems[:shown]]
-        if len(self.problems) > shown:
-            lines.append(f"  ... and {len(self.problems) - shown} more")
-        super().__init__("\n".join(lines))
+    where = "training data"
+    shown = 30
 
 
 class TrainingConfigError(PersonaAgentsError):

@@ -4,7 +4,6 @@ JSON and YAML reading."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -15,14 +14,13 @@ from typing import Iterator
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock held through `path`, so processes that start together (tests,
-    server replicas) never build the same cache twice at once."""
+    server replicas) never build the same cache twice at once. `filelock` (the lock the
+    Hugging Face caches use) works on every platform, where `fcntl` is Unix-only."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -21,7 +21,7 @@ from .game import DEFAULT_GAME, GameDefinition, load_game
 from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
 from .plugins import PluginHost, StepInfo, load_plugins
-from .runtime import Runtime, game_dir
+from .runtime import Runtime, plugins_dir_of
 from .store import ConcurrentTurnError, StateStore, StoredConversation
 from .store.store import DuplicateRequestError
 from .turn import Exchange, GameContext, NpcState, Turn, TurnResponse, response_from_dict
@@ -100,7 +100,7 @@ class AgentManager:
     ):
         self.npcs_dir = Path(npcs_dir)
         # A studio's local plugins live beside its NPC folder unless told otherwise.
-        self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else game_dir(self.npcs_dir) / "plugins"
+        self.plugins_dir = plugins_dir_of(self.npcs_dir, plugins_dir)
         self.host = host or load_plugins(self.plugins_dir)
         self.runtime = runtime or Runtime(npcs_dir=self.npcs_dir)
         self.game: GameDefinition = load_game(self.npcs_dir)
@@ -247,8 +247,3 @@ class AgentManager:
         self.host.hook.turn_completed(turn=done, response=response)
         return response
 
-    def describe(self, npc_id: str) -> dict[str, Any]:
-        loaded = self.get_persona(npc_id)
-        data = loaded.persona.model_dump(mode="json")
-        data["_file"] = str(loaded.path)
-        return data

@@ -131,9 +131,6 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-_DTYPES = ("float32", "bfloat16", "float16", "auto")
-
-
 class ModelRegistry:
     """Loaded models shared across NPCs, keyed by (model reference, dtype)."""
 

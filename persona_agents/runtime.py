@@ -45,6 +45,12 @@ def _model_under(base: Path, ref: str) -> str:
     return str(candidate) if candidate.exists() else ref
 
 
+def plugins_dir_of(npcs_dir: str | Path, plugins_dir: str | Path | None = None) -> Path:
+    """Where a game's local plugins live: `plugins_dir` if given, else `plugins/` in the
+    game folder (beside the persona folder)."""
+    return Path(plugins_dir) if plugins_dir is not None else game_dir(npcs_dir) / "plugins"
+
+
 def resolve_game_path(ref: str | Path, npcs_dir: str | Path) -> Path:
     """A file or folder a persona names (always a path): absolute as given, else under
     the game folder."""

@@ -24,7 +24,7 @@ Steps are registered by plugins through the `register_steps(register)` hook.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -81,7 +81,3 @@ class Step:
         """A generate step that knows its model's tokenizer returns a function counting a
         text's tokens (after warm_up); the core bounds the request with it."""
         return None
-
-    def describe(self) -> dict[str, Any]:
-        """What `meta` shows about this step."""
-        return {"name": self.name, "stage": self.stage}

@@ -58,7 +58,6 @@ from ..fileutil import load_yaml
 from ..game import game_file, load_game
 
 LORE_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".md")
-SCOPES: tuple[str, ...] = ("world", "faction", "npc")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

@@ -267,9 +267,9 @@ def load_personas_for_data(npcs_dir: str | Path | None) -> dict[str, Persona]:
         return {}
     from ..persona_loader import load_personas
     from ..plugins import load_plugins
-    from ..runtime import game_dir
+    from ..runtime import plugins_dir_of
 
-    host = load_plugins(game_dir(npcs_dir) / "plugins")
+    host = load_plugins(plugins_dir_of(npcs_dir))
     return {npc_id: loaded.persona for npc_id, loaded in load_personas(Path(npcs_dir), host.registry).items()}
 
 
@@ -320,9 +320,9 @@ def retrieve_lore(examples: list[Example], npcs_dir: str | Path) -> list[Example
 
     from ..persona_loader import load_personas
     from ..plugins import load_plugins
-    from ..runtime import Runtime, game_dir
+    from ..runtime import Runtime, plugins_dir_of
 
-    host = load_plugins(game_dir(npcs_dir) / "plugins")
+    host = load_plugins(plugins_dir_of(npcs_dir))
     loaded = load_personas(Path(npcs_dir), host.registry)
     runtime = Runtime(npcs_dir=Path(npcs_dir))
     steps: dict[str, Any] = {}

@@ -17,7 +17,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .problems import problem_response
 
-API_KEY_ENV = "PERSONA_AGENTS_API_KEY"
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 #: Path prefixes open like OPEN_PATHS: the documentation pages' own JS and CSS.
 OPEN_PREFIXES = ("/docs/static/",)
