@@ -532,3 +532,12 @@ def test_the_prompt_can_be_continued_after_the_prompt_pass(compute):
                                         after_prefill=lambda kept: seen.append(kept) or list(decision)))
     assert job.new_ids == reference_greedy(model, prompt + decision, 10)
     assert list(job.prompt_ids) == prompt + decision and len(seen) == 1
+
+
+def test_int4_weights_on_a_torch_without_its_kernels_say_what_to_do(compute, monkeypatch):
+    import persona_agents.fastpath.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "INT4_KERNELS", False)
+    with pytest.raises(ValueError, match=r"torch 2\.6.*decode_precision: int8"):
+        LeanDecoder(tiny(), decode_weights="int4")
+    LeanDecoder(tiny(), decode_weights="int8")  # the other precisions still load

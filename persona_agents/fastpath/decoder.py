@@ -37,6 +37,12 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 PRECISIONS = ("float32", "bfloat16", "int8", "int4")
 
 
+#: torch 2.6 split the CPU int4 kernels from the other devices' (pytorch#139611); older
+#: releases lack these names, and their int4 layout differs.
+INT4_KERNELS = all(hasattr(torch, name) for name in ("_weight_int4pack_mm_for_cpu",
+                                                     "_convert_weight_to_int4pack_for_cpu"))
+
+
 def supports(model) -> str | None:
     """None when the lean decoder can run `model`, else the reason it cannot."""
     cfg = model.config
@@ -227,6 +233,11 @@ class LeanDecoder:
                            ("batch_weights", batch_weights or decode_weights)):
             if kind not in PRECISIONS:
                 raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}, not '{kind}'")
+            if kind == "int4" and not INT4_KERNELS:
+                raise ValueError(
+                    f"int4 {what.split('_')[0]} weights need torch's CPU int4 kernels, new in torch 2.6 "
+                    f"(this is torch {torch.__version__}): upgrade torch, or set `decode_precision: int8` "
+                    "(or float32) in the generate step's options.")
         cfg = model.config
         decoder = model.get_decoder()
         self.hidden = cfg.hidden_size
