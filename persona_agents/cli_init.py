@@ -107,7 +107,7 @@ pipeline:
       options: {history_turns: 4}
   generate:
     # The embedded model without an adapter: replies only, zero deltas, no flags. Once you
-    # have trained an adapter on your game's events (see README.md), use it instead:
+    # have trained an adapter on your game's events (persona-agents docs/training.md), use it instead:
     #   prompt:   [{name: sectioned, options: {history_turns: 4}}]
     #   generate: [{name: multihead, options: {adapter: adapters/my-game}}]
     # A relative adapter or model path resolves against this game folder (the parent of
@@ -297,8 +297,8 @@ plans:
 PLUGINS_README = """\
 Local plugins of this game: every `*.py` file here (except those starting with `_`) is
 loaded as a plugin and may register steps for the personas' pipelines; `persona-agents
-plugins` lists what loaded, `persona-agents steps` every step (see "Writing a plugin" in
-the persona-agents README).
+plugins` lists what loaded, `persona-agents steps` every step (see docs/plugins.md in
+the persona-agents repository).
 """
 
 

@@ -1,4 +1,4 @@
-"""The flag vocabulary: game events an NPC turn can fire (see docs in README)."""
+"""The flag vocabulary: game events an NPC turn can fire (docs/game-rules.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The plugin hooks of persona-agents (pluggy).
 
-Three hooks, each documented in README.md ("Writing a plugin") and tested in
+Three hooks, each documented in docs/plugins.md and tested in
 tests/test_hooks.py (one `test_hook_<name>` each):
 
 - `register_steps(register)`: call `register(StepClass)` for every pipeline step the

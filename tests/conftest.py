@@ -168,3 +168,20 @@ def sample_manager():
     from persona_agents.manager import AgentManager
 
     return AgentManager(NPCS_DIR)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (tests/postgres_support.py), or skip."""
+    import os
+
+    from .postgres_support import REQUIRE_ENV, PostgresServer, why_not_available
+
+    reason = why_not_available()
+    if reason is not None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL is required ({REQUIRE_ENV}=1) but {reason}")
+        pytest.skip(f"PostgreSQL: {reason}")
+    server = PostgresServer()
+    yield server
+    server.stop()

@@ -29,8 +29,11 @@ def pipeline_with(*postprocess):
             "postprocess": list(postprocess)}
 
 
-@pytest.fixture
-def db_url(tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
+def db_url(request, tmp_path):
+    """Each store test on a SQLite file and on a real PostgreSQL server (issue 28)."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_server").database()
     return f"sqlite:///{tmp_path / 'state.db'}"
 
 

@@ -1,4 +1,4 @@
-"""The HTTP API (`persona-agents serve`): FastAPI on uvicorn. See README, "The HTTP API"."""
+"""The HTTP API (`persona-agents serve`): FastAPI on uvicorn. See docs/http-api.md."""
 
 from .app import ServerSettings, create_app
 
