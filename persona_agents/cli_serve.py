@@ -78,7 +78,7 @@ def serve(host, port, npcs_dir, plugins_dir, db_url, api_key, rate_limit, max_bo
                                                           player_queue=player_queue, max_waiting=max_waiting))
     app = create_app(manager, settings)
     click.echo(
-        f"persona-agents: {len(manager.npc_ids())} NPC(s) from {npcs_dir}, state in {store.url}; "
+        f"persona-agents: {len(manager.npc_ids())} NPC(s) from {npcs_dir}, state in {store.safe_url}; "
         f"API key {'required' if api_key else 'off (loopback only)'}; rate limit {limit or 'off'} per player. "
         f"Docs at http://{host}:{port}/docs",
         err=True,

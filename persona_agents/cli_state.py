@@ -29,7 +29,7 @@ def state_show(player_id, npc_id, db_url):
     data = store.export(player_id, npc_id)
     if not data["npcs"]:
         click.echo(f"No stored conversation for player '{player_id}'" + (f" with '{npc_id}'" if npc_id else "")
-                   + f" in {store.url}.")
+                   + f" in {store.safe_url}.")
         return
     for npc, entry in data["npcs"].items():
         s = entry["state"]

@@ -90,6 +90,9 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        """Stop the server and remove its files (again: nothing happens)."""
+        if not self.data.exists():
+            return
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
         finally:

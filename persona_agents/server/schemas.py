@@ -29,18 +29,28 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f/]*[^\x00-\x1f\x7f-\x9f/.][^\x00-\x1f\x7f-\x
 ID_RULE = (f"Ids are 1 to {MAX_ID_CHARS} printable characters (letters, digits, spaces, punctuation: "
            "UUIDs, e-mails, `guild:42`) except `/`; no control characters, and not only dots.")
 
-Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
-StateKey = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+#: No NUL character: PostgreSQL's text cannot hold one (a name is stored with the turn).
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS, pattern=NO_NUL)]
+StateKey = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NO_NUL)]
 #: One game_state value, as JSON; the persona's request_budget then bounds it in tokens.
 MAX_STATE_VALUE_CHARS = 256
 
 
 def _bounded_json(value: Any) -> Any:
-    """A game_state value no longer than MAX_STATE_VALUE_CHARS once written as JSON."""
+    """A game_state value no longer than MAX_STATE_VALUE_CHARS once written as JSON, and
+    one every state database can store: no NaN or Infinity, no NUL character."""
     try:
-        size = len(json.dumps(value, ensure_ascii=False))
-    except ValueError:  # an integer past Python's digit limit
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise ValueError("holds NaN or Infinity, which JSON and the state database cannot store; "
+                             "send a finite number, a string or null") from None
+        # an integer past Python's digit limit
         raise ValueError(f"is a number too long to accept; at most {MAX_STATE_VALUE_CHARS} characters") from None
+    if "\\u0000" in text or "\x00" in text:
+        raise ValueError("holds a NUL character, which the state database cannot store")
+    size = len(text)
     if size > MAX_STATE_VALUE_CHARS:
         raise ValueError(f"is {size} characters as JSON; at most {MAX_STATE_VALUE_CHARS} are accepted")
     return value
@@ -50,7 +60,8 @@ StateValue = Annotated[JsonValue, AfterValidator(_bounded_json)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity are not JSON, and no state database stores them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # -- turns ---------------------------------------------------------------------------
@@ -62,7 +73,7 @@ class TurnRequest(_Strict):
         description=f"The player's id: state and history are kept per (player, NPC). {ID_RULE}",
     )
     utterance: str = Field(
-        min_length=1, max_length=MAX_UTTERANCE_CHARS,
+        min_length=1, max_length=MAX_UTTERANCE_CHARS, pattern=NO_NUL,
         description=f"What the player says (at most {MAX_UTTERANCE_CHARS} characters here; "
         "the NPC's normalize_input step usually allows 500).",
     )
@@ -72,10 +83,11 @@ class TurnRequest(_Strict):
         "changes nothing; reusing it with a different request is a 409 (request_id_conflict). " + ID_RULE,
     )
     quest_stage: str | None = Field(
-        None, min_length=1, max_length=MAX_NAME_CHARS,
+        None, min_length=1, max_length=MAX_NAME_CHARS, pattern=NO_NUL,
         description="The game's quest stage for this NPC; it wins over the stored stage.",
     )
-    location: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, description="Where the player is.")
+    location: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, pattern=NO_NUL,
+                                 description="Where the player is.")
     items: list[Name] = Field(
         default_factory=list, max_length=MAX_LIST_ITEMS,
         description="Items the player holds (flag rules may require them).",
@@ -214,7 +226,7 @@ class Readiness(BaseModel):
 class _Open(BaseModel):
     """Seed shapes accept unknown keys: a game server written for the seed works unchanged."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 Named = Name | dict[str, JsonValue]
@@ -230,8 +242,8 @@ class AskPlayerState(_Open):
 
 
 class AskGameState(_Open):
-    quest_stage: str | None = Field(None, max_length=MAX_NAME_CHARS)
-    location: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    quest_stage: str | None = Field(None, max_length=MAX_NAME_CHARS, pattern=NO_NUL)
+    location: str | None = Field(None, max_length=MAX_NAME_CHARS, pattern=NO_NUL)
 
 
 class AskNpcState(_Open):

@@ -11,6 +11,7 @@ manager orders turns per (player, NPC) with a lock, so that never costs a model 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from ..errors import PersonaAgentsError
@@ -49,7 +50,29 @@ class DuplicateRequestError(PersonaAgentsError):
 
 
 class StoreError(PersonaAgentsError):
-    pass
+    """The state database cannot be opened or used (the server answers 503)."""
+
+
+def _database_errors(what: str):
+    """Method decorator: a database failure becomes a StoreError naming `what` failed and
+    the database without its password, never a traceback with SQL and player data."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except SQLAlchemyError as exc:
+                raise StoreError(f"Could not {what} in {self.safe_url}: {_reason(exc)}") from exc
+        return run
+    return wrap
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's one-line reason (SQLAlchemy's own message appends the SQL and its
+    parameters: player data)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(orig or exc).__name__}: {text[0] if text else ''}"
 
 
 @dataclass(frozen=True)
@@ -78,15 +101,22 @@ class StateStore:
         try:
             parsed = make_url(self.url)
         except Exception as exc:
-            raise StoreError(f"Invalid database URL {self.url!r}: {exc}. "
+            raise StoreError("Invalid database URL: it is not of the form dialect+driver://user:password@host/db. "
                              "Use sqlite:///path/to/state.db or postgresql+psycopg://...") from exc
+        #: The URL as logs and errors show it: never the password.
+        self.safe_url = parsed.render_as_string(hide_password=True)
         self._memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
         self._serial = threading.Lock() if self._memory else contextlib.nullcontext()
-        self.engine = self._make_engine(parsed)
         try:
-            upgrade(self.engine, self.url)
-        except OperationalError as exc:
-            raise StoreError(f"Cannot open the state database {self.url}: {exc.orig}") from exc
+            self.engine = self._make_engine(parsed)
+        except (ImportError, NoSuchModuleError) as exc:
+            extra = " (pip install 'persona-agents[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
+            raise StoreError(f"The database driver of {self.safe_url} is not installed: {exc}{extra}. Supported: "
+                             "sqlite:///path/to/state.db, postgresql+psycopg://user:password@host/db.") from exc
+        try:
+            upgrade(self.engine, self.safe_url)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"Cannot open the state database {self.safe_url}: {_reason(exc)}") from exc
 
     @classmethod
     def in_memory(cls) -> "StateStore":
@@ -105,6 +135,7 @@ class StateStore:
         return engine
 
     # -- reading -----------------------------------------------------------------------
+    @_database_errors('read the conversation')
     def load(self, player_id: str, npc_id: str, initial: NpcState,
              history_limit: int | None = 50) -> StoredConversation:
         with self._serial, self.engine.connect() as conn:
@@ -144,6 +175,7 @@ class StateStore:
             delta_history=tuple(Deltas(t, r) for t, r in reversed(deltas)),
         )
 
+    @_database_errors('read a stored response')
     def find_response(self, player_id: str, npc_id: str, request_id: str) -> dict[str, Any] | None:
         with self._serial, self.engine.connect() as conn:
             row = conn.execute(
@@ -155,6 +187,7 @@ class StateStore:
             ).first()
         return row[0] if row else None
 
+    @_database_errors('read a stored request')
     def find_request_and_response(
         self, player_id: str, npc_id: str, request_id: str
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -219,8 +252,9 @@ class StateStore:
                 raise DuplicateRequestError(f"request_id {request_id!r} was committed meanwhile") from exc
             raise ConcurrentTurnError(f"another turn for ({player_id}, {npc_id}) was committed first") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"Could not save the turn in {self.url}: {exc}") from exc
+            raise StoreError(f"Could not save the turn in {self.safe_url}: {_reason(exc)}") from exc
 
+    @_database_errors('save the state')
     def put_state(self, player_id: str, npc_id: str, state: NpcState) -> None:
         """Start a fresh conversation from a given state (test plans, game-driven setups)."""
         self.reset(player_id, npc_id)
@@ -230,6 +264,7 @@ class StateStore:
                 mood=state.mood, quest_stage=state.quest_stage, turns=0, version=1,
             ))
 
+    @_database_errors('reset the conversation')
     def reset(self, player_id: str, npc_id: str | None = None) -> int:
         """Forget a player's conversations (with one NPC, or all); returns states removed."""
         with self._serial, self.engine.begin() as conn:
@@ -242,6 +277,7 @@ class StateStore:
         return removed
 
     # -- inspection --------------------------------------------------------------------
+    @_database_errors('export the state')
     def export(self, player_id: str, npc_id: str | None = None) -> dict[str, Any]:
         """Everything stored for a player (and NPC), JSON-ready."""
         def where(table):
@@ -275,6 +311,7 @@ class StateStore:
                 }
         return out
 
+    @_database_errors('count rows')
     def count(self, table: str, player_id: str | None = None, npc_id: str | None = None) -> int:
         tables: dict[str, Any] = {"turn_records": TurnRecordRow, "history": HistoryRow, "flag_events": FlagEventRow,
                                   "states": NpcStateRow}
