@@ -69,3 +69,20 @@ def test_a_database_that_goes_away_is_a_store_error_on_every_read(postgres_serve
             assert "SELECT" not in str(caught.value) and "DELETE" not in str(caught.value)
     finally:
         own.stop()
+
+
+OPEN = "import sys; from persona_agents.store import StateStore; StateStore(sys.argv[1]); print('opened')"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_replicas_opening_a_fresh_database_at_once_all_succeed(kind, tmp_path, request):
+    import subprocess
+    import sys
+
+    url = (request.getfixturevalue("postgres_server").database() if kind == "postgresql"
+           else f"sqlite:///{tmp_path / 'fresh.db'}")
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err[-500:] for _, err in results if err]
+    assert StateStore(url).count("turn_records") == 0

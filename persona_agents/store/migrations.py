@@ -8,9 +8,10 @@ database from the previous version to the new one (ALTER TABLE ... through
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, cast
 
-from sqlalchemy import Connection, Engine, Table, inspect, select
+from sqlalchemy import Connection, Engine, Table, inspect, select, text
 
 from ..errors import PersonaAgentsError
 from .schema import Base, FlagEventRow, HistoryRow, NpcStateRow, SchemaVersion, TurnRecordRow
@@ -44,9 +45,27 @@ def current_version(connection: Connection) -> int:
     return row[0] if row else 0
 
 
+#: The PostgreSQL advisory lock that serialises schema upgrades (any constant will do).
+_UPGRADE_LOCK = 7_271_000_128
+
+
 def upgrade(engine: Engine, url_for_messages: str) -> int:
-    """Bring the database to CURRENT_VERSION in one transaction; returns the version."""
+    """Bring the database to CURRENT_VERSION in one transaction; returns the version.
+    Processes that open a fresh database at once (replicas starting together) take turns:
+    the first creates the tables, the others find them (without it, "table already
+    exists" or a duplicate version row failed 30 of 40 of them on PostgreSQL)."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        from ..fileutil import file_lock
+
+        with file_lock(Path(f"{engine.url.database}.upgrade.lock").expanduser()):
+            return _upgrade(engine, url_for_messages)
+    return _upgrade(engine, url_for_messages)
+
+
+def _upgrade(engine: Engine, url_for_messages: str) -> int:
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK})
         _table(SchemaVersion).create(connection, checkfirst=True)
         version = current_version(connection)
         if version > CURRENT_VERSION:
