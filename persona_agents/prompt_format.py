@@ -35,6 +35,26 @@ def _game_state_line(game_state: Mapping[str, Any]) -> str:
     return ", ".join(f"{_safe_line(k)}={_safe_line(v)}" for k, v in sorted(game_state.items()))
 
 
+def _context_lines(ctx) -> list[str]:
+    """The request's items, actions and game state, a line each (request text: neutralised)."""
+    lines = [
+        "items: " + (", ".join(_safe_line(i) for i in ctx.items) or "none"),
+        "actions: " + (", ".join(_safe_line(a) for a in ctx.actions) or "none"),
+    ]
+    if ctx.game_state:
+        lines.append("game_state: " + _game_state_line(ctx.game_state))
+    return lines
+
+
+def _history_lines(turn: Turn, history_turns: int) -> list[str]:
+    """The last `history_turns` exchanges, `<PLAYER>` and `<NPC>` a line each."""
+    lines = []
+    for exchange in turn.history[-history_turns:] if history_turns else ():
+        lines.append(f"<PLAYER> {_safe_line(exchange.player)}")
+        lines.append(f"<NPC> {_safe_line(exchange.npc)}")
+    return lines
+
+
 def effective_location(turn: Turn) -> str | None:
     return turn.context.location or turn.persona.location
 
@@ -65,16 +85,8 @@ def render_sectioned(turn: Turn, history_turns: int = 6, version: int = 1,
     rag_lines = [f"LORE: {chunk.text.strip()}" for chunk in turn.lore]
     if p.backstory:
         rag_lines.append("DESCRIPTION: " + " ".join(p.backstory.split()))
-    state_lines = [
-        "items: " + (", ".join(_safe_line(i) for i in ctx.items) or "none"),
-        "actions: " + (", ".join(_safe_line(a) for a in ctx.actions) or "none"),
-    ]
-    if ctx.game_state:
-        state_lines.append("game_state: " + _game_state_line(ctx.game_state))
-    ctx_lines = []
-    for exchange in turn.history[-history_turns:] if history_turns else ():
-        ctx_lines.append(f"<PLAYER> {_safe_line(exchange.player)}")
-        ctx_lines.append(f"<NPC> {_safe_line(exchange.npc)}")
+    state_lines = _context_lines(ctx)
+    ctx_lines = _history_lines(turn, history_turns)
     return (
         "<SYS>\n" + "\n".join(sys_lines) + "\n</SYS>\n"
         "<RAG>\n" + "\n".join(rag_lines) + "\n</RAG>\n"
@@ -140,15 +152,9 @@ def render_sectioned_v2(turn: Turn, history_turns: int = 6, event_descriptions: 
         f"location: {_safe_line(location) if location else 'unknown'}",
         f"tags: mood={s.mood}, trust={s.trust:.2f}, relationship={s.relationship:+.2f}, "
         f"quest_stage={_safe_line(effective_stage(turn))}",
-        "items: " + (", ".join(_safe_line(i) for i in ctx.items) or "none"),
-        "actions: " + (", ".join(_safe_line(a) for a in ctx.actions) or "none"),
+        *_context_lines(ctx),
     ]
-    if ctx.game_state:
-        state_lines.append("game_state: " + _game_state_line(ctx.game_state))
-    ctx_lines = []
-    for exchange in turn.history[-history_turns:] if history_turns else ():
-        ctx_lines.append(f"<PLAYER> {_safe_line(exchange.player)}")
-        ctx_lines.append(f"<NPC> {_safe_line(exchange.npc)}")
+    ctx_lines = _history_lines(turn, history_turns)
     return (
         "<SYS>\n" + "\n".join(sys_lines) + "\n</SYS>\n"
         "<EVENTS>\n" + "\n".join(event_lines(p, event_descriptions) or ["none"]) + "\n</EVENTS>\n"
