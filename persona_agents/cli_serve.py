@@ -47,9 +47,15 @@ from .cli_common import (
 def serve(host, port, npcs_dir, plugins_dir, db_url, api_key, rate_limit, max_body_kb, turn_workers, player_turns,
           player_queue, max_waiting, no_warm_up, torch_threads, log_level):
     """Serve the NPCs over HTTP: turns, streamed turns, the seed's /ask, state; docs at /docs."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .server import ServerSettings, create_app
+        from .server import ServerSettings, create_app
+    except ModuleNotFoundError as exc:
+        # The HTTP stack is the `server` extra: a CLI-only install has no FastAPI.
+        raise click.ClickException(
+            f"`serve` needs the HTTP server packages, and '{exc.name}' is not installed. "
+            "Install them with: pip install 'persona-agents[server]'") from exc
     from .server.auth import is_loopback
     from .server.ratelimit import parse_rate_limit
     from .server.scheduler import SchedulerSettings

@@ -83,7 +83,8 @@ def load_base(ref: str, quantization: str = "none", dtype: str = "float32"):
                                                          device_map=_device_map(), dtype=torch.float32)
         except Exception as exc:  # any failure of the optional 4-bit path falls back
             log.warning("4-bit NF4 loading is not available here (%s: %s); training LoRA on the "
-                        "full-precision base instead.", type(exc).__name__, str(exc).splitlines()[0][:200])
+                        "full-precision base instead (QLoRA needs the `train` extra: pip install "
+                        "'persona-agents[train]').", type(exc).__name__, str(exc).splitlines()[0][:200])
             quantization = "none"
     if model is None:
         try:
