@@ -29,6 +29,23 @@ def _game_flags(flag_names: str | None, npcs_dir) -> str:
 
 DEFAULT_ADAPTER = "training/adapters/smollm2-npc"
 
+# `train`'s options that are fields of MultiHeadTrainingConfig: option name -> field. The
+# config is built from this table, and tests/test_cli_train_defaults.py holds every
+# option's default to its field's, so the command line and the Python API cannot drift.
+CONFIG_FIELDS = {
+    "base": "base_model", "quantization": "quantization", "lora_r": "lora_r", "lora_targets": "lora_target_modules",
+    "max_length": "max_length", "history_turns": "history_turns", "prompt_version": "prompt_version",
+    "grounded_share": "grounded_share", "refusal_lines": "refusal_lines", "retrieve_lore": "retrieve_lore",
+    "lm_weight": "lm_loss_weight", "delta_weight": "delta_loss_weight", "flag_weight": "flag_loss_weight",
+    "heads_lr": "heads_learning_rate", "epochs": "num_train_epochs", "max_steps": "max_steps",
+    "lr": "learning_rate", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+    "warmup_steps": "warmup_steps", "save_steps": "save_steps", "seed": "seed",
+    "heads_refit_epochs": "heads_refit_epochs", "heads_flags_where_allowed": "heads_flags_where_allowed",
+    "heads_evidence": "heads_evidence",
+}
+# How an option's value becomes its field's (the rest are taken as they are).
+CONFIG_CONVERSIONS = {"lora_targets": lambda value: _names(value), "prompt_version": int}
+
 
 def _quiet_threads() -> None:
     # Must happen before torch loads OpenMP. Idle OpenMP threads that spin instead of
@@ -133,13 +150,8 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @npcs_dir_option
 @friendly_errors
-def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_size, grad_accum, warmup_steps, lora_r,
-          lora_targets, quantization, max_length, history_turns, grounded_share, refusal_lines, prompt_version,
-          retrieve_lore, flag_names, lm_weight,
-          delta_weight,
-          flag_weight, save_steps, resume, keep_checkpoints, heads_refit_epochs, heads_flags_where_allowed,
-          heads_evidence, heads_only, min_precision,
-          calibrate_after_rules, min_threshold, seed, threads, npcs_dir):
+def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_only, min_precision,
+          calibrate_after_rules, min_threshold, threads, npcs_dir, **config_options):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 
     Example: persona-agents train --data training/data/train.jsonl
@@ -156,18 +168,10 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
     if threads:
         torch.set_num_threads(threads)
     flag_names = _game_flags(flag_names, npcs_dir)
-    config = MultiHeadTrainingConfig(
-        output_dir=str(out / "checkpoints"), base_model=base, flags=_names(flag_names), quantization=quantization,
-        lora_r=lora_r, lora_target_modules=_names(lora_targets), max_length=max_length, history_turns=history_turns,
-        prompt_version=int(prompt_version), grounded_share=grounded_share, refusal_lines=refusal_lines,
-        lm_loss_weight=lm_weight, delta_loss_weight=delta_weight,
-        flag_loss_weight=flag_weight,
-        heads_learning_rate=heads_lr, npcs_dir=str(npcs_dir), retrieve_lore=retrieve_lore, num_train_epochs=epochs,
-        max_steps=max_steps, learning_rate=lr, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, seed=seed,
-        heads_refit_epochs=heads_refit_epochs, heads_flags_where_allowed=heads_flags_where_allowed,
-        heads_evidence=heads_evidence, disable_tqdm=False,
-    )
+    fields = {CONFIG_FIELDS[name]: CONFIG_CONVERSIONS.get(name, lambda v: v)(value)
+              for name, value in config_options.items()}
+    config = MultiHeadTrainingConfig(output_dir=str(out / "checkpoints"), flags=_names(flag_names),
+                                     npcs_dir=str(npcs_dir), disable_tqdm=False, **fields)
     policy = CalibrationPolicy(min_precision=parse_min_precision(min_precision, config.flags),
                                after_rules=calibrate_after_rules, min_threshold=min_threshold)
     if heads_only:
@@ -179,7 +183,8 @@ def train(data, validation, base, out, epochs, max_steps, lr, heads_lr, batch_si
         return
     m = meta["metrics"]
     if heads_only:
-        done = "heads refitted and thresholds recalibrated" if heads_refit_epochs > 0 else "thresholds recalibrated"
+        refitted = config.heads_refit_epochs > 0
+        done = "heads refitted and thresholds recalibrated" if refitted else "thresholds recalibrated"
         what = f"Updated {out} ({done}; LoRA kept)."
     else:
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())

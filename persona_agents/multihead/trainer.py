@@ -85,6 +85,11 @@ class MultiHeadTrainingConfig(TrainingArguments):
         metadata={"help": "Must stay False (the batch holds head targets)."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Must stay True."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of the LoRA update and marker rows."})
+    # One pass over the data: a LoRA on a small model overfits a studio's few thousand
+    # turns in more, and a CPU run is hours per epoch (`persona-agents train` has the same
+    # defaults, checked by tests/test_cli_train_defaults.py).
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
+    warmup_steps: float = field(default=10, metadata={"help": "Steps of learning-rate warm-up."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Batch size per device."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
