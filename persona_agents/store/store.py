@@ -87,12 +87,32 @@ class StoredConversation:
     delta_history: tuple[Deltas, ...] = ()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe in WAL mode
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+#: SQLite's `synchronous` levels a URL may ask for (`sqlite:///state.db?synchronous=full`).
+#: NORMAL (the default) in WAL mode never corrupts the database, but a power loss or an
+#: OS crash (not a crash of the process) can lose the last turns committed before it;
+#: FULL syncs every commit to disk, so none is lost, at some cost per turn.
+SQLITE_SYNCHRONOUS = ("normal", "full")
+
+
+def _sqlite_pragmas(synchronous: str):
+    def on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")  # one of SQLITE_SYNCHRONOUS
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+    return on_connect
+
+
+def _sqlite_synchronous(parsed) -> tuple[str, object]:
+    """The `synchronous` level a SQLite URL asks for, and the URL without it (the
+    parameter is ours, not the driver's)."""
+    level = str(parsed.query.get("synchronous", "normal")).lower()
+    if level not in SQLITE_SYNCHRONOUS:
+        raise StoreError(f"The database URL's synchronous={parsed.query.get('synchronous')!r} is not a level "
+                         f"this store offers. Choose one of: {', '.join(SQLITE_SYNCHRONOUS)} "
+                         "(e.g. sqlite:///state.db?synchronous=full).")
+    return level, parsed.difference_update_query(["synchronous"])
 
 
 class StateStore:
@@ -126,12 +146,13 @@ class StateStore:
     def _make_engine(self, parsed) -> Engine:
         if parsed.get_backend_name() != "sqlite":
             return create_engine(parsed, pool_pre_ping=True)
+        synchronous, parsed = _sqlite_synchronous(parsed)
         if self._memory:
             engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         return engine
 
     # -- reading -----------------------------------------------------------------------
