@@ -113,11 +113,13 @@ def wait_ready(base_url: str, headers: dict, process: subprocess.Popen | None, t
 
 
 def start_cli_server(workdir: Path, npcs_dir: Path, *, api_key: str | None = API_KEY, rate_limit: str = "off",
-                     extra_args: tuple[str, ...] = (), ready_timeout: float = 180) -> LiveServer:
-    """`python -m persona_agents serve` on a free loopback port with its own SQLite file."""
+                     extra_args: tuple[str, ...] = (), ready_timeout: float = 180,
+                     db_url: str | None = None) -> LiveServer:
+    """`python -m persona_agents serve` on a free loopback port with its own SQLite file
+    (or the database `db_url` names, which replicas may share)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    db_url = f"sqlite:///{workdir / 'state.db'}"
+    db_url = db_url or f"sqlite:///{workdir / 'state.db'}"
     log_path = workdir / "server.log"
     args = [sys.executable, "-m", "persona_agents", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--npcs-dir", str(npcs_dir), "--db", db_url, "--rate-limit", rate_limit, "--log-level", "warning",
