@@ -214,7 +214,7 @@ One JSON object per line, UTF-8:
   `talked_to_silvia`, `visited_collapsed_mine`, ...) and, on a turn where the player
   really shows or hands over an item, `show_item:<item_id>`. A player who only *claims* an
   item gets no `show_item` action (and the item is not in `items`).
-- `flag` uses the vocabulary of `/work/shared/labeling.md`, in its order:
+- `flag` uses the vocabulary of the labelling rulebook (`docs/labeling.md`), in its order:
   give_item, give_hint, npc_main_story, quest_start, quest_complete, unlock_hidden_path,
   open_trade, end_conversation.
 
@@ -258,7 +258,7 @@ Scripted composition from hand-written pools, not model generation.
 3. For every turn, the NPC's rule function in `build_dataset.py` (`brann()`, `hale()`,
    ...) reads only the game state (tags, items, and what happened earlier in the
    conversation) and returns the reply branch, the flags and the delta band. The reply text is drawn from that
-   branch's pool; the delta is drawn uniformly inside the band (labeling.md) and rounded.
+   branch's pool; the delta is drawn uniformly inside the band (`docs/labeling.md`) and rounded.
 
 ### The rules (labels obey them exactly; `check_dataset.py` asserts the starred ones)
 
@@ -338,6 +338,6 @@ The bands (deltas are drawn uniformly inside them and rounded to 2 decimals):
   player words.
 - The fresh phrasings were written by hand to mean exactly their intent; like every pool
   they are one writer's idea of how players talk, not logs of real players.
-- The world facts follow `/work/shared/world.md` and the lore in `npcs/lore/`; ids of
+- The world facts follow the sample world (`docs/world.md`) and the lore in `npcs/lore/`; ids of
   NPCs, items, quests and places are used exactly as written there.
 """
