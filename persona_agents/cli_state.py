@@ -24,10 +24,10 @@ def _player_options(func):
 @_player_options
 @friendly_errors
 def state_show(player_id, npc_id, db_url):
-    """Each NPC's state towards the player, and the flags fired so far."""
+    """Each NPC's state towards the player, the flags fired so far and what it remembers."""
     store = open_store(db_url)
     data = store.export(player_id, npc_id)
-    if not data["npcs"]:
+    if not data["npcs"] and not data.get("heard_only"):
         click.echo(f"No stored conversation for player '{player_id}'" + (f" with '{npc_id}'" if npc_id else "")
                    + f" in {store.safe_url}.")
         return
@@ -36,6 +36,16 @@ def state_show(player_id, npc_id, db_url):
         flags = ", ".join(f"{f['flag']}@{f['turn']}" for f in entry["flags_fired"]) or "none"
         click.echo(f"{npc}: trust {s['trust']:.2f}, relationship {s['relationship']:+.2f}, mood {s['mood']}, "
                    f"quest {s['quest_stage']}, turns {s['turns']}, flags fired: {flags}")
+        _show_memories(entry["memories"])
+    for npc, memories in data.get("heard_only", {}).items():
+        click.echo(f"{npc}: no conversation yet")
+        _show_memories(memories)
+
+
+def _show_memories(memories) -> None:
+    for m in memories:
+        heard = f", from {m['source']}" if m["source"] else ""
+        click.echo(f"  memory {m['id']} (turn {m['turn']}, {m['kind']}{heard}): {m['text']}")
 
 
 @state.command("reset")

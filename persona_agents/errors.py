@@ -101,3 +101,13 @@ class TrainingConfigError(PersonaAgentsError):
 
 class AdapterError(PersonaAgentsError):
     """A trained adapter is missing, incomplete, or does not match the base model or flags."""
+
+
+class MemoryNotFoundError(PersonaAgentsError):
+    """A memory id that an NPC does not hold about a player (HTTP 404 `memory_not_found`)."""
+
+    field = "memory_id"
+
+    def __init__(self, player_id: str, npc_id: str, memory_id: int):
+        super().__init__(f"memory_id: {npc_id} holds no memory {memory_id} about player '{player_id}'. "
+                         f"GET /v1/players/{player_id}/npcs/{npc_id}/memories lists the ones it holds.")

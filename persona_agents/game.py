@@ -70,11 +70,34 @@ BUILT_IN_AXES: dict[str, AxisSpec] = {
 }
 
 
+class WordReach(_Strict):
+    """Which NPCs word reaches (any that matches one of these; never the teller itself)."""
+
+    npcs: list[str] = Field(default_factory=list, description="NPC ids.")
+    factions: list[str] = Field(default_factory=list, description="NPCs of these factions (persona "
+                                "`knowledge.factions`), as faction-scoped lore reaches them.")
+    locations: list[str] = Field(default_factory=list, description="NPCs at these places (persona `location`).")
+
+
+class WordRule(_Strict):
+    """Word that travels (issue 30): what happened between the player and one NPC becomes a
+    memory (`heard`, with its source) of other NPCs, after a delay."""
+
+    events: list[str] = Field(default_factory=list, description="Fired events that spread.")
+    facts: bool = Field(False, description="The player's statements about themselves spread too.")
+    tellers: list[str] | None = Field(None, description="NPC ids whose turns spread; absent: every NPC's.")
+    to: WordReach = Field(description="Who hears of it.")
+    delay_turns: int = Field(0, ge=0, le=10_000, description="The player's turns (with any NPC) after the "
+                             "telling turn before the word arrives.")
+
+
 class GameDefinition(_Strict):
     events: dict[str, EventSpec] = Field(description="The game's events, by name, in the order adapters use.")
     quest_stages: list[str] = Field(default_factory=lambda: list(DEFAULT_QUEST_STAGES), min_length=1)
     axes: dict[str, AxisSpec] = Field(default_factory=lambda: dict(BUILT_IN_AXES))
     moods: list[str] = Field(default_factory=list, description="Declared moods; empty: any mood string.")
+    word_travels: list[WordRule] = Field(default_factory=list, description="How word of what the player did "
+                                         "and said reaches other NPCs (persona_agents/memory/word.py).")
 
     @field_validator("events")
     @classmethod
@@ -105,6 +128,13 @@ class GameDefinition(_Strict):
             if event.sets_stage is not None and event.sets_stage not in self.quest_stages:
                 raise ValueError(f"events.{name}.sets_stage: {event.sets_stage!r} is not a declared quest stage; "
                                  f"declared: {', '.join(self.quest_stages)}")
+        for number, rule in enumerate(self.word_travels):
+            unknown = self.unknown_events(rule.events)
+            if unknown:
+                raise ValueError(f"word_travels.{number}.events: {', '.join(unknown)} not declared; "
+                                 f"{self.events_hint()}")
+            if not rule.events and not rule.facts:
+                raise ValueError(f"word_travels.{number}: nothing spreads; name events, or set facts: true")
         return self
 
     # -- questions the rest of the code asks ---------------------------------------
@@ -174,8 +204,8 @@ def parse_game(data: Any, source: str) -> GameDefinition:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown field (valid: events, quest_stages, axes, moods; an event takes description, " \
-                      "payload, sets_stage)"
+                msg = "unknown field (valid: events, quest_stages, axes, moods, word_travels; an event takes " \
+                      "description, payload, sets_stage; a word_travels rule events, facts, tellers, to, delay_turns)"
             problems.append(f"{source}: {_loc(err['loc'])}: {msg}")
         raise PersonaFileError(problems) from None
 

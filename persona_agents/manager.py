@@ -16,15 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import InputError, RequestIdConflictError, UnknownNpcError
+from .errors import InputError, MemoryNotFoundError, RequestIdConflictError, UnknownNpcError
 from .game import DEFAULT_GAME, GameDefinition, load_game
+from .memory import condense_turn
+from .memory.word import word_of_turn
 from .persona_loader import LoadedPersona, load_personas
 from .pipeline import Pipeline
 from .plugins import PluginHost, StepInfo, load_plugins
 from .runtime import Runtime, plugins_dir_of
 from .store import ConcurrentTurnError, StateStore, StoredConversation
 from .store.store import DuplicateRequestError
-from .turn import Exchange, GameContext, NpcState, Turn, TurnResponse, response_from_dict
+from .turn import Exchange, GameContext, Memory, NpcState, Turn, TurnResponse, response_from_dict
 
 #: Attempts when another process commits a turn for the same (player, NPC) first.
 MAX_TURN_ATTEMPTS = 5
@@ -143,6 +145,24 @@ class AgentManager:
     def conversation(self, player_id: str, npc_id: str) -> StoredConversation:
         return self.store.load(player_id, npc_id, initial_state(self.get_persona(npc_id)))
 
+    def _memories_of(self, done: Turn) -> list[Memory]:
+        descriptions = {name: event.description for name, event in self.game.events.items()}
+        return condense_turn(done.turn_number, done.utterance, done.flags, descriptions)
+
+    def memories(self, player_id: str, npc_id: str) -> tuple[Memory, ...]:
+        """Every memory the NPC holds about the player, oldest first (the game may inspect them)."""
+        self.get_persona(npc_id)
+        return self.store.memories(player_id, npc_id)
+
+    def forget(self, player_id: str, npc_id: str, memory_id: int | None = None) -> int:
+        """Delete one memory, or all the NPC holds about the player; returns how many."""
+        self.get_persona(npc_id)
+        with self._turn_lock(player_id, npc_id):
+            removed = self.store.forget(player_id, npc_id, memory_id)
+        if memory_id is not None and removed == 0:
+            raise MemoryNotFoundError(player_id, npc_id, memory_id)
+        return removed
+
     def reset(self, player_id: str, npc_id: str) -> NpcState:
         self.get_persona(npc_id)
         with self._turn_lock(player_id, npc_id):
@@ -224,6 +244,7 @@ class AgentManager:
             seed=None if seed is None else seed + convo.turns,
             flag_history=convo.flag_history,
             delta_history=convo.delta_history,
+            memories=convo.memories,
         )
         done: Turn = self.host.hook.run_turn(turn=turn, pipeline=pipeline)
         new_state = next_state(state, done, self.game)
@@ -243,6 +264,9 @@ class AgentManager:
             Exchange(player=done.utterance, npc=done.reply),
             [(f.name, f.payload) for f in done.flags],
             request_record(done, request_id, client), body, request_id,
+            memories=self._memories_of(done) if loaded.persona.memory.condense == "rules" else (),
+            heard=word_of_turn(self.game, {i: p.persona for i, p in self.personas.items()}, npc_id,
+                               done.turn_number, done.utterance, done.flags),
         )
         self.host.hook.turn_completed(turn=done, response=response)
         return response

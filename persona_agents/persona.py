@@ -16,7 +16,7 @@ STAGES: tuple[str, ...] = ("preprocess", "retrieve", "prompt", "generate", "post
 #: (minimum, maximum) number of steps per stage; None means unbounded.
 STAGE_CARDINALITY: dict[str, tuple[int, int | None]] = {
     "preprocess": (0, None),
-    "retrieve": (0, 1),
+    "retrieve": (0, None),  # each step adds its lines: lore by meaning, by keyword, memories
     "prompt": (1, 1),
     "generate": (1, 1),
     "postprocess": (0, None),
@@ -155,6 +155,15 @@ class RequestBudget(_Strict):
                          "are left out of the prompt (not refused) once the newest fill this budget.")
 
 
+class MemorySettings(_Strict):
+    """What the NPC keeps about a player beyond the history window (persona_agents/memory/).
+    The `recall_memories` retrieve step puts the relevant ones into the prompt."""
+
+    condense: Literal["rules", "off"] = Field(
+        "rules", description="How a turn becomes memories: `rules` keeps the player's statements about "
+        "themselves in their own words and the events that fired; `off` keeps none.")
+
+
 class GenerationSettings(_Strict):
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 means greedy decoding.")
     top_p: float = Field(0.9, gt=0.0, le=1.0)
@@ -221,6 +230,7 @@ class Persona(_Strict):
         default_factory=list, description="Moods set by the state after a turn, first match wins (e.g. "
         "{mood: hostile, max_relationship: -0.5}); a fired event's `sets_mood` wins over them.")
     request_budget: RequestBudget = Field(default_factory=RequestBudget)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     pipeline: PipelineSpec
 

@@ -252,6 +252,10 @@ def load_personas(npcs_dir: Path, registry: StepRegistry) -> dict[str, LoadedPer
             problems.append(f"{path}: id: '{result.persona.id}' is already used by {other.path}")
             continue
         loaded[result.persona.id] = result
+    if game.word_travels and loaded:
+        from .memory.word import unknown_npcs
+
+        problems += [f"{game_file(npcs_dir)}: {problem}" for problem in unknown_npcs(game, loaded)]
     if problems:
         raise PersonaFileError(problems)
     return loaded

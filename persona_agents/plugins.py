@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "persona_agents.default_plugins.normalize",
     "persona_agents.default_plugins.no_lore",
     "persona_agents.default_plugins.lore_steps",
+    "persona_agents.default_plugins.memory_steps",
     "persona_agents.default_plugins.prompts",
     "persona_agents.default_plugins.transformers_generator",
     "persona_agents.default_plugins.multihead_generator",

@@ -50,6 +50,25 @@ class Exchange:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """Something the NPC remembers about this player (persona_agents/memory/): `kind` is
+    `fact` (the player's own words), `event` (what happened on a turn) or `heard` (word
+    from another NPC, named by `source`); `turn` is the turn it comes from."""
+
+    id: int | None
+    turn: int
+    kind: str
+    text: str
+    source: str | None = None
+    #: Word still on its way is hidden from turns until the player has played this many
+    #: turns (with any NPC); 0 for everything else.
+    visible_from: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class LoreChunk:
     id: str
     text: str
@@ -134,6 +153,8 @@ class Turn:
     flag_history: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: _frozen_mapping(None))
     #: Deltas applied on the latest earlier turns, oldest first, for `delta_policy` windows.
     delta_history: tuple["Deltas", ...] = ()
+    #: What the NPC remembers about this player from earlier turns, oldest first.
+    memories: tuple[Memory, ...] = ()
     lore: tuple[LoreChunk, ...] = ()
     prompt: Prompt | None = None
     generation: Generation | None = None

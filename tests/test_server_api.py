@@ -405,3 +405,29 @@ def test_readyz_is_503_while_a_model_cannot_load_and_its_turns_are_503(tmp_path,
         problem = assert_problem(failed, 503, "model_unavailable")
         assert str(tmp_path) not in problem["detail"]
         assert httpx.post(f"{base}/v1/npcs/ok/turns", json={"player_id": "p", "utterance": "hi"}).status_code == 200
+
+
+# -- long-term memories (issue 30) -------------------------------------------------------
+def test_memories_are_listed_and_forgotten_one_by_one_or_all(api):
+    who = player()
+    # smith: give_item fires with iron_ore in_progress, so the turn leaves a fact and an event.
+    assert smith_turn(api, who, "My name is Aldric. Can you fix my sword?", items=["iron_ore"],
+                      quest_stage="in_progress").status_code == 200
+    listed = api.get(f"/v1/players/{who}/npcs/smith/memories")
+    assert listed.status_code == 200, listed.text
+    memories = listed.json()["memories"]
+    assert [(m["turn"], m["kind"]) for m in memories] == [(1, "fact"), (1, "event")]
+    assert memories[0]["text"] == 'The player said: "My name is Aldric."' and memories[0]["source"] is None
+    assert memories[1]["text"].startswith("On turn 1: give_item (") and memories[1]["text"].endswith("item=sword.")
+
+    gone = api.delete(f"/v1/players/{who}/npcs/smith/memories/{memories[0]['id']}")
+    assert gone.status_code == 200 and gone.json()["removed"] == 1
+    assert [m["id"] for m in api.get(f"/v1/players/{who}/npcs/smith/memories").json()["memories"]] == [
+        memories[1]["id"]]
+    assert_problem(api.delete(f"/v1/players/{who}/npcs/smith/memories/{memories[0]['id']}"), 404,
+                   "memory_not_found", field="memory_id")
+    assert api.delete(f"/v1/players/{who}/npcs/smith/memories").json()["removed"] == 1
+    assert api.get(f"/v1/players/{who}/npcs/smith/memories").json()["memories"] == []
+    # Forgetting touches neither the state nor the history.
+    assert api.get(f"/v1/players/{who}/npcs/smith/state").json()["turns"] == 1
+    assert_problem(api.get(f"/v1/players/{who}/npcs/nobody/memories"), 404, "unknown_npc", field="npc_id")

@@ -4,8 +4,9 @@ Both filter by the NPC's knowledge scope, the turn's quest stage and the entries
 (the NPC's trust and relationship before the turn, the items and actions the game sends)
 *before* ranking (see `persona_agents/lore/scope.py`), so a secret gated like a flag never
 reaches the prompt before the game allows it. They keep what fits the lore token budget,
-set `turn.lore`, and report `meta["lore"] = [{"id": ..., "score": ...}]`. Lore files are
-re-read when they change, and changed entries re-embedded, on the next turn.
+add it to `turn.lore` after what earlier retrieve steps found, and report
+`meta["lore"] = [{"id": ..., "score": ...}]`. Lore files are re-read when they change,
+and changed entries re-embedded, on the next turn.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ _BUDGET_HELP = (
 
 
 def _with_lore(turn: Turn, hits: list[LoreHit]) -> Turn:
-    chunks = tuple(LoreChunk(hit.item.id, hit.item.text, round(hit.score, 4)) for hit in hits)
-    return turn.replace(lore=chunks).with_meta(lore=[{"id": c.id, "score": c.score} for c in chunks])
+    """The turn with these hits added after the lore of earlier retrieve steps (an entry
+    another step already found is not repeated)."""
+    have = {chunk.id for chunk in turn.lore}
+    chunks = tuple(LoreChunk(hit.item.id, hit.item.text, round(hit.score, 4)) for hit in hits
+                   if hit.item.id not in have)
+    listed = list(turn.meta.get("lore", []))
+    return turn.replace(lore=turn.lore + chunks).with_meta(
+        lore=listed + [{"id": c.id, "score": c.score} for c in chunks])
 
 
 class FaissLore(Step):

@@ -36,7 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InputError, ModelLoadError, PersonaAgentsError, RequestIdConflictError, UnknownNpcError
+from ..errors import (
+    InputError,
+    MemoryNotFoundError,
+    ModelLoadError,
+    PersonaAgentsError,
+    RequestIdConflictError,
+    UnknownNpcError,
+)
 from ..store import ConcurrentTurnError
 from ..store.store import StoreError
 from .ratelimit import RateLimited
@@ -101,6 +108,8 @@ def describe_exception(exc: BaseException, instance: str | None = None) -> tuple
         # Not str(exc): that names the server's NPC folder, which is none of the client's business.
         detail = f"npc_id: Unknown NPC '{exc.npc_id}'. Available: {', '.join(exc.available) or '(none)'}."
         return 404, problem_body(404, "unknown_npc", detail, instance, field="npc_id", available=exc.available), {}
+    if isinstance(exc, MemoryNotFoundError):
+        return 404, problem_body(404, "memory_not_found", str(exc), instance, field=exc.field), {}
     if isinstance(exc, InputError):
         return 422, problem_body(422, "input_rejected", str(exc), instance, field=exc.field), {}
     if isinstance(exc, RateLimited):

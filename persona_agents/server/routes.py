@@ -31,7 +31,9 @@ from .schemas import (
     SSE_EVENT_SCHEMA,
     AskRequest,
     AskResponse,
+    Forgotten,
     Health,
+    MemoryList,
     NpcDetail,
     NpcList,
     PlayerNpcState,
@@ -228,6 +230,29 @@ def delete_state(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[s
     manager = _manager(request)
     manager.reset(player_id, npc_id)
     return _state_body(manager, player_id, npc_id)
+
+
+# -- long-term memories ----------------------------------------------------------------
+@router.get("/v1/players/{player_id}/npcs/{npc_id}/memories", response_model=MemoryList, responses=READ_ERRORS,
+            tags=["state"], summary="What the NPC remembers about the player beyond the history window")
+def get_memories(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[str, Any]:
+    memories = _manager(request).memories(player_id, npc_id)
+    return {"player_id": player_id, "npc_id": npc_id, "memories": [m.to_dict() for m in memories]}
+
+
+@router.delete("/v1/players/{player_id}/npcs/{npc_id}/memories", response_model=Forgotten, responses=READ_ERRORS,
+               tags=["state"], summary="Forget everything the NPC remembers about the player (state and history stay)")
+def delete_memories(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[str, Any]:
+    return {"player_id": player_id, "npc_id": npc_id, "removed": _manager(request).forget(player_id, npc_id)}
+
+
+@router.delete("/v1/players/{player_id}/npcs/{npc_id}/memories/{memory_id}", response_model=Forgotten,
+               responses=READ_ERRORS, tags=["state"], summary="Forget one memory (a studio correcting what an NPC "
+               "believes)")
+def delete_memory(player_id: PlayerId, npc_id: NpcId, memory_id: Annotated[int, Path(ge=1)],
+                  request: Request) -> dict[str, Any]:
+    removed = _manager(request).forget(player_id, npc_id, memory_id)
+    return {"player_id": player_id, "npc_id": npc_id, "removed": removed}
 
 
 # -- health --------------------------------------------------------------------------

@@ -201,6 +201,30 @@ class ExchangeOut(BaseModel):
     npc: str
 
 
+class MemoryOut(BaseModel):
+    id: int
+    turn: int = Field(description="The turn it comes from (the teller's turn for word heard from another NPC).")
+    kind: Literal["fact", "event", "heard"] = Field(
+        description="`fact`: the player's own words about themselves; `event`: what the game did on that turn; "
+        "`heard`: word from another NPC (`source`).")
+    text: str
+    source: str | None = Field(None, description="The NPC the word came from (kind `heard`).")
+    visible_from: int = Field(0, description="Word on its way: the NPC knows it once the player has played this "
+                              "many turns (with any NPC); 0: known now.")
+
+
+class MemoryList(BaseModel):
+    player_id: str
+    npc_id: str
+    memories: list[MemoryOut] = Field(description="Oldest first.")
+
+
+class Forgotten(BaseModel):
+    player_id: str
+    npc_id: str
+    removed: int
+
+
 class PlayerNpcState(BaseModel):
     player_id: str
     npc_id: str

@@ -14,7 +14,7 @@ from typing import Callable, cast
 from sqlalchemy import Connection, Engine, Table, inspect, select, text
 
 from ..errors import PersonaAgentsError
-from .schema import Base, FlagEventRow, HistoryRow, NpcStateRow, SchemaVersion, TurnRecordRow
+from .schema import Base, FlagEventRow, HistoryRow, MemoryRow, NpcStateRow, SchemaVersion, TurnRecordRow
 
 
 def _table(row: type[Base]) -> Table:
@@ -27,9 +27,14 @@ def _v1_initial(connection: Connection) -> None:
         _table(table).create(connection, checkfirst=True)
 
 
+def _v2_memories(connection: Connection) -> None:
+    _table(MemoryRow).create(connection, checkfirst=True)
+
+
 #: (version, what it does, how). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables: state, history, flag events, turn records", _v1_initial),
+    (2, "long-term memories per (player, NPC)", _v2_memories),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

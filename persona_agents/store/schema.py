@@ -80,3 +80,21 @@ class TurnRecordRow(Base):
         UniqueConstraint("player_id", "npc_id", "request_id", name="uq_turn_request"),
         UniqueConstraint("player_id", "npc_id", "turn_number", name="uq_turn_number"),
     )
+
+
+class MemoryRow(Base):
+    """One thing an NPC remembers about a player beyond the history window (issue 30): a
+    fact the player stated, an event of a turn, or word heard from another NPC (`source`).
+    Written in the transaction of the turn it comes from; the game may read and delete it."""
+
+    __tablename__ = "pa_memory"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    player_id: Mapped[str] = mapped_column(String(200), index=True)
+    npc_id: Mapped[str] = mapped_column(String(200), index=True)
+    turn_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: Hidden until the player has played this many turns (with any NPC): word on its way.
+    visible_from: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -25,13 +25,15 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import PersonaAgentsError
 from ..models import cache_dir
-from ..turn import Deltas, Exchange, NpcState
+from ..turn import Deltas, Exchange, Memory, NpcState
 from .migrations import upgrade
-from .schema import FlagEventRow, HistoryRow, NpcStateRow, TurnRecordRow
+from .schema import FlagEventRow, HistoryRow, MemoryRow, NpcStateRow, TurnRecordRow
 
 DB_ENV = "PERSONA_AGENTS_DB"
 #: Earlier turns whose deltas a load returns: the longest delta_policy window allowed.
 DELTA_HISTORY_TURNS = 100
+#: Memories a turn loads (the newest); older ones stay stored, visible to the game.
+MEMORY_LIMIT = 200
 
 
 def default_db_url() -> str:
@@ -85,6 +87,8 @@ class StoredConversation:
     version: int = 0
     #: Deltas applied on the latest turns (up to DELTA_HISTORY_TURNS), oldest first.
     delta_history: tuple[Deltas, ...] = ()
+    #: Long-term memories (up to MEMORY_LIMIT, the newest), oldest first.
+    memories: tuple[Memory, ...] = ()
 
 
 #: SQLite's `synchronous` levels a URL may ask for (`sqlite:///state.db?synchronous=full`).
@@ -163,8 +167,9 @@ class StateStore:
             row = conn.execute(
                 select(NpcStateRow.__table__).where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id == npc_id)
             ).mappings().first()
-            if row is None:
-                return StoredConversation(state=initial, history=())
+            if row is None:  # never talked; it may have heard of the player from other NPCs
+                return StoredConversation(state=initial, history=(),
+                                          memories=self._memories(conn, player_id, npc_id, MEMORY_LIMIT))
             query = (
                 select(HistoryRow.player_text, HistoryRow.npc_text)
                 .where(HistoryRow.player_id == player_id, HistoryRow.npc_id == npc_id)
@@ -186,6 +191,7 @@ class StateStore:
                 .order_by(TurnRecordRow.turn_number.desc())
                 .limit(DELTA_HISTORY_TURNS)
             ).all()
+            memories = self._memories(conn, player_id, npc_id, MEMORY_LIMIT)
         state = NpcState(row["trust"], row["relationship"], row["mood"], row["quest_stage"])
         return StoredConversation(
             state=state,
@@ -194,7 +200,44 @@ class StateStore:
             turns=row["turns"],
             version=row["version"],
             delta_history=tuple(Deltas(t, r) for t, r in reversed(deltas)),
+            memories=memories,
         )
+
+    @staticmethod
+    def _played(conn, player_id: str) -> int:
+        """How many turns the player has played, with every NPC together."""
+        return conn.execute(select(func.count()).select_from(TurnRecordRow)
+                            .where(TurnRecordRow.player_id == player_id)).scalar_one()
+
+    @classmethod
+    def _memories(cls, conn, player_id: str, npc_id: str, limit: int | None,
+                  arrived_only: bool = True) -> tuple[Memory, ...]:
+        """The NPC's memories of the player, oldest first; word still on its way is left
+        out unless `arrived_only` is False (the game's own view shows it)."""
+        cond = [MemoryRow.player_id == player_id, MemoryRow.npc_id == npc_id]
+        if arrived_only:
+            cond.append(MemoryRow.visible_from <= cls._played(conn, player_id))
+        query = (select(MemoryRow.id, MemoryRow.turn_number, MemoryRow.kind, MemoryRow.text, MemoryRow.source,
+                        MemoryRow.visible_from)
+                 .where(*cond).order_by(MemoryRow.turn_number.desc(), MemoryRow.id.desc()))
+        if limit is not None:
+            query = query.limit(limit)
+        return tuple(Memory(*row) for row in reversed(conn.execute(query).all()))
+
+    @_database_errors('read the memories')
+    def memories(self, player_id: str, npc_id: str) -> tuple[Memory, ...]:
+        """Every memory an NPC holds about a player, oldest first, word still on its way too."""
+        with self._serial, self.engine.connect() as conn:
+            return self._memories(conn, player_id, npc_id, None, arrived_only=False)
+
+    @_database_errors('forget memories')
+    def forget(self, player_id: str, npc_id: str, memory_id: int | None = None) -> int:
+        """Delete one memory (by id) or all of an NPC's memories of a player; returns how many."""
+        cond = [MemoryRow.player_id == player_id, MemoryRow.npc_id == npc_id]
+        if memory_id is not None:
+            cond.append(MemoryRow.id == memory_id)
+        with self._serial, self.engine.begin() as conn:
+            return conn.execute(delete(MemoryRow).where(*cond)).rowcount
 
     @_database_errors('read a stored response')
     def find_response(self, player_id: str, npc_id: str, request_id: str) -> dict[str, Any] | None:
@@ -237,8 +280,12 @@ class StateStore:
         request: Mapping[str, Any],
         response: Mapping[str, Any],
         request_id: str | None = None,
+        memories: Iterable[Memory] = (),
+        heard: Iterable[tuple[str, Memory, int]] = (),
     ) -> None:
-        """Write one turn in one transaction, or nothing at all."""
+        """Write one turn in one transaction, or nothing at all: with it the memories it
+        leaves (`memories`) and the word it sends to other NPCs (`heard`: (npc_id, memory,
+        delay in the player's turns))."""
         values = dict(trust=state.trust, relationship=state.relationship, mood=state.mood,
                       quest_stage=state.quest_stage, turns=turn_number, version=expected_version + 1)
         try:
@@ -268,6 +315,13 @@ class StateStore:
                     flags=response["flags"], flags_rejected=response["flags_rejected"],
                     timings_ms=dict(response.get("meta", {}).get("timings_ms", {})),
                 ))
+                heard = list(heard)
+                # The player's turns so far, this one included: the clock word travels by.
+                played = self._played(conn, player_id) if heard else 0
+                for to_npc, memory, delay in [(npc_id, m, 0) for m in memories] + heard:
+                    conn.execute(insert(MemoryRow).values(
+                        player_id=player_id, npc_id=to_npc, turn_number=memory.turn, kind=memory.kind,
+                        text=memory.text, source=memory.source, visible_from=played + delay if delay else 0))
         except IntegrityError as exc:
             if request_id is not None and self.find_response(player_id, npc_id, request_id) is not None:
                 raise DuplicateRequestError(f"request_id {request_id!r} was committed meanwhile") from exc
@@ -290,7 +344,7 @@ class StateStore:
         """Forget a player's conversations (with one NPC, or all); returns states removed."""
         with self._serial, self.engine.begin() as conn:
             removed = 0
-            for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow):
+            for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow, MemoryRow):
                 cond = [table.player_id == player_id] + ([table.npc_id == npc_id] if npc_id else [])
                 result = conn.execute(delete(table).where(*cond))
                 if table is NpcStateRow:
@@ -323,6 +377,7 @@ class StateStore:
                                     for f in flags],
                     "history": [{"turn": h["turn_number"], "player": h["player_text"], "npc": h["npc_text"]}
                                 for h in history],
+                    "memories": [m.to_dict() for m in self._memories(conn, mine[0], mine[1], None, False)],
                     "turn_records": [
                         {"turn": r["turn_number"], "request_id": r["request_id"], "request": r["request"],
                          "response": r["response"],
@@ -330,12 +385,17 @@ class StateStore:
                         for r in records
                     ],
                 }
+            # NPCs that never talked with the player but heard of them from others.
+            heard_only = conn.execute(select(MemoryRow.npc_id).where(*where(MemoryRow)).distinct()).scalars()
+            for other in sorted(set(heard_only) - set(out["npcs"])):
+                out.setdefault("heard_only", {})[other] = [
+                    m.to_dict() for m in self._memories(conn, player_id, other, None, False)]
         return out
 
     @_database_errors('count rows')
     def count(self, table: str, player_id: str | None = None, npc_id: str | None = None) -> int:
         tables: dict[str, Any] = {"turn_records": TurnRecordRow, "history": HistoryRow, "flag_events": FlagEventRow,
-                                  "states": NpcStateRow}
+                                  "states": NpcStateRow, "memories": MemoryRow}
         model = tables[table]
         cond = ([model.player_id == player_id] if player_id else []) + ([model.npc_id == npc_id] if npc_id else [])
         with self._serial, self.engine.connect() as conn:

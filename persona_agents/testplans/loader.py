@@ -99,6 +99,9 @@ def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Itera
             if plan.npc not in npc_ids:
                 problems.append(f"{where}: npc: unknown NPC {plan.npc!r}; available: {', '.join(sorted(npc_ids))}")
             for number, turn in enumerate(plan.turns, 1):
+                if turn.npc is not None and turn.npc not in npc_ids:
+                    problems.append(f"{where}: turn {number}: npc: unknown NPC {turn.npc!r}; "
+                                    f"available: {', '.join(sorted(npc_ids))}")
                 for field in ("flags", "no_flags"):
                     for flag in getattr(turn.expect, field):
                         if flag not in flags:

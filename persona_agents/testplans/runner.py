@@ -87,6 +87,14 @@ def check_turn(number: int, spec: PlanTurn, response: TurnResponse) -> list[Chec
         for lore_id in exp.lore.not_retrieved:
             checks.append(Check(number, f"lore {lore_id} not retrieved", lore_id not in ids, "not retrieved",
                                 ", ".join(ids) or "none"))
+    if exp.memories:
+        recalled = sorted({entry["turn"] for entry in response.meta.get("memories", [])})
+        got = ", ".join(f"turn {t}" for t in recalled) or "none"
+        for turn in exp.memories.recalled:
+            checks.append(Check(number, f"a memory of turn {turn} recalled", turn in recalled, "recalled", got))
+        for turn in exp.memories.not_recalled:
+            checks.append(Check(number, f"no memory of turn {turn} recalled", turn not in recalled, "not recalled",
+                                got))
     return checks
 
 
@@ -107,6 +115,7 @@ def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: in
         mood=plan.start.mood or base.mood,
         quest_stage=plan.start.quest_stage or base.quest_stage,
     )
+    manager.store.reset(player)  # every NPC: a plan may talk to several, and word travels between them
     manager.store.put_state(player, plan.npc, start)
     items, actions = list(plan.context.items), list(plan.context.actions)
     stage, location = plan.context.quest_stage, plan.context.location
@@ -118,7 +127,8 @@ def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: in
         context = GameContext(quest_stage=stage, location=location, items=tuple(items), actions=tuple(actions),
                               game_state=dict(plan.context.game_state))
         try:
-            response = manager.turn(plan.npc, spec.say, player_id=player, context=context, seed=seed + number)
+            response = manager.turn(spec.npc or plan.npc, spec.say, player_id=player, context=context,
+                                    seed=seed + number)
         except Exception as exc:  # a crash is a failed plan, reported, not a traceback
             result.error = f"turn {number}: {type(exc).__name__}: {exc}"
             return result

@@ -66,6 +66,14 @@ class LoreExpectation(_Strict):
     not_retrieved: list[str] = Field(default_factory=list)
 
 
+class MemoryExpectation(_Strict):
+    """Long-term memories (the `recall_memories` step) put into this turn's prompt, named by
+    the turn they come from: `recalled: [2]` passes when a memory of turn 2 was recalled."""
+
+    recalled: list[int] = Field(default_factory=list, description="Turns whose memories must be recalled.")
+    not_recalled: list[int] = Field(default_factory=list, description="Turns whose memories must not be.")
+
+
 class Expectations(_Strict):
     flags: list[str] = Field(default_factory=list, description="Flags that must fire this turn.")
     no_flags: list[str] = Field(default_factory=list, description="Flags that must not fire this turn.")
@@ -73,6 +81,7 @@ class Expectations(_Strict):
     state: StateExpectation | None = None
     reply: ReplyExpectation | None = None
     lore: LoreExpectation | None = None
+    memories: MemoryExpectation | None = None
 
 
 class Context(_Strict):
@@ -92,6 +101,8 @@ class Start(_Strict):
 
 class PlanTurn(_Strict):
     say: str = Field(min_length=1)
+    npc: str | None = Field(None, description="Say it to another NPC (the same player walks over; word that "
+                            "travels between NPCs is tested this way); absent: the plan's NPC.")
     gain_items: list[str] = Field(default_factory=list)
     lose_items: list[str] = Field(default_factory=list)
     add_actions: list[str] = Field(default_factory=list)
