@@ -114,3 +114,11 @@ def test_prompt_v2_cost_quick():
     assert_figures(figures, ("prompt_tokens_v1", "prompt_tokens_v2", "prefix_tokens_v2", "v1_s", "v2_s", "v2_cold_s",
                              "v2_ratio", "v2_cold_ratio"))
     assert int(figures["prefix_hits"]) >= 3  # every counted v2 turn found its NPC's prefix cached
+
+
+@pytest.mark.model
+def test_memory_recall_quick():
+    figures, _ = run_quick("memory_recall.py")
+    assert_figures(figures, ("turns", "compared_turns", "memories_held", "turns_with_recall", "turn_s_with_recall",
+                             "turn_s_without", "recall_ms_median", "memory_turn_ratio"), ("npc",))
+    assert int(figures["memories_held"]) > 0  # the script's facts were condensed into memories
