@@ -30,8 +30,11 @@ limit) on a free loopback port, waits for /readyz, then in one run:
 - alongside: an ordinary turn from another player sent 0.2 s after a largest turn starts.
 
 Prints `name=value` lines, among them `largest_time_ratio=` (plain largest / ordinary,
-medians), `largest_rss_ratio=` (the largest turn's memory growth / the ordinary turn's,
-the denominator floored at 1 MB), `alongside_time_ratio=` (ordinary turn alongside a
+medians; the ordinary turn is a player's first, the largest comes at a full stored
+history), `largest_request_time_ratio=` (the largest / an ordinary request from a
+player whose stored history is full too: what the request itself adds),
+`largest_rss_ratio=` (the largest turn's memory growth / the ordinary turn's, the
+denominator floored at 1 MB), `alongside_time_ratio=` (ordinary turn alongside a
 largest one / its usual time) with their targets, the same for the `nfkc` shape
 (`nfkc_*`), the server's CPU seconds per turn (`*_cpu_s`), and the whole-process RSS
 idle, after the ordinary turns, after the largest ones and idle again (`rss_mb_*`).
@@ -505,7 +508,11 @@ def main() -> int:
             # Players whose history is filled first: `largest` per shape, and `alongside` per shape.
             prepared = {shape: [f"rc-{shape}-largest-{i}" for i in range(args.largest)] for shape in shapes}
             along = {shape: [f"rc-{shape}-along-{i}" for i in range(args.alongside)] for shape in shapes}
+            # Ordinary requests from players whose stored history is full too: what the request
+            # itself adds, history being part of every turn of a conversation under way.
+            with_history = [f"rc-ordinary-history-{i}" for i in range(args.ordinary)]
             jobs = [(p, shape) for shape in shapes for p in prepared[shape] + along[shape]]
+            jobs += [(p, "plain") for p in with_history]
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
                 list(pool.map(lambda job: prepare_history(client, sizer, job[0], job[1], args.history_turns,
@@ -530,6 +537,8 @@ def main() -> int:
             # ordinary turn allocates its own cache, the next ones reuse it.
             ordinary = [measured(ordinary_request(f"rc-ordinary-{i}")) for i in range(args.ordinary)]
             rss_after_ordinary = rss_mb(pid)
+            ordinary_history = [measured({**ordinary_request("unused"), "player_id": player})
+                                for player in with_history]
 
             largest: dict[str, list] = {}
             rss_after: dict[str, float] = {}
@@ -576,6 +585,11 @@ def main() -> int:
           f"ordinary_reply_source={','.join(sorted({sources(t) for t in ordinary}))} "
           f"ordinary_all_s={joined(ordinary, 's')}")
     print(f"ordinary_cpu_s={ord_cpu:.2f} ordinary_all_cpu_s={joined(ordinary, 'cpu')} (server CPU seconds)")
+    hist_s = median([t["s"] for t in ordinary_history])
+    hist_growth = max(t["growth"] for t in ordinary_history)
+    print(f"ordinary_history_s={hist_s:.2f} ordinary_history_all_s={joined(ordinary_history, 's')} "
+          f"anon_mb_growth_ordinary_history={hist_growth:.1f} (the ordinary request from players whose stored "
+          f"history fills its budget, as the largest's does)")
     print(f"history_prep_s={results['history_prep_s']:.1f}")
     print(f"rss_mb_ready={rss_ready:.0f}")
     print(f"rss_mb_idle={rss_idle:.0f}")
@@ -611,6 +625,10 @@ def main() -> int:
               f"{prefix}anon_mb_growth_largest_all={joined(turns, 'growth', '.1f')}")
         print(f"{prefix}rss_mb_after_largest={rss_after[shape]:.0f}")
         print(f"{prefix}largest_time_ratio={big_s / ord_s:.2f} (target: <= 2.0)")
+        print(f"{prefix}largest_request_time_ratio={big_s / hist_s:.2f} (target: <= 2.0; the largest request / "
+              f"the ordinary request at the same full stored history: what the request itself adds)")
+        print(f"{prefix}largest_request_rss_ratio={growth / max(hist_growth, 1.0):.2f} (the same, memory growth, "
+              f"the denominator floored at 1 MB)")
         print(f"{prefix}largest_cpu_ratio={big_cpu / ord_cpu:.2f} (server CPU seconds, largest / ordinary)")
         print(f"{prefix}largest_rss_ratio={growth / max(ord_growth, 1.0):.2f} (target: <= 2.0; the most a turn "
               f"raised the server's anonymous memory above its level just before it, largest / ordinary, "
