@@ -24,7 +24,7 @@ def test_sample_plans_pass_and_write_junit(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     root = ET.parse(junit).getroot()
     assert root.get("failures") == "0" and int(root.get("tests")) >= 30
-    assert len(root.findall("testsuite")) == 7  # one file per sample NPC, and the memory plan
+    assert len(root.findall("testsuite")) >= 7  # one file per sample NPC, the memory plan (and any added)
 
 
 def test_a_rule_removed_from_a_sample_persona_fails_its_plan(tmp_path):
