@@ -130,7 +130,8 @@ def test_index_lore_rejects_a_stage_the_game_does_not_declare(sample_npcs_copy, 
     result = invoke("index-lore", "--npcs-dir", str(sample_npcs_copy), cache=tmp_path / "cache")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert (f"{path}: entries[{index}] (silvia_brother_hideout): stages: 'completed' is not a declared quest stage; "
-            "declared quest stages: not_started, in_progress, complete") in result.output
+            "declared quest stages") in result.output
+    assert f"{sample_npcs_copy / '_game.yaml'}): not_started, in_progress, complete" in result.output
 
 
 def test_lore_search_unknown_npc_is_a_message():

@@ -92,7 +92,9 @@ def test_guard_plans_are_the_targets_minus_the_listed_misses():
     spec.loader.exec_module(derive)
     removed = 0
     targets = sorted(PLANS.glob("*.yaml"))
-    assert {p.name for p in targets} == {p.name for p in (ROOT / "npcs" / "tests").glob("*.yaml")}
+    # Plans written by hand (not derived from a target): memory.yaml (issue 30).
+    hand_written = {"memory.yaml"}
+    assert {p.name for p in targets} == {p.name for p in (ROOT / "npcs" / "tests").glob("*.yaml")} - hand_written
     for source in targets:
         text, dropped = derive.derive(source)
         removed += dropped
