@@ -156,6 +156,6 @@ def test_run_dialogue_puts_silvias_hideout_lore_into_the_turn(tmp_path):
     turn = json.loads(result.stdout.strip().splitlines()[-1])
     assert "silvia_brother_hideout" in [entry["id"] for entry in turn["meta"]["lore"]]
     assert all(set(entry) == {"id", "score"} for entry in turn["meta"]["lore"])
-    assert turn["meta"]["steps"]["retrieve"] == ["faiss_lore"]
+    assert turn["meta"]["steps"]["retrieve"] == ["faiss_lore", "recall_memories"]
     assert "Building the lore index" in result.stderr
     assert list((cache / "lore-index").glob("*/*/manifest.json"))
