@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_cards import export_group, import_group
 from .cli_common import friendly_errors, npcs_dir_option, plugins_dir_option
 from .cli_dialogue import run_dialogue
 from .cli_init import init_game
@@ -35,6 +36,8 @@ main.add_command(test_plans)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(review)
+main.add_command(import_group)
+main.add_command(export_group)
 
 
 @main.command()
