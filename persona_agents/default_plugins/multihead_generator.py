@@ -21,6 +21,12 @@ then has the decision written into its prompt (`<DECISION> give_item(item=map_fr
 ... <NPC>`): the fast engine runs those few tokens on the same cache and decodes from
 there; the transformers engine continues from the prompt pass's cache the same way. No
 decoding at all where a writer's line fits the decision.
+
+`engine: sglang` (with `url`): a remote SGLang server runs the model; this process keeps
+only the adapter's tokenizer and heads. The prompt pass up to `<STATE>` returns that
+position's hidden state (the final norm's, as here), the heads and the game's rules run
+here, and the reply is a second request that starts with the prompt pass's tokens, which
+SGLang finds in its radix cache (`meta.sglang`). See persona_agents/engines/sglang_client.py.
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from persona_agents.errors import StepError
 from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.models import LoadedModel
 from persona_agents.prompt_format import decision_of_turn
-from persona_agents.streaming import Decider, Decision, current_decider
+from persona_agents.streaming import Decider, Decision, MarkerSafeStreamer, current_decider, current_sink
 from persona_agents.turn import Deltas, FiredFlag, Generation
 
 from .transformers_generator import EngineOptions, TransformersGenerator
@@ -50,11 +56,31 @@ class MultiHeadGenerator(TransformersGenerator):
     description = "Reply, deltas and flags from a fine-tuned adapter with state heads, in one generate call."
 
     class Options(EngineOptions):
+        engine: Literal["auto", "fast", "transformers", "sglang"] = Field(  # type: ignore[assignment]
+            "auto", description="`fast`: the lean decoder with batching (llama-family float32 models); "
+            "`transformers`: transformers generate; `auto`: fast where the model allows, else transformers; "
+            "`sglang`: a remote SGLang server (`url`) runs the model, the heads run here.")
         adapter: str = Field(DEFAULT_ADAPTER, description="Adapter folder written by `persona-agents train`; a "
                              "relative path is resolved against the project root (the NPC folder's parent).")
         model: str | None = Field(None, description="Base model; default: the base the adapter was trained on "
                                   "(a relative path resolves against the project root, as `adapter` does).")
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="Weights dtype.")
+        url: str | None = Field(None, description="Engine sglang: the SGLang server's address, e.g. "
+                                "http://localhost:30000 (started with --enable-return-hidden-states).")
+        timeout_s: float = Field(60.0, gt=0, description="Engine sglang: seconds to wait for each request.")
+        lora: str = Field("merged", description="Engine sglang: `merged` (the server serves the adapter merged into "
+                          "its base: `python -m persona_agents.engines.sglang_client export`), or the name of a "
+                          "LoRA adapter loaded in SGLang (--lora-paths NAME=PATH), sent as `lora_path`.")
+        state_pass: Literal["split", "single"] = Field(
+            "split", description="Engine sglang: `split` sends the prompt before <STATE> first, so the hidden "
+            "states come back as one row; `single`: one request, one row per prompt token SGLang computes.")
+
+        @model_validator(mode="after")
+        def _sglang_needs_url(self):
+            if self.engine == "sglang" and not self.url:
+                raise ValueError("engine 'sglang' needs `url`: the SGLang server's address, e.g. "
+                                 "url: http://localhost:30000")
+            return self
 
     path_options = {"adapter": "folder", "model": "model"}
     decides = True
@@ -67,6 +93,8 @@ class MultiHeadGenerator(TransformersGenerator):
         self._evidence: dict[int, object] = {}  # id(turn.prompt) -> evidence row, while a turn runs
         self._decided: dict[int, object] = {}  # id(turn.prompt) -> heads output read after the prompt pass
         self._deciders: dict[int, Decider | None] = {}  # id(turn.prompt) -> the pipeline's decider, while a turn runs
+        self._remote = None  # the SGLangEngine of engine: sglang
+        self._remote_meta: dict[int, dict] = {}  # id(turn.prompt) -> what SGLang reported, while a turn runs
 
     def adapter_path(self) -> Path:
         """The adapter folder: an absolute path as given, a relative one under the game folder
@@ -85,6 +113,8 @@ class MultiHeadGenerator(TransformersGenerator):
                 f"NPC '{self.persona.id}': the multihead generate step needs the sectioned prompt (its heads read "
                 "the <STATE> marker), but pipeline.prompt is chat_template. Set `prompt: [sectioned]`.")
         path = self.adapter_path()
+        if self.options.engine == "sglang":
+            return self._load_remote(path)
         # The fast engine needs no transformers model: a start without it is seconds faster.
         lean = self.options.engine != "transformers"
         base = self.base_model_ref()
@@ -101,6 +131,21 @@ class MultiHeadGenerator(TransformersGenerator):
         self._rag_id = self.bundle.tokenizer.convert_tokens_to_ids("<RAG>")
         self._decoder = loaded.model.get_decoder()
         return loaded
+
+    def _load_remote(self, path: Path) -> LoadedModel:
+        """Engine sglang: the adapter's tokenizer and heads only; the server has the weights."""
+        from persona_agents.engines.sglang_client import SGLangClient, SGLangEngine, load_remote_bundle
+
+        self.bundle = self.runtime.models.shared(("multihead-remote", str(path.resolve())),
+                                                 lambda: load_remote_bundle(path))
+        self._check_events(path)
+        self._state_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))
+        self._rag_id = self.bundle.tokenizer.convert_tokens_to_ids("<RAG>")
+        self._decoder = None
+        opts = self.options
+        client = SGLangClient(str(opts.url), opts.timeout_s, None if opts.lora == "merged" else opts.lora)
+        self._remote = SGLangEngine(client, self.bundle.heads.config.hidden_size, path, opts.state_pass)
+        return LoadedModel(name=self.bundle.meta["base"]["name"], model=None, tokenizer=self.bundle.tokenizer)
 
     def _check_events(self, path: Path) -> None:
         """The events this NPC's game declares, of those the adapter predicts (issue 27).
@@ -147,6 +192,52 @@ class MultiHeadGenerator(TransformersGenerator):
             self._evidence.pop(key, None)
             self._decided.pop(key, None)
             self._deciders.pop(key, None)
+            self._remote_meta.pop(key, None)
+
+    def engine_name(self) -> str:
+        return "sglang" if self._remote is not None else super().engine_name()
+
+    def generate_ids(self, turn, inputs, seed: int):
+        if self._remote is None:
+            return super().generate_ids(turn, inputs, seed)
+        return self._remote_generate(turn, inputs, seed)
+
+    def _remote_generate(self, turn, inputs, seed: int):
+        """Engine sglang: the prompt pass on the server up to <STATE>, the heads here, the
+        game's decision, then the reply on the server, which finds the prompt in its radix
+        cache (see persona_agents/engines/sglang_client.py)."""
+        import torch
+
+        from persona_agents.engines.sglang_client import sampling_params
+
+        ids = inputs["input_ids"][0].tolist()
+        index = self._state_index(inputs)
+        key = id(turn.prompt)
+        meta: dict = {}
+        row, meta["prompt_pass"] = self._remote.state_pass(ids[: index + 1])
+        meta.update(self._remote.check())
+        self._remote_meta[key] = meta
+        state = torch.tensor(row, dtype=torch.float32)
+        heads = on_compute_thread(self._read_heads, turn, state)
+        continuation = ids
+        if self._deciders.get(key) is not None or turn.prompt.version == 2:
+            decision = self._decide(turn, heads)
+            if not decision.speak:
+                return [], state[None]
+            if turn.prompt.version == 2:
+                continuation = ids + self._decision_ids(decision)
+        tok = self.loaded.tokenizer
+        stops = [*self._eos_ids, *(tok.convert_tokens_to_ids(m) for m in turn.prompt.stop_markers)]
+        stops = [t for t in stops if isinstance(t, int) and t != tok.unk_token_id]
+        sink, on_ids, streamer = current_sink(), None, None
+        if sink is not None:
+            streamer = MarkerSafeStreamer(tok, sink, (*turn.prompt.stop_markers, *self._special), 0)
+            on_ids = lambda new: streamer.put(torch.tensor(new))  # noqa: E731
+        new_ids, meta["reply"] = self._remote.reply(continuation, sampling_params(self.persona.generation, seed, stops),
+                                                    on_ids)
+        if streamer is not None:
+            streamer.end()
+        return new_ids, state[None]
 
     def _heads(self, turn, state_rows):
         """The heads on the kept <STATE> row, with the turn's few-shot evidence if they read it."""
@@ -287,8 +378,10 @@ class MultiHeadGenerator(TransformersGenerator):
             flag_probs=dict(zip(flags, probs)),
             flags=tuple(name for name, p in zip(flags, probs) if p >= thresholds[name]),
         )
+        remote = self._remote_meta.get(id(turn.prompt))
         return turn.replace(generation=generation).with_meta(
-            adapter=self.options.adapter, thresholds_version=self.bundle.meta.get("thresholds_version"))
+            adapter=self.options.adapter, thresholds_version=self.bundle.meta.get("thresholds_version"),
+            **({"sglang": {"url": self._remote.url, **remote}} if remote is not None and self._remote else {}))
 
 
 @hookimpl

@@ -13,6 +13,7 @@ Two engines run the model (option `engine`):
   transformers can load (what `auto` falls back to, saying why in the turn's meta).
 With `decode_precision: float32` the fast engine's greedy replies are the reference's
 tokens; int4/int8 decode steps change some words, measured in `bench/vs_llamacpp.py`.
+The multihead step has a third, `sglang`: a remote SGLang server (multihead_generator.py).
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ class TransformersGenerator(Step):
 
     def _fast_engine(self):
         """(the shared BatchEngine, None) for the fast engine, or (None, why not)."""
-        if self.options.engine == "transformers":
-            return None, "engine: transformers"
+        if self.options.engine in ("transformers", "sglang"):
+            return None, f"engine: {self.options.engine}"
         from persona_agents.fastpath.decoder import supports
 
         reason = supports(self.loaded.model)
@@ -148,7 +149,8 @@ class TransformersGenerator(Step):
 
     @staticmethod
     def _end_of_turn_ids(tok, model) -> list[int]:
-        ids = model.generation_config.eos_token_id
+        # No local model where a remote engine runs it: the tokenizer's end tokens.
+        ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
         for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
             tid = tok.convert_tokens_to_ids(token)
@@ -274,10 +276,14 @@ class TransformersGenerator(Step):
             turn = turn.with_meta(speech="skipped: a writer's line fits the decision")
         turn = turn.replace(generation=generation).with_meta(
             model=self.loaded.name, seed=seed, new_tokens=len(new_ids),
-            engine="fast" if self._engine is not None else "transformers",
+            engine=self.engine_name(),
             **({"engine_note": self.engine_note} if self.engine_note and self.options.engine == "auto" else {}),
             **({"decode_precision": self.options.decode_precision} if self._engine is not None else {}))
         return self._finish(turn, extra)
+
+    def engine_name(self) -> str:
+        """The engine that runs this step's model (`meta.engine`)."""
+        return "fast" if self._engine is not None else "transformers"
 
     def _generate(self, inputs, kwargs):
         """`model.generate` (under the model's lock): (output ids, anything `_finish` needs).

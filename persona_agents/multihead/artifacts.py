@@ -188,7 +188,6 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     `SkeletonCausalLM` and the tokenizer a `LeanTokenizer`, read without importing
     transformers (see fastpath/skeleton.py); the bundle's model then has no forward."""
     import torch
-    from safetensors.torch import load_file
 
     from .modeling import base_fingerprint
 
@@ -239,6 +238,15 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
                 except OSError as exc:  # a read-only cache only costs the next start its speed
                     log.warning("could not cache the merged adapter in %s: %s", entry, exc)
     lm.eval()
+    return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=load_heads(path, meta), meta=meta,
+                         low_rank=low_rank)
+
+
+def load_heads(adapter_dir: str | Path, meta: dict[str, Any]) -> StateHeads:
+    """The adapter's state heads (eval mode), checked against its metadata."""
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir)
     heads = StateHeads(HeadsConfig(**meta["heads"]))
     try:
         result = heads.load_state_dict(load_file(str(path / HEADS_FILE)), strict=False)
@@ -249,7 +257,7 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
         raise AdapterError(f"{path / HEADS_FILE} does not match the heads in {METADATA_FILE}: missing "
                            f"{result.missing_keys}, unexpected {result.unexpected_keys}; retrain the adapter.")
     heads.eval()
-    return AdapterBundle(path=path, model=lm, tokenizer=tokenizer, heads=heads, meta=meta, low_rank=low_rank)
+    return heads
 
 
 def resize_embeddings(model, rows: int) -> None:
