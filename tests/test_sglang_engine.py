@@ -309,3 +309,16 @@ def test_a_server_serving_another_adapters_export_is_refused(tiny_adapter, tmp_p
     with pytest.raises(PersonaAgentsError, match=rf"serves {other}, a merged export of adapter /adapters/guard, not "
                                                  rf"of {tiny_adapter}\. Export this adapter"):
         AgentManager(npcs).turn("anna", "Hello", player_id="p", seed=1)
+
+
+def test_an_adapter_trained_in_float32_loads_on_a_bfloat16_base(tiny_adapter):
+    # The base check compares a checksum of the first embedding rows: read as stored
+    # (float32), not after the cast, or every bfloat16 load would be refused.
+    import torch
+
+    from persona_agents.multihead.artifacts import load_adapter
+
+    bundle = load_adapter(tiny_adapter, None, "bfloat16", merge=False)
+    assert bundle.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    float32 = load_adapter(tiny_adapter, None, "float32", merge=False)
+    assert bundle.meta["base"] == float32.meta["base"]

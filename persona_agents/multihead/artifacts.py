@@ -189,7 +189,7 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
     transformers (see fastpath/skeleton.py); the bundle's model then has no forward."""
     import torch
 
-    from .modeling import base_fingerprint
+    from .modeling import base_fingerprint, stored_embedding_rows
 
     path = Path(adapter_dir)
     meta = read_metadata(path)
@@ -208,7 +208,10 @@ def load_adapter(adapter_dir: str | Path, model_ref: str | None = None, dtype: s
             model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise AdapterError(f"Cannot load base model '{ref}' for adapter {path}: {exc}") from exc
-    fingerprint = base_fingerprint(model, name, meta["base"].get("vocab_size", 0))
+    rows = None
+    if model.get_input_embeddings().weight.dtype not in (torch.float32, torch.uint8):  # uint8: 4-bit packed
+        rows = stored_embedding_rows(location)  # the checksum is of the float32 values as stored
+    fingerprint = base_fingerprint(model, name, meta["base"].get("vocab_size", 0), rows)
     check_base(meta, fingerprint, ref, path)
     vocab = tokenizer.get_vocab()  # builds a 49k-entry dict on each call: once
     missing = [m for m in section_markers(int(meta["prompt_format_version"])) if m not in vocab]

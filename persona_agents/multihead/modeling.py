@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ModelLoadError, TrainingConfigError
@@ -34,11 +35,30 @@ def add_markers(tokenizer, prompt_version: int = 1) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(m) for m in markers]
 
 
-def base_fingerprint(model, name: str, vocab_size: int) -> dict[str, Any]:
+def stored_embedding_rows(location: str | Path, count: int = 16):
+    """The first `count` rows of a checkpoint folder's input embeddings as stored (float32),
+    read from its safetensors files without loading the model; None if not found."""
+    from safetensors import safe_open
+
+    folder = Path(location)
+    if not folder.is_dir():
+        return None
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as tensors:
+            for key in tensors.keys():
+                if key.endswith("embed_tokens.weight"):
+                    return tensors.get_slice(key)[:count].float().contiguous()
+    return None
+
+
+def base_fingerprint(model, name: str, vocab_size: int, rows=None) -> dict[str, Any]:
     """What identifies a base: its architecture and a checksum of its first embedding rows
-    (unquantized in 4-bit models too, so the fp32 and NF4 loads of one base agree)."""
+    (unquantized in 4-bit models too, so the fp32 and NF4 loads of one base agree). A base
+    loaded in bfloat16 or float16 passes `rows` as stored (`stored_embedding_rows`): the
+    checksum is of float32 values, and the cast ones would never match."""
     config = model.config
-    rows = model.get_input_embeddings().weight[:16].detach().float().cpu().contiguous()
+    if rows is None:
+        rows = model.get_input_embeddings().weight[:16].detach().float().cpu().contiguous()
     return {
         "name": name,
         "model_type": getattr(config, "model_type", None),
