@@ -59,7 +59,14 @@ def format_turn(name: str, response: TurnResponse) -> str:
 
 
 @click.command("run-dialogue")
-@click.option("--npc", "npc_id", required=True, help="The NPC's id (see `persona-agents npcs list`).")
+@click.option("--npc", "npc_id", default=None, help="The NPC's id (see `persona-agents npcs list`).")
+@click.option("--scene", "scene", default=None,
+              help="Talk to a group scene instead: the ids of the NPCs present, comma-separated (e.g. "
+              "blacksmith_village_center,merchant_traveling,guard_city_gate). Each line goes to the scene and the "
+              "NPCs that answer are printed by name.")
+@click.option("--scene-id", default="scene", show_default=True, help="The scene's id (its lines are kept per scene).")
+@click.option("--max-speakers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="In a scene, at most this many NPCs answer one line.")
 @npcs_dir_option
 @plugins_dir_option
 @click.option("--player", "player_id", default=None,
@@ -76,13 +83,25 @@ def format_turn(name: str, response: TurnResponse) -> str:
 @click.option("--action", "actions", multiple=True, help="An action the player has done (repeatable).")
 @click.option("--location", default=None, help="Where the conversation happens.")
 @friendly_errors
-def run_dialogue(npc_id, npcs_dir, plugins_dir, player_id, db_url, say, script, as_json, seed, quest_stage, items,
-                 actions, location):
-    """Talk to an NPC: interactively, or with --say / --script."""
+def run_dialogue(npc_id, scene, scene_id, max_speakers, npcs_dir, plugins_dir, player_id, db_url, say, script,
+                 as_json, seed, quest_stage, items, actions, location):
+    """Talk to an NPC, or to a group scene (--scene): interactively, or with --say / --script."""
+    if (npc_id is None) == (scene is None):
+        raise click.UsageError("Give either --npc (one NPC) or --scene (several, comma-separated).")
+    if scene is not None and quest_stage is not None:
+        raise click.UsageError("--quest-stage is for one NPC; in a scene each NPC's stored stage is used.")
     setup_logging()
     store = open_store(db_url) if player_id is not None else None
     player_id = player_id or "player"
     manager = make_manager(npcs_dir, plugins_dir, store)
+    if scene is not None:
+        from .cli_scene import parse_scene, run_scene_dialogue
+
+        context = GameContext(location=location, items=tuple(items), actions=tuple(actions))
+        lines = list(say) + (read_script(script) if script else [])
+        run_scene_dialogue(manager, parse_scene(scene), scene_id, player_id, lines, as_json, seed, context,
+                           max_speakers)
+        return
     persona = manager.get_persona(npc_id).persona
     click.echo(f"Loading {persona.name} ({npc_id})...", err=True)
     manager.warm_up(npc_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,11 +26,21 @@ from .pipeline import Pipeline
 from .plugins import PluginHost, StepInfo, load_plugins
 from .runtime import Runtime, plugins_dir_of
 from .store import ConcurrentTurnError, StateStore, StoredConversation
-from .store.store import DuplicateRequestError
+from .store.store import DuplicateRequestError, TurnWrite
 from .turn import Exchange, GameContext, Memory, NpcState, Turn, TurnResponse, response_from_dict
 
 #: Attempts when another process commits a turn for the same (player, NPC) first.
 MAX_TURN_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class PlayedTurn:
+    """A turn that has run and is not yet written: the finished Turn, the response, and
+    what committing it writes."""
+
+    done: Turn
+    response: TurnResponse
+    write: TurnWrite
 
 
 def initial_state(loaded: LoadedPersona) -> NpcState:
@@ -113,6 +124,8 @@ class AgentManager:
         self._lock = threading.Lock()
         #: (player, NPC) -> [lock, threads holding or waiting on it]; an entry goes away at zero.
         self._turn_locks: dict[tuple[str, str], list] = {}
+        #: Group scenes' topic index (persona_agents/scenes/speakers.py), made on first use.
+        self.scene_topics: Any = None
 
     # -- personas and pipelines ------------------------------------------------------
     def npc_ids(self) -> list[str]:
@@ -229,6 +242,19 @@ class AgentManager:
 
     def _run_and_commit(self, pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id,
                         client=None):
+        played = self.play(pipeline, loaded, convo, npc_id, player_id, utterance, context, seed, request_id, client)
+        self.store.write_turn(played.write)
+        self.host.hook.turn_completed(turn=played.done, response=played.response)
+        return played.response
+
+    def play(self, pipeline: Pipeline, loaded: LoadedPersona, convo: StoredConversation, npc_id: str,
+             player_id: str, utterance: str, context: GameContext, seed: int | None, request_id: str | None,
+             client: dict[str, Any] | None = None, history: tuple[Exchange, ...] | None = None,
+             scene: dict[str, Any] | None = None) -> PlayedTurn:
+        """Run one NPC's turn on a loaded conversation and return what it would write,
+        without writing it (a group scene commits several together). `history` replaces
+        the stored one (what the NPC heard in a scene); `scene` goes into the turn record
+        and the response's meta."""
         state = convo.state
         if context.quest_stage:  # the game's own state wins over what we stored
             state = NpcState(state.trust, state.relationship, state.mood, context.quest_stage)
@@ -239,7 +265,7 @@ class AgentManager:
             persona=loaded.persona,
             state=state,
             context=context,
-            history=convo.history,
+            history=convo.history if history is None else history,
             turn_number=convo.turns + 1,
             seed=None if seed is None else seed + convo.turns,
             flag_history=convo.flag_history,
@@ -249,6 +275,7 @@ class AgentManager:
         done: Turn = self.host.hook.run_turn(turn=turn, pipeline=pipeline)
         new_state = next_state(state, done, self.game)
         generation = done.generation
+        extra = {"scene": scene} if scene is not None else {}
         response = TurnResponse(
             text=done.reply,
             deltas=done.deltas,
@@ -256,18 +283,24 @@ class AgentManager:
             flag_probs=generation.flag_probs if generation else None,
             flags_rejected=done.flags_rejected,
             state=new_state,
-            meta={**done.meta, "npc_id": npc_id, "player_id": player_id, "turn": done.turn_number},
+            meta={**done.meta, "npc_id": npc_id, "player_id": player_id, "turn": done.turn_number, **extra},
         )
-        body = response.to_dict()
-        self.store.commit_turn(
+        write = TurnWrite(
             player_id, npc_id, convo.version, new_state, done.turn_number,
             Exchange(player=done.utterance, npc=done.reply),
-            [(f.name, f.payload) for f in done.flags],
-            request_record(done, request_id, client), body, request_id,
-            memories=self._memories_of(done) if loaded.persona.memory.condense == "rules" else (),
-            heard=word_of_turn(self.game, {i: p.persona for i, p in self.personas.items()}, npc_id,
-                               done.turn_number, done.utterance, done.flags),
+            tuple((f.name, f.payload) for f in done.flags),
+            {**request_record(done, request_id, client), **extra}, response.to_dict(), request_id,
+            memories=tuple(self._memories_of(done)) if loaded.persona.memory.condense == "rules" else (),
+            heard=tuple(word_of_turn(self.game, {i: p.persona for i, p in self.personas.items()}, npc_id,
+                                     done.turn_number, done.utterance, done.flags)),
         )
-        self.host.hook.turn_completed(turn=done, response=response)
-        return response
+        return PlayedTurn(done, response, write)
 
+    # -- group scenes ----------------------------------------------------------------
+    def scene_turn(self, scene_id: str, npcs: list[str] | tuple[str, ...], utterance: str,
+                   player_id: str = "player", **options: Any):
+        """Play one turn of a group scene and commit it atomically; returns a SceneResponse.
+        See persona_agents/scenes/runner.py (`run_scene_turn`) for the options."""
+        from .scenes.runner import run_scene_turn
+
+        return run_scene_turn(self, scene_id, npcs, utterance, player_id, **options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InputError
 from ..manager import AgentManager, initial_state
 from ..persona_loader import LoadedPersona
+from ..scenes.runner import check_scene
 from ..streaming import decisions_to, stream_to
 from ..turn import GameContext
 from .ask import ask_field, ask_response, ask_to_turn
@@ -28,6 +29,7 @@ from .scheduler import Ticket
 from .schemas import (
     ID_PATTERN,
     MAX_ID_CHARS,
+    SCENE_SSE_EVENT_SCHEMA,
     SSE_EVENT_SCHEMA,
     AskRequest,
     AskResponse,
@@ -38,6 +40,8 @@ from .schemas import (
     NpcList,
     PlayerNpcState,
     Readiness,
+    SceneTurnOut,
+    SceneTurnRequest,
     TurnOut,
     TurnRequest,
 )
@@ -130,29 +134,35 @@ def _sse(event: str, data: Any) -> bytes:
 )
 async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSEResponse:
     manager, ticket = _admit(request, npc_id, body.player_id)
+
+    def work(put: Callable[[str, Any], None]):
+        # Text as tokens are generated; the decision once, as soon as the game has decided.
+        with stream_to(lambda piece: put("text", {"text": piece})), decisions_to(lambda d: put("decision", d)):
+            return manager.turn(npc_id, body.utterance, player_id=body.player_id, context=_context(body),
+                                seed=body.seed, request_id=body.request_id)
+
+    return _stream(request, ticket, work)
+
+
+def _stream(request: Request, ticket: Ticket, work: Callable[[Callable[[str, Any], None]], Any]) -> SSEResponse:
+    """Server-Sent Events of a turn run by `ticket`: `work(put)` runs in a worker thread and
+    calls `put(event, data)` as it goes; its result is the `final` event, an exception the
+    `error` event (a problem body). The turn runs to its end even if the client goes away:
+    it is committed like any other."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     path = request.url.path
 
-    def sink(piece: str) -> None:  # called in the worker thread, as tokens are generated
-        loop.call_soon_threadsafe(queue.put_nowait, ("text", {"text": piece}))
-
-    def decided(decision: dict) -> None:  # called once, as soon as the game has decided
-        loop.call_soon_threadsafe(queue.put_nowait, ("decision", decision))
-
-    def work():
-        with stream_to(sink), decisions_to(decided):
-            return manager.turn(npc_id, body.utterance, player_id=body.player_id, context=_context(body),
-                                seed=body.seed, request_id=body.request_id)
+    def put(kind: str, data: Any) -> None:  # called in the worker thread
+        loop.call_soon_threadsafe(queue.put_nowait, (kind, data))
 
     async def produce() -> None:
         try:
-            response = await ticket.run(work)
+            response = await ticket.run(work, put)
             queue.put_nowait(("final", response.to_dict()))
         except Exception as exc:  # noqa: BLE001 - becomes an `error` event with a problem body
             queue.put_nowait(("error", describe_exception(exc, path)[1]))
 
-    # The turn runs to its end even if the client goes away: it is committed like any other.
     task = asyncio.create_task(produce())
     tasks: set = request.app.state.background_tasks
     tasks.add(task)
@@ -166,6 +176,65 @@ async def stream_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> SSE
                 return
 
     return SSEResponse(events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# -- group scenes --------------------------------------------------------------------
+SceneId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN,
+                              description="The game's id of the scene: its lines are kept per scene.")]
+SCENE_ERRORS = errors(401, 409, 413, 422, 429, 500, 503)
+_SCENE_NOTE = ("The NPCs present are named with each turn (`npcs`): only they hear the line and the replies. Who "
+               "answers: the NPCs in `addressed`, else those named in the line, else the one whose topics the line "
+               "is about, else the one who spoke least recently; at most `max_speakers`. Each runs its own "
+               "pipeline on its own state; the scene turn is committed in one transaction, or not at all. An NPC "
+               "in `npcs` that is not served is a 422 naming `npcs.<index>`.")
+
+
+def _scene_options(body: SceneTurnRequest) -> dict[str, Any]:
+    return {"players": body.players, "addressed": body.addressed, "context": _context(body),
+            "quest_stages": body.quest_stages, "seed": body.seed, "request_id": body.request_id,
+            "max_speakers": body.max_speakers}
+
+
+def _admit_scene(request: Request, body: SceneTurnRequest) -> tuple[AgentManager, Ticket]:
+    """As `_admit`: the request's NPCs checked first (422 naming the field), then the rate
+    limit and the scheduler. A scene turn is one of the player's turns for both."""
+    manager = _manager(request)
+    check_scene(manager, body.npcs, body.addressed, body.quest_stages)
+    request.app.state.limiter.hit(body.player_id, "player_id")
+    return manager, request.app.state.scheduler.admit(body.player_id, "player_id")
+
+
+@router.post("/v1/scenes/{scene_id}/turns", response_model=SceneTurnOut, responses=SCENE_ERRORS, tags=["scenes"],
+             summary="Play one turn of a group scene: who answers, and each speaking NPC's turn",
+             description=_SCENE_NOTE)
+async def create_scene_turn(scene_id: SceneId, body: SceneTurnRequest, request: Request) -> dict[str, Any]:
+    manager, ticket = _admit_scene(request, body)
+    response = await ticket.run(manager.scene_turn, scene_id, body.npcs, body.utterance, body.player_id,
+                                **_scene_options(body))
+    return response.to_dict()
+
+
+@router.post(
+    "/v1/scenes/{scene_id}/turns/stream", response_class=SSEResponse, tags=["scenes"],
+    summary="Play one turn of a group scene as Server-Sent Events",
+    description=_SCENE_NOTE + " Events: one `speakers` (who will answer and why), `text` (`{\"npc_id\", \"text\"}`: "
+    "the next piece of that NPC's reply, speakers one after another), one `reply` per NPC as it finishes (as in "
+    "`replies` of POST /turns; not yet committed), then one `final` (the committed scene turn, as POST /turns "
+    "returns it) or one `error` (a problem body: nothing of the scene turn was written).",
+    responses={200: {"description": "text/event-stream: speakers, text..., reply..., then final; or error.",
+                     "content": {"text/event-stream": {"itemSchema": SCENE_SSE_EVENT_SCHEMA}}}, **SCENE_ERRORS},
+)
+async def stream_scene_turn(scene_id: SceneId, body: SceneTurnRequest, request: Request) -> SSEResponse:
+    manager, ticket = _admit_scene(request, body)
+
+    def work(put: Callable[[str, Any], None]):
+        return manager.scene_turn(
+            scene_id, body.npcs, body.utterance, body.player_id, **_scene_options(body),
+            on_choice=lambda choice: put("speakers", choice.to_dict()),
+            on_text=lambda npc_id, piece: put("text", {"npc_id": npc_id, "text": piece}),
+            on_reply=lambda reply: put("reply", reply.to_dict()))
+
+    return _stream(request, ticket, work)
 
 
 @router.post("/ask", response_model=AskResponse, responses=TURN_ERRORS, tags=["seed compatibility"],

@@ -170,6 +170,85 @@ SSE_EVENT_SCHEMA = {"oneOf": [_sse_event("decision", "Decision"), _sse_event("te
                               _sse_event("error", "Problem")]}
 
 
+# -- group scenes --------------------------------------------------------------------
+#: The most NPCs (and other players) a scene turn names.
+MAX_SCENE_MEMBERS = 16
+SceneMember = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
+
+
+class SceneTurnRequest(TurnRequest):
+    """One player line to a group scene: the NPCs present hear it, the framework chooses who
+    answers. The context fields (location, items, actions, game_state, seed) are the
+    single-NPC turn's and apply to every NPC; `quest_stage` is replaced by `quest_stages`."""
+
+    quest_stage: None = Field(None, description="Not used in a scene: give `quest_stages`, per NPC.")
+    npcs: list[SceneMember] = Field(
+        min_length=1, max_length=MAX_SCENE_MEMBERS,
+        description="The NPCs present, in the game's order (the turn rule's tie-break). Only they hear the line "
+        "and the replies; an NPC not named is absent and hears nothing of this turn.")
+    players: list[SceneMember] = Field(
+        default_factory=list, max_length=MAX_SCENE_MEMBERS,
+        description="Other players present: the NPCs' view of the scene shows their lines too (prefixed with "
+        "their ids). Each player's state with each NPC stays their own.")
+    addressed: list[SceneMember] = Field(
+        default_factory=list, max_length=MAX_SCENE_MEMBERS,
+        description="NPCs the game says the line is for (e.g. the one the player clicked), in speaking order; "
+        "empty: the framework chooses (named in the line, else by topic, else whose turn it is).")
+    max_speakers: int = Field(2, ge=1, le=MAX_SCENE_MEMBERS, description="At most this many NPCs answer the line.")
+    quest_stages: dict[SceneMember, Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NO_NUL)]] = \
+        Field(default_factory=dict, max_length=MAX_SCENE_MEMBERS,
+              description="The game's quest stage per NPC present; it wins over the stored stage.")
+
+
+class SceneReplyOut(BaseModel):
+    npc_id: str
+    name: str
+    reason: Literal["addressed", "topic", "turn"] = Field(
+        description="Why this NPC answers: `addressed` (by the game or by name in the line), `topic` (the line is "
+        "about what it knows), `turn` (the one who spoke least recently).")
+    turn: TurnOut = Field(description="The NPC's turn, as POST /v1/npcs/{npc_id}/turns returns it.")
+
+
+class SceneTurnOut(BaseModel):
+    """A committed scene turn: every speaking NPC's turn, in speaking order."""
+
+    scene_id: str
+    player_id: str
+    scene_turn: int = Field(description="The scene turn's number, counted per (scene, player).")
+    present: list[str] = Field(description="The NPCs that heard the line and the replies.")
+    speakers: list[str] = Field(description="The NPCs that answered, in speaking order.")
+    reason: Literal["addressed", "topic", "turn"]
+    choice: dict[str, Any] = Field(description="How the speakers were chosen (`detail.how`, `detail.topic_scores`).")
+    replies: list[SceneReplyOut]
+
+
+class SceneSpeakers(BaseModel):
+    """The data of a streamed `speakers` event: who will answer, before anyone speaks."""
+
+    speakers: list[str]
+    reason: Literal["addressed", "topic", "turn"]
+    detail: dict[str, Any]
+
+
+class SceneText(BaseModel):
+    """The data of a streamed scene `text` event: the next piece of one NPC's reply."""
+
+    npc_id: str
+    text: str
+
+
+def _sse_inline(name: str, model: type[BaseModel]) -> dict[str, Any]:
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": model.model_json_schema()}
+    return {"type": "object", "required": ["event", "data"],
+            "properties": {"event": {"const": name}, "data": data, "id": {"type": "string"}}}
+
+
+#: One event of the scene stream (`speakers` and `text` described inline: no response model holds them).
+SCENE_SSE_EVENT_SCHEMA = {"oneOf": [_sse_inline("speakers", SceneSpeakers), _sse_inline("text", SceneText),
+                                    _sse_event("reply", "SceneReplyOut"), _sse_event("final", "SceneTurnOut"),
+                                    _sse_event("error", "Problem")]}
+
+
 # -- NPCs and state ------------------------------------------------------------------
 class NpcSummary(BaseModel):
     id: str

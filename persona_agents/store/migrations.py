@@ -14,7 +14,16 @@ from typing import Callable, cast
 from sqlalchemy import Connection, Engine, Table, inspect, select, text
 
 from ..errors import PersonaAgentsError
-from .schema import Base, FlagEventRow, HistoryRow, MemoryRow, NpcStateRow, SchemaVersion, TurnRecordRow
+from .schema import (
+    Base,
+    FlagEventRow,
+    HistoryRow,
+    MemoryRow,
+    NpcStateRow,
+    SceneLineRow,
+    SchemaVersion,
+    TurnRecordRow,
+)
 
 
 def _table(row: type[Base]) -> Table:
@@ -31,10 +40,15 @@ def _v2_memories(connection: Connection) -> None:
     _table(MemoryRow).create(connection, checkfirst=True)
 
 
+def _v3_scene_lines(connection: Connection) -> None:
+    _table(SceneLineRow).create(connection, checkfirst=True)
+
+
 #: (version, what it does, how). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables: state, history, flag events, turn records", _v1_initial),
     (2, "long-term memories per (player, NPC)", _v2_memories),
+    (3, "group scenes: the lines each NPC present heard", _v3_scene_lines),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

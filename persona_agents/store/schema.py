@@ -98,3 +98,30 @@ class MemoryRow(Base):
     #: Hidden until the player has played this many turns (with any NPC): word on its way.
     visible_from: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SceneLineRow(Base):
+    """One NPC's line in a group scene, as one NPC present heard it (issue 30): a row per
+    (line, listener), the speaker itself included. An NPC absent from the scene turn has
+    no row, so it never hears the line. `after_turn` is the listener's own turn count
+    with the scene turn's player before that scene turn: its conversation up to there
+    comes before the scene in its history. Written in the scene turn's transaction."""
+
+    __tablename__ = "pa_scene_line"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scene_id: Mapped[str] = mapped_column(String(200), index=True)
+    #: The player whose line this answers (the scene turn's player).
+    player_id: Mapped[str] = mapped_column(String(200), index=True)
+    #: The scene turn, counted per (scene, player), and the line's place in it.
+    scene_turn: Mapped[int] = mapped_column(Integer, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: The listener.
+    npc_id: Mapped[str] = mapped_column(String(200), index=True)
+    speaker: Mapped[str] = mapped_column(String(200), nullable=False)
+    speaker_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    player_text: Mapped[str] = mapped_column(Text, nullable=False)
+    npc_text: Mapped[str] = mapped_column(Text, nullable=False)
+    after_turn: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("scene_id", "player_id", "scene_turn", "position", "npc_id",
+                                       name="uq_scene_line"),)

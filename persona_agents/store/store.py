@@ -6,6 +6,9 @@ commit names the version it started from, so two processes (server replicas on o
 PostgreSQL) can never both apply a turn on the same state: the loser gets
 ConcurrentTurnError and re-runs its turn on the new state. Within one process the
 manager orders turns per (player, NPC) with a lock, so that never costs a model run.
+
+A group scene's turn (`commit_scene_turn`) writes every speaking NPC's turn, and the
+lines each NPC present heard (`pa_scene_line`), in one transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
@@ -27,7 +30,7 @@ from ..errors import PersonaAgentsError
 from ..models import cache_dir
 from ..turn import Deltas, Exchange, Memory, NpcState
 from .migrations import upgrade
-from .schema import FlagEventRow, HistoryRow, MemoryRow, NpcStateRow, TurnRecordRow
+from .schema import FlagEventRow, HistoryRow, MemoryRow, NpcStateRow, SceneLineRow, TurnRecordRow
 
 DB_ENV = "PERSONA_AGENTS_DB"
 #: Earlier turns whose deltas a load returns: the longest delta_policy window allowed.
@@ -89,6 +92,67 @@ class StoredConversation:
     delta_history: tuple[Deltas, ...] = ()
     #: Long-term memories (up to MEMORY_LIMIT, the newest), oldest first.
     memories: tuple[Memory, ...] = ()
+
+
+@dataclass(frozen=True)
+class TurnWrite:
+    """Everything one NPC's turn writes (`commit_turn`'s arguments in one value)."""
+
+    player_id: str
+    npc_id: str
+    expected_version: int
+    state: NpcState
+    turn_number: int
+    exchange: Exchange
+    fired: tuple[tuple[str, Mapping[str, Any]], ...]
+    request: Mapping[str, Any]
+    response: Mapping[str, Any]
+    request_id: str | None = None
+    memories: tuple[Memory, ...] = ()
+    #: Word sent to other NPCs: (npc_id, memory, delay in the player's turns).
+    heard: tuple[tuple[str, Memory, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class SceneLine:
+    """One NPC's line in a scene turn and the NPCs present who heard it (itself included)."""
+
+    position: int
+    speaker: str
+    speaker_name: str
+    player_text: str
+    text: str
+    listeners: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HeardLine:
+    """A scene line as a listener heard it: which player's line it answered, who said what."""
+
+    player_id: str
+    player_text: str
+    speaker: str
+    speaker_name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SceneView:
+    """What one NPC heard of a scene (the newest lines, oldest first), and its own turn count
+    with the player when it first heard this player there (None: never): its conversation
+    with the player up to that turn comes before the scene."""
+
+    lines: tuple[HeardLine, ...] = ()
+    since_turn: int | None = None
+
+
+@dataclass(frozen=True)
+class SceneStatus:
+    """The next scene turn number of (scene, player), and for each NPC when it last spoke
+    in the scene (a growing number; absent: never), with the players present."""
+
+    next_turn: int
+    last_spoke: Mapping[str, int]
 
 
 #: SQLite's `synchronous` levels a URL may ask for (`sqlite:///state.db?synchronous=full`).
@@ -267,6 +331,56 @@ class StateStore:
             ).first()
         return (dict(row[0] or {}), row[1]) if row else None
 
+    # -- group scenes ------------------------------------------------------------------
+    @_database_errors('read the scene')
+    def scene_view(self, scene_id: str, npc_id: str, player_id: str, players: Sequence[str] = (),
+                   limit: int = 50) -> SceneView:
+        """The lines `npc_id` heard in the scene (while present), answering the players
+        present (`player_id` and `players`), the newest `limit` of them, oldest first."""
+        everyone = sorted({player_id, *players})
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(
+                select(SceneLineRow.player_id, SceneLineRow.player_text, SceneLineRow.speaker,
+                       SceneLineRow.speaker_name, SceneLineRow.npc_text)
+                .where(SceneLineRow.scene_id == scene_id, SceneLineRow.npc_id == npc_id,
+                       SceneLineRow.player_id.in_(everyone))
+                .order_by(SceneLineRow.id.desc()).limit(limit)
+            ).all()
+            since = conn.execute(
+                select(func.min(SceneLineRow.after_turn))
+                .where(SceneLineRow.scene_id == scene_id, SceneLineRow.npc_id == npc_id,
+                       SceneLineRow.player_id == player_id)
+            ).scalar_one()
+        return SceneView(tuple(HeardLine(*row) for row in reversed(rows)), since)
+
+    @_database_errors('read the scene')
+    def scene_status(self, scene_id: str, player_id: str, players: Sequence[str] = ()) -> SceneStatus:
+        everyone = sorted({player_id, *players})
+        with self._serial, self.engine.connect() as conn:
+            last = conn.execute(
+                select(func.max(SceneLineRow.scene_turn))
+                .where(SceneLineRow.scene_id == scene_id, SceneLineRow.player_id == player_id)
+            ).scalar_one()
+            spoke = conn.execute(
+                select(SceneLineRow.speaker, func.max(SceneLineRow.id))
+                .where(SceneLineRow.scene_id == scene_id, SceneLineRow.player_id.in_(everyone),
+                       SceneLineRow.npc_id == SceneLineRow.speaker)
+                .group_by(SceneLineRow.speaker)
+            ).all()
+        return SceneStatus((last or 0) + 1, MappingProxyType({speaker: int(at) for speaker, at in spoke}))
+
+    @_database_errors('read a stored request')
+    def find_request_records(self, player_id: str, request_id: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(NPC id, request record, response) of every turn the player committed under
+        `request_id`, with any NPC: a scene turn leaves one per speaking NPC."""
+        with self._serial, self.engine.connect() as conn:
+            rows = conn.execute(
+                select(TurnRecordRow.npc_id, TurnRecordRow.request, TurnRecordRow.response)
+                .where(TurnRecordRow.player_id == player_id, TurnRecordRow.request_id == request_id)
+                .order_by(TurnRecordRow.id)
+            ).all()
+        return [(npc, dict(request or {}), response) for npc, request, response in rows]
+
     # -- writing -----------------------------------------------------------------------
     def commit_turn(
         self,
@@ -286,48 +400,93 @@ class StateStore:
         """Write one turn in one transaction, or nothing at all: with it the memories it
         leaves (`memories`) and the word it sends to other NPCs (`heard`: (npc_id, memory,
         delay in the player's turns))."""
-        values = dict(trust=state.trust, relationship=state.relationship, mood=state.mood,
-                      quest_stage=state.quest_stage, turns=turn_number, version=expected_version + 1)
+        self.write_turn(TurnWrite(player_id, npc_id, expected_version, state, turn_number, exchange, tuple(fired),
+                                  request, response, request_id, tuple(memories), tuple(heard)))
+
+    def write_turn(self, write: "TurnWrite") -> None:
+        """`commit_turn` with its arguments in one value."""
         try:
             with self._serial, self.engine.begin() as conn:
-                # The state write comes first so that it takes the database's write lock
-                # before anything is read inside this transaction.
-                if expected_version == 0:
-                    conn.execute(insert(NpcStateRow).values(player_id=player_id, npc_id=npc_id, **values))
-                else:
-                    changed = conn.execute(
-                        update(NpcStateRow)
-                        .where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id == npc_id,
-                               NpcStateRow.version == expected_version)
-                        .values(**values)
-                    ).rowcount
-                    if changed != 1:
-                        raise ConcurrentTurnError(f"state of ({player_id}, {npc_id}) changed during the turn")
-                conn.execute(insert(HistoryRow).values(player_id=player_id, npc_id=npc_id, turn_number=turn_number,
-                                                       player_text=exchange.player, npc_text=exchange.npc))
-                for flag, payload in fired:
-                    conn.execute(insert(FlagEventRow).values(player_id=player_id, npc_id=npc_id, flag=flag,
-                                                             turn_number=turn_number, payload=dict(payload)))
-                conn.execute(insert(TurnRecordRow).values(
-                    player_id=player_id, npc_id=npc_id, turn_number=turn_number, request_id=request_id,
-                    request=dict(request), response=dict(response),
-                    delta_trust=response["deltas"]["trust"], delta_relationship=response["deltas"]["relationship"],
-                    flags=response["flags"], flags_rejected=response["flags_rejected"],
-                    timings_ms=dict(response.get("meta", {}).get("timings_ms", {})),
-                ))
-                heard = list(heard)
-                # The player's turns so far, this one included: the clock word travels by.
-                played = self._played(conn, player_id) if heard else 0
-                for to_npc, memory, delay in [(npc_id, m, 0) for m in memories] + heard:
-                    conn.execute(insert(MemoryRow).values(
-                        player_id=player_id, npc_id=to_npc, turn_number=memory.turn, kind=memory.kind,
-                        text=memory.text, source=memory.source, visible_from=played + delay if delay else 0))
+                self._write_turn(conn, write)
         except IntegrityError as exc:
-            if request_id is not None and self.find_response(player_id, npc_id, request_id) is not None:
-                raise DuplicateRequestError(f"request_id {request_id!r} was committed meanwhile") from exc
-            raise ConcurrentTurnError(f"another turn for ({player_id}, {npc_id}) was committed first") from exc
+            raise self._conflict(exc, write.player_id, [write.npc_id], write.request_id) from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"Could not save the turn in {self.safe_url}: {_reason(exc)}") from exc
+
+    def commit_scene_turn(self, scene_id: str, player_id: str, scene_turn: int, writes: Sequence["TurnWrite"],
+                          lines: Sequence["SceneLine"]) -> None:
+        """Write a group scene's turn in one transaction, or nothing at all: every speaking
+        NPC's turn (state with its version check, history, flags, turn record, memories,
+        word) and the lines each NPC present heard (`lines`, a row per listener)."""
+        spoke = {w.npc_id: w.turn_number - 1 for w in writes if w.player_id == player_id}
+        try:
+            with self._serial, self.engine.begin() as conn:
+                for write in writes:  # the state writes first: they take the write lock
+                    self._write_turn(conn, write)
+                listeners = sorted({npc for line in lines for npc in line.listeners} - set(spoke))
+                before = dict(conn.execute(
+                    select(NpcStateRow.npc_id, NpcStateRow.turns)
+                    .where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id.in_(listeners))).all()
+                ) if listeners else {}
+                for line in lines:
+                    for npc in line.listeners:
+                        conn.execute(insert(SceneLineRow).values(
+                            scene_id=scene_id, player_id=player_id, scene_turn=scene_turn, position=line.position,
+                            npc_id=npc, speaker=line.speaker, speaker_name=line.speaker_name,
+                            player_text=line.player_text, npc_text=line.text,
+                            after_turn=spoke[npc] if npc in spoke else before.get(npc, 0)))
+        except IntegrityError as exc:
+            request_id = next((w.request_id for w in writes if w.request_id is not None), None)
+            raise self._conflict(exc, player_id, [w.npc_id for w in writes], request_id) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"Could not save the scene turn in {self.safe_url}: {_reason(exc)}") from exc
+
+    def _conflict(self, exc: IntegrityError, player_id: str, npc_ids: Sequence[str],
+                  request_id: str | None) -> PersonaAgentsError:
+        """What a unique-constraint failure on commit means: the request was answered
+        meanwhile (DuplicateRequestError), or another turn came first (ConcurrentTurnError)."""
+        if request_id is not None and any(self.find_response(player_id, npc, request_id) is not None
+                                          for npc in npc_ids):
+            return DuplicateRequestError(f"request_id {request_id!r} was committed meanwhile")
+        return ConcurrentTurnError(f"another turn for ({player_id}, {', '.join(npc_ids)}) was committed first")
+
+    def _write_turn(self, conn, w: "TurnWrite") -> None:
+        state, player_id, npc_id, turn_number = w.state, w.player_id, w.npc_id, w.turn_number
+        values = dict(trust=state.trust, relationship=state.relationship, mood=state.mood,
+                      quest_stage=state.quest_stage, turns=turn_number, version=w.expected_version + 1)
+        # The state write comes first so that it takes the database's write lock
+        # before anything is read inside this transaction.
+        if w.expected_version == 0:
+            conn.execute(insert(NpcStateRow).values(player_id=player_id, npc_id=npc_id, **values))
+        else:
+            changed = conn.execute(
+                update(NpcStateRow)
+                .where(NpcStateRow.player_id == player_id, NpcStateRow.npc_id == npc_id,
+                       NpcStateRow.version == w.expected_version)
+                .values(**values)
+            ).rowcount
+            if changed != 1:
+                raise ConcurrentTurnError(f"state of ({player_id}, {npc_id}) changed during the turn")
+        conn.execute(insert(HistoryRow).values(player_id=player_id, npc_id=npc_id, turn_number=turn_number,
+                                               player_text=w.exchange.player, npc_text=w.exchange.npc))
+        for flag, payload in w.fired:
+            conn.execute(insert(FlagEventRow).values(player_id=player_id, npc_id=npc_id, flag=flag,
+                                                     turn_number=turn_number, payload=dict(payload)))
+        response = w.response
+        conn.execute(insert(TurnRecordRow).values(
+            player_id=player_id, npc_id=npc_id, turn_number=turn_number, request_id=w.request_id,
+            request=dict(w.request), response=dict(response),
+            delta_trust=response["deltas"]["trust"], delta_relationship=response["deltas"]["relationship"],
+            flags=response["flags"], flags_rejected=response["flags_rejected"],
+            timings_ms=dict(response.get("meta", {}).get("timings_ms", {})),
+        ))
+        heard = list(w.heard)
+        # The player's turns so far, this one included: the clock word travels by.
+        played = self._played(conn, player_id) if heard else 0
+        for to_npc, memory, delay in [(npc_id, m, 0) for m in w.memories] + heard:
+            conn.execute(insert(MemoryRow).values(
+                player_id=player_id, npc_id=to_npc, turn_number=memory.turn, kind=memory.kind,
+                text=memory.text, source=memory.source, visible_from=played + delay if delay else 0))
 
     @_database_errors('save the state')
     def put_state(self, player_id: str, npc_id: str, state: NpcState) -> None:
@@ -344,7 +503,7 @@ class StateStore:
         """Forget a player's conversations (with one NPC, or all); returns states removed."""
         with self._serial, self.engine.begin() as conn:
             removed = 0
-            for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow, MemoryRow):
+            for table in (NpcStateRow, HistoryRow, FlagEventRow, TurnRecordRow, MemoryRow, SceneLineRow):
                 cond = [table.player_id == player_id] + ([table.npc_id == npc_id] if npc_id else [])
                 result = conn.execute(delete(table).where(*cond))
                 if table is NpcStateRow:
@@ -390,12 +549,19 @@ class StateStore:
             for other in sorted(set(heard_only) - set(out["npcs"])):
                 out.setdefault("heard_only", {})[other] = [
                     m.to_dict() for m in self._memories(conn, player_id, other, None, False)]
+            # What NPCs heard in group scenes of the player's (a row per listener).
+            lines = rows(SceneLineRow, *where(SceneLineRow), order=SceneLineRow.id)
+            if lines:
+                out["scene_lines"] = [
+                    {"scene": r["scene_id"], "scene_turn": r["scene_turn"], "position": r["position"],
+                     "listener": r["npc_id"], "speaker": r["speaker"], "player": r["player_text"],
+                     "npc": r["npc_text"]} for r in lines]
         return out
 
     @_database_errors('count rows')
     def count(self, table: str, player_id: str | None = None, npc_id: str | None = None) -> int:
         tables: dict[str, Any] = {"turn_records": TurnRecordRow, "history": HistoryRow, "flag_events": FlagEventRow,
-                                  "states": NpcStateRow, "memories": MemoryRow}
+                                  "states": NpcStateRow, "memories": MemoryRow, "scene_lines": SceneLineRow}
         model = tables[table]
         cond = ([model.player_id == player_id] if player_id else []) + ([model.npc_id == npc_id] if npc_id else [])
         with self._serial, self.engine.connect() as conn:
