@@ -81,6 +81,39 @@ def reached_names(item: pytest.Item) -> set[str]:
     return names
 
 
+# -- where the suite's memory goes (issue 32: one pytest process peaked near 12 GB) ----------
+#: (growth of the process's peak RSS in MB, test id), for the tests that raised the peak.
+_PEAK_GROWTH: list[tuple[float, str]] = []
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = _peak_rss_mb()
+    try:
+        return (yield)
+    finally:
+        grown = _peak_rss_mb() - before
+        if grown >= 100:
+            _PEAK_GROWTH.append((grown, item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The tests that raised the process's peak memory most: a suite that grows towards the
+    machine's size says here which tests to look at."""
+    if not _PEAK_GROWTH:
+        return
+    top = sorted(_PEAK_GROWTH, reverse=True)[:8]
+    terminalreporter.write_sep("-", f"peak memory {_peak_rss_mb():.0f} MB; the tests that raised it most")
+    for grown, nodeid in top:
+        terminalreporter.write_line(f"+{grown:7.0f} MB  {nodeid}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = reached_names(item)
