@@ -131,27 +131,42 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+#: Loaded models and engines of the whole process, by key: every registry reads these, so
+#: several managers in one process (a test run, a host of several games) load a model once.
+#: Without it each manager loaded its own copy, and a fast engine's thread kept each alive:
+#: one test process grew to 10-12 GB (issue 32).
+_PROCESS_MODELS: dict[tuple[str, str], "LoadedModel"] = {}
+_PROCESS_SHARED: dict[tuple, Any] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
 class ModelRegistry:
-    """Loaded models shared across NPCs, keyed by (model reference, dtype)."""
+    """Loaded models shared across NPCs (and across the managers of one process), keyed by
+    (model reference, dtype); `shared` for anything else built once per key."""
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str], LoadedModel] = {}
-        self._shared: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
+        self._models = _PROCESS_MODELS
+        self._shared = _PROCESS_SHARED
+        self._lock = _PROCESS_LOCK
+        self._asked: list[tuple[str, str]] = []  # what this registry's NPCs use, for `loaded`
 
     def get(self, ref: str, dtype: str = "float32") -> LoadedModel:
         key = (ref, dtype)
         with self._lock:
             if key not in self._models:
                 self._models[key] = self._load(ref, dtype)
+            if key not in self._asked:
+                self._asked.append(key)
             return self._models[key]
 
     def loaded(self) -> list[str]:
-        return [name for name, _ in self._models]
+        """The models this registry's NPCs use."""
+        return [name for name, _ in self._asked]
 
     def shared(self, key: tuple, factory: Callable[[], Any]) -> Any:
         """Any other loaded object (e.g. a base model with an adapter and heads), built
-        once per key by `factory` and shared by every step that asks for the same key."""
+        once per key by `factory` and shared by every step that asks for the same key. A
+        key names what the object is made of (paths, dtypes, a stamp of changing files)."""
         with self._lock:
             if key not in self._shared:
                 self._shared[key] = factory()

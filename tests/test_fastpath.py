@@ -328,7 +328,10 @@ def test_concurrent_first_turns_share_one_engine_without_deadlock(npc_folder):
     assert not any(t.is_alive() for t in threads), "warm-ups deadlocked"
     assert sorted(results) == [0, 1, 2, 3]
     assert {r["meta"]["engine"] for r in results.values()} == {"fast"}
-    engines = [k for k in manager.runtime.models._shared if k[0] == "fast-engine"]
+    steps = [manager.pipeline(f"npc{i}").steps["generate"][0] for i in range(4)]
+    assert len({id(step.loaded.model) for step in steps}) == 1
+    # The registry is the process's: count the engines built on this test's model only.
+    engines = [k for k in manager.runtime.models._shared if k[0] == "fast-engine" and k[1] == id(steps[0].loaded.model)]
     assert len(engines) == 1
 
 

@@ -48,3 +48,26 @@ def test_tiny_model_turn_runs_every_stage_and_respects_max_new_tokens(npc_folder
     assert response.meta["steps"]["generate"] == ["transformers"]
     again = AgentManager(npc_folder.folder).turn("anna", "hello", seed=0)
     assert again.text == response.text
+
+
+def test_managers_of_one_process_share_models_but_a_changed_adapter_is_reloaded(npc_folder, tmp_path):
+    # One process-wide registry (issue 32: each manager loading its own copy grew a test
+    # process to 10-12 GB); an adapter refitted in place must not be served stale.
+    import os
+
+    from persona_agents.default_plugins.multihead_generator import adapter_stamp
+
+    npc_folder("anna")
+    first, second = AgentManager(npc_folder.folder), AgentManager(npc_folder.folder)
+    first.warm_up("anna")
+    second.warm_up("anna")
+    assert first.pipeline("anna").steps["generate"][0].loaded is second.pipeline("anna").steps["generate"][0].loaded
+    assert second.runtime.models.loaded() == first.runtime.models.loaded()
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "heads.safetensors").write_bytes(b"one")
+    before = adapter_stamp(adapter)
+    (adapter / "heads.safetensors").write_bytes(b"two!")
+    os.utime(adapter / "heads.safetensors", ns=(1, 1))
+    assert adapter_stamp(adapter) != before

@@ -50,6 +50,14 @@ from .transformers_generator import EngineOptions, TransformersGenerator
 DEFAULT_ADAPTER = "training/adapters/smollm2-npc"
 
 
+def adapter_stamp(path: Path) -> tuple:
+    """The adapter folder's files with their sizes and times: a retrained or refitted
+    adapter is a new key in the process-wide model registry, never the stale one."""
+    if not path.is_dir():
+        return ()
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()))
+
+
 class MultiHeadGenerator(TransformersGenerator):
     name = "multihead"
     stage = "generate"
@@ -118,7 +126,7 @@ class MultiHeadGenerator(TransformersGenerator):
         # The fast engine needs no transformers model: a start without it is seconds faster.
         lean = self.options.engine != "transformers"
         base = self.base_model_ref()
-        key = ("multihead", str(path.resolve()), base, self.options.dtype, lean)
+        key = ("multihead", str(path.resolve()), adapter_stamp(path), base, self.options.dtype, lean)
 
         def build():
             bundle = load_adapter(path, base, self.options.dtype, lean=lean)
@@ -136,7 +144,7 @@ class MultiHeadGenerator(TransformersGenerator):
         """Engine sglang: the adapter's tokenizer and heads only; the server has the weights."""
         from persona_agents.engines.sglang_client import SGLangClient, SGLangEngine, load_remote_bundle
 
-        self.bundle = self.runtime.models.shared(("multihead-remote", str(path.resolve())),
+        self.bundle = self.runtime.models.shared(("multihead-remote", str(path.resolve()), adapter_stamp(path)),
                                                  lambda: load_remote_bundle(path))
         self._check_events(path)
         self._state_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))
