@@ -92,8 +92,8 @@ def test_guard_plans_are_the_targets_minus_the_listed_misses():
     spec.loader.exec_module(derive)
     removed = 0
     targets = sorted(PLANS.glob("*.yaml"))
-    # Plans written by hand (not derived from a target): memory.yaml (issue 30).
-    hand_written = {"memory.yaml"}
+    # Plans written by hand (not derived from a target): memory.yaml, scenes.yaml (issue 30).
+    hand_written = {"memory.yaml", "scenes.yaml"}
     assert {p.name for p in targets} == {p.name for p in (ROOT / "npcs" / "tests").glob("*.yaml")} - hand_written
     for source in targets:
         text, dropped = derive.derive(source)

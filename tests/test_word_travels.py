@@ -135,3 +135,23 @@ def test_a_plan_turn_may_talk_to_another_npc_that_must_exist(tmp_path):
     assert [t.npc for t in loaded.plan.turns] == [None, "bo"]
     with pytest.raises(PlanFileError, match=r"turn 2: npc: unknown NPC 'bo'; available: anna"):
         load_plans([plan], ["anna"])
+
+
+def test_a_scene_turn_in_a_plan_names_npcs_present_and_expects_who_answers(tmp_path):
+    from persona_agents.testplans.loader import PlanFileError, load_plans
+
+    plan = tmp_path / "plan.yaml"
+    turns = [{"say": "Bo, hello.", "scene": ["anna", "bo"], "expect": {"speakers": ["bo"], "speaker_reason":
+                                                                          "addressed"}}]
+    plan.write_text(yaml.safe_dump({"name": "square", "npc": "anna", "turns": turns}))
+    (loaded,) = load_plans([plan], ["anna", "bo"])
+    assert loaded.plan.turns[0].scene == ["anna", "bo"]
+    bad = [{"say": "Hi.", "scene": ["anna", "cy"], "expect": {"deltas": {"trust": {"direction": "up"}}}},
+           {"say": "Hi.", "expect": {"speakers": ["anna"]}}]
+    plan.write_text(yaml.safe_dump({"name": "square", "npc": "anna", "turns": bad}))
+    with pytest.raises(PlanFileError) as caught:
+        load_plans([plan], ["anna", "bo"])
+    message = str(caught.value)
+    assert "turn 1: scene: name NPCs present (ids; unknown: cy)" in message
+    assert "turn 1: expect: deltas not for a scene turn" in message
+    assert "turn 2: expect.speakers: only a scene turn" in message

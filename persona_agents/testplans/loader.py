@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from ..errors import PersonaAgentsError
 from ..fileutil import load_yaml
 from ..flags import DEFAULT_FLAGS
-from .schema import Plan, PlanFile
+from .schema import SCENE_EXPECTATIONS, Plan, PlanFile
 
 
 class PlanFileError(PersonaAgentsError):
@@ -99,6 +99,19 @@ def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Itera
             if plan.npc not in npc_ids:
                 problems.append(f"{where}: npc: unknown NPC {plan.npc!r}; available: {', '.join(sorted(npc_ids))}")
             for number, turn in enumerate(plan.turns, 1):
+                if turn.scene is not None:
+                    unknown = [n for n in turn.scene if n not in npc_ids]
+                    if unknown or not turn.scene or turn.npc is not None:
+                        problems.append(f"{where}: turn {number}: scene: name NPCs present (ids"
+                                        f"{'; unknown: ' + ', '.join(unknown) if unknown else ''}), without npc; "
+                                        f"available: {', '.join(sorted(npc_ids))}")
+                    other = sorted(turn.expect.model_fields_set - SCENE_EXPECTATIONS)
+                    if other:
+                        problems.append(f"{where}: turn {number}: expect: {', '.join(other)} not for a scene turn; "
+                                        f"a scene turn expects {', '.join(sorted(SCENE_EXPECTATIONS))}")
+                elif turn.expect.speakers is not None or turn.expect.speaker_reason is not None:
+                    problems.append(f"{where}: turn {number}: expect.speakers: only a scene turn (scene: [...]) has "
+                                    "speakers")
                 if turn.npc is not None and turn.npc not in npc_ids:
                     problems.append(f"{where}: turn {number}: npc: unknown NPC {turn.npc!r}; "
                                     f"available: {', '.join(sorted(npc_ids))}")

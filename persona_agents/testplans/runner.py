@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..manager import AgentManager, initial_state
 from ..turn import GameContext, NpcState, TurnResponse
 from .loader import LoadedPlan
 from .schema import DeltaExpectation, Plan, PlanTurn
+
+if TYPE_CHECKING:
+    from ..scenes.runner import SceneResponse
 
 NO_CHANGE = 0.02  # a delta smaller than this counts as "none" (labeling guide: neutral band)
 NO_HEADS = "no flag probabilities (no state heads loaded)"
@@ -127,6 +131,12 @@ def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: in
         context = GameContext(quest_stage=stage, location=location, items=tuple(items), actions=tuple(actions),
                               game_state=dict(plan.context.game_state))
         try:
+            if spec.scene is not None:
+                scene = manager.scene_turn(f"plan-{run_index}", spec.scene, spec.say, player_id=player,
+                                           context=context, seed=seed + number)
+                result.replies.append(" / ".join(f"{r.name}: {r.response.text}" for r in scene.replies))
+                result.checks += check_scene_turn(number, spec, scene)
+                continue
             response = manager.turn(spec.npc or plan.npc, spec.say, player_id=player, context=context,
                                     seed=seed + number)
         except Exception as exc:  # a crash is a failed plan, reported, not a traceback
@@ -137,3 +147,24 @@ def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: in
         if on_turn is not None:
             on_turn(number, spec, response)
     return result
+
+
+def check_scene_turn(number: int, spec: PlanTurn, scene: SceneResponse) -> list[Check]:
+    """A scene turn's checks: who answered and why, and the events of all replies together."""
+    exp, checks = spec.expect, []
+    speakers = [r.npc_id for r in scene.replies]
+    reason = scene.choice.get("reason")
+    if exp.speakers is not None:
+        checks.append(Check(number, f"{', '.join(exp.speakers) or 'no one'} answer(s)", speakers == exp.speakers,
+                            ", ".join(exp.speakers) or "no one", f"{', '.join(speakers) or 'no one'} ({reason})"))
+    if exp.speaker_reason is not None:
+        checks.append(Check(number, f"they answer by {exp.speaker_reason}", reason == exp.speaker_reason,
+                            exp.speaker_reason, str(reason)))
+    fired = {f"{r.npc_id}:{f.name}" for r in scene.replies for f in r.response.flags}
+    names = {name.split(":")[1] for name in fired}
+    for flag in exp.flags:
+        checks.append(Check(number, f"flag {flag} fires", flag in names, "fired", ", ".join(sorted(fired)) or "none"))
+    for flag in exp.no_flags:
+        checks.append(Check(number, f"flag {flag} does not fire", flag not in names, "not fired",
+                            ", ".join(sorted(fired)) or "none"))
+    return checks

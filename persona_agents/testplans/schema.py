@@ -82,6 +82,9 @@ class Expectations(_Strict):
     reply: ReplyExpectation | None = None
     lore: LoreExpectation | None = None
     memories: MemoryExpectation | None = None
+    speakers: list[str] | None = Field(None, description="A scene turn: the NPCs that answer, in speaking order.")
+    speaker_reason: Literal["addressed", "topic", "turn"] | None = Field(
+        None, description="A scene turn: why they answer (named or addressed, by topic, or whose turn it is).")
 
 
 class Context(_Strict):
@@ -99,10 +102,16 @@ class Start(_Strict):
     quest_stage: str | None = None
 
 
+#: What a scene turn may expect: who answers, and the events of all its replies together.
+SCENE_EXPECTATIONS = {"speakers", "speaker_reason", "flags", "no_flags"}
+
+
 class PlanTurn(_Strict):
     say: str = Field(min_length=1)
     npc: str | None = Field(None, description="Say it to another NPC (the same player walks over; word that "
                             "travels between NPCs is tested this way); absent: the plan's NPC.")
+    scene: list[str] | None = Field(None, description="Say it in a group scene of these NPCs (ids); the scene "
+                                    "decides who answers (expect `speakers`, `speaker_reason`, `flags`).")
     gain_items: list[str] = Field(default_factory=list)
     lose_items: list[str] = Field(default_factory=list)
     add_actions: list[str] = Field(default_factory=list)
