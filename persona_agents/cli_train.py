@@ -10,6 +10,7 @@ import click
 
 from .cli_common import friendly_errors, npcs_dir_option, setup_logging
 from .multihead.calibrate import DEFAULT_MIN_THRESHOLD
+from .multihead.hardware import OPTIMIZERS
 
 
 def _game_flags(flag_names: str | None, npcs_dir) -> str:
@@ -41,7 +42,8 @@ CONFIG_FIELDS = {
     "lr": "learning_rate", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
     "warmup_steps": "warmup_steps", "save_steps": "save_steps", "seed": "seed",
     "heads_refit_epochs": "heads_refit_epochs", "heads_flags_where_allowed": "heads_flags_where_allowed",
-    "heads_evidence": "heads_evidence",
+    "heads_evidence": "heads_evidence", "lora_alpha": "lora_alpha", "bf16": "bf16", "fp16": "fp16",
+    "gradient_checkpointing": "gradient_checkpointing", "optim": "optim",
 }
 # How an option's value becomes its field's (the rest are taken as they are).
 CONFIG_CONVERSIONS = {"lora_targets": lambda value: _names(value), "prompt_version": int}
@@ -96,10 +98,22 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--warmup-steps", type=int, default=10, show_default=True)
 @click.option("--lora-r", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=int, default=None, help="LoRA alpha (default: 2 x --lora-r).")
 @click.option("--lora-targets", default="q_proj,v_proj", show_default=True,
               help="Comma-separated linear layers for LoRA.")
 @click.option("--quantization", type=click.Choice(["nf4", "none"]), default="nf4", show_default=True,
               help="nf4: QLoRA on a 4-bit base; none: LoRA on the full-precision base.")
+@click.option("--bf16/--no-bf16", default=False,
+              help="bfloat16 mixed precision (the 4-bit layers compute in it too): an Ampere or newer GPU, or a CPU "
+                   "with native bfloat16.")
+@click.option("--fp16/--no-fp16", default=False,
+              help="float16 mixed precision with loss scaling: a CUDA GPU without bf16.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", default=None,
+              help="Recompute each decoder layer's activations in the backward pass: far less memory for about a "
+                   "third more compute (a large base on a GPU). Default: off.")
+@click.option("--optim", type=click.Choice(OPTIMIZERS), default="adamw_torch", show_default=True,
+              help="Optimizer. The bitsandbytes ones keep 8-bit states (adamw_bnb_8bit) and/or page them to host "
+                   "memory when the GPU runs short (paged_adamw_8bit, paged_adamw_32bit).")
 @click.option("--max-length", type=int, default=768, show_default=True,
               help="Longest training sequence in tokens (prompt version 2 needs about 450-730 for the sample and "
                    "generalist NPCs; 1 about 310-440).")
@@ -148,10 +162,17 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
                    "still say it means to.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--recipe", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A YAML file of these options for one base and machine (training/recipes/); options given on "
+                   "the command line win over it.")
+@click.option("--dry-run", is_flag=True,
+              help="With --recipe: run the recipe's code paths here in minutes: a tiny random model of its "
+                   "architecture (written to OUT/dry-run-base) instead of the base, its dry_run options, and what "
+                   "this device cannot run mapped to what it can (listed before training).")
 @npcs_dir_option
 @friendly_errors
 def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_only, min_precision,
-          calibrate_after_rules, min_threshold, threads, npcs_dir, **config_options):
+          calibrate_after_rules, min_threshold, threads, recipe, dry_run, npcs_dir, **config_options):
     """Fine-tune a base model into a multi-head NPC adapter (reply + deltas + flags).
 
     Example: persona-agents train --data training/data/train.jsonl
@@ -167,6 +188,11 @@ def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_onl
 
     if threads:
         torch.set_num_threads(threads)
+    if recipe is not None:
+        config_options = _with_recipe(recipe, dry_run, out, config_options)
+    elif dry_run:
+        raise click.UsageError("--dry-run runs a recipe: give --recipe FILE (e.g. training/recipes/"
+                               "qwen2.5-3b-instruct.yaml).")
     flag_names = _game_flags(flag_names, npcs_dir)
     fields = {CONFIG_FIELDS[name]: CONFIG_CONVERSIONS.get(name, lambda v: v)(value)
               for name, value in config_options.items()}
@@ -203,6 +229,27 @@ def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_onl
                + (f"; after the rules: flag micro-F1 {ruled['flag_micro_f1']:.3f}." if ruled else "."))
     for name, floor in (meta.get("calibration_min_precision") or {}).items():
         click.echo(f"{name}: threshold {meta['thresholds'][name]:.3f} calibrated under precision >= {floor:g}.")
+
+
+def _with_recipe(recipe: Path, dry_run: bool, out: Path, options: dict) -> dict:
+    """The config options with the recipe's (and, for --dry-run, its dry run's) under the
+    ones given on the command line; for --dry-run, fitted to this machine (said on stderr)."""
+    from click.core import ParameterSource
+
+    from .multihead.recipe import load_recipe, prepare_dry_run
+
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params if p.name in CONFIG_FIELDS}
+    loaded = load_recipe(recipe, params, ctx)
+    given = {name for name in options
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    settings = {**loaded.options, **(loaded.dry_run_options if dry_run else {})}
+    options = {**options, **{name: value for name, value in settings.items() if name not in given}}
+    if dry_run:
+        options, lines = prepare_dry_run(loaded, options, out, base_given="base" in given)
+        for line in lines:
+            click.echo(line, err=True)
+    return options
 
 
 @click.command("eval")

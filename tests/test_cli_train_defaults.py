@@ -11,7 +11,8 @@ from persona_agents.multihead.trainer import MultiHeadTrainingConfig
 
 # Options `train` handles itself (files, the run, calibration, the machine).
 COMMAND_ONLY = {"data", "validation", "out", "flag_names", "resume", "keep_checkpoints", "heads_only",
-                "min_precision", "calibrate_after_rules", "min_threshold", "threads", "npcs_dir"}
+                "min_precision", "calibrate_after_rules", "min_threshold", "threads", "npcs_dir", "recipe",
+                "dry_run"}
 
 
 def _field_defaults() -> dict[str, object]:

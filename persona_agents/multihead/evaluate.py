@@ -61,6 +61,7 @@ def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, b
     """One teacher-forced forward per batch: reply LM loss and the heads at <STATE> (which
     see only the prompt, as at inference). `progress`: a progress bar's label (none if None)."""
     model.eval()
+    device = next(model.parameters()).device  # a GPU after training on one (training.finish_heads)
     collate = MultiHeadCollator(pad_token_id)
     # Similar lengths together: less padding, the same figures.
     order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
@@ -70,7 +71,7 @@ def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, b
     loss_sum, tokens = 0.0, 0
     for start in batch_starts(len(order), batch_size, progress):
         index = order[start:start + batch_size]
-        batch = collate([dataset[i] for i in index])
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in index]).items()}
         out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["state_index"])
         loss_sum += float(torch.nn.functional.cross_entropy(out.reply_logits, out.reply_targets, reduction="sum"))
         tokens += int(out.reply_targets.numel())
@@ -79,7 +80,7 @@ def predict(model: MultiHeadModel, dataset: EncodedDataset, pad_token_id: int, b
                 probs[i] = out.heads.flag_probs[row].tolist()
                 deltas[i] = out.heads.deltas[row].tolist()
                 if keep_states:
-                    states[i] = out.state_hidden[row].float().clone()
+                    states[i] = out.state_hidden[row].float().cpu().clone()
     n = len(dataset)
     return Predictions(flag_probs=[probs.get(i, []) for i in range(n)], deltas=[deltas.get(i, []) for i in range(n)],
                        lm_loss=loss_sum / max(tokens, 1),

@@ -139,9 +139,24 @@ class MultiHeadModel(nn.Module):
         self.lm = lm
         self.heads = heads
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **options) -> None:
+        """Gradient checkpointing of the LM's decoder layers (the Trainer calls this for
+        `gradient_checkpointing=True`), non-reentrant: the final hidden state the heads read
+        is outside the checkpoints, and its gradient reaches every layer's LoRA weights
+        (tests/test_training_recipe.py compares them with and without)."""
+        from .modeling import enable_checkpointing
+
+        base: Any = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm  # type: ignore[operator]
+        enable_checkpointing(base, activation_checkpointing_kwargs, **options)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **options) -> None:
+        """transformers 4's name of `activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
+
     def forward(self, input_ids, attention_mask, labels, state_index, **_unused) -> MultiHeadForward:
         decoder, lm_head = backbone_and_lm_head(self.lm)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # No KV cache: one pass over whole sequences (and checkpointed layers recompute).
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         state_hidden = hidden[rows, state_index]
         # Position t predicts token t+1; only reply tokens (labels != -100) count.

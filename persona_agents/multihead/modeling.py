@@ -5,6 +5,12 @@ frozen; LoRA trains low-rank updates of the attention projections, and peft's
 `trainable_token_indices` trains only the embedding rows of the new prompt markers
 (11 rows instead of the 28M-parameter embedding matrix). Where 4-bit loading is not
 possible the same LoRA trains on the full-precision base, and we say so.
+
+On a GPU the 4-bit layers compute in the run's mixed precision (bf16 or fp16; float32
+without one), and gradient checkpointing recomputes each decoder layer in the backward
+pass (non-reentrant checkpoints: the heads read the final hidden state, which is outside
+them, and every trainable weight gets its gradient whether or not a layer's input needs
+one).
 """
 
 from __future__ import annotations
@@ -79,7 +85,12 @@ def _device_map():
 
 
 def load_base(ref: str, quantization: str = "none", dtype: str = "float32"):
-    """(model, tokenizer, name, quantization actually used) for a base model reference."""
+    """(model, tokenizer, name, quantization actually used) for a base model reference.
+
+    `dtype`: of a full-precision base; with nf4, the 4-bit layers' compute dtype (the
+    training's mixed precision: float32, bfloat16 or float16). The other weights of a
+    4-bit base load in float32, where peft's `prepare_model_for_kbit_training` would put
+    them anyway, and the base's fingerprint reads its embedding rows unrounded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,6 +102,7 @@ def load_base(ref: str, quantization: str = "none", dtype: str = "float32"):
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Cannot load the tokenizer of base model '{ref}': {exc}") from exc
     torch_dtype = getattr(torch, dtype)
+    full_dtype = torch_dtype if quantization == "none" else torch.float32  # nf4 and its fallback: float32
     model = None
     if quantization == "nf4":
         try:
@@ -98,9 +110,9 @@ def load_base(ref: str, quantization: str = "none", dtype: str = "float32"):
             from transformers import BitsAndBytesConfig
 
             quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                       bnb_4bit_compute_dtype=torch.float32)
+                                       bnb_4bit_compute_dtype=torch_dtype)
             model = AutoModelForCausalLM.from_pretrained(location, quantization_config=quant,
-                                                         device_map=_device_map(), dtype=torch.float32)
+                                                         device_map=_device_map(), dtype=full_dtype)
         except Exception as exc:  # any failure of the optional 4-bit path falls back
             log.warning("4-bit NF4 loading is not available here (%s: %s); training LoRA on the "
                         "full-precision base instead (QLoRA needs the `train` extra: pip install "
@@ -108,10 +120,21 @@ def load_base(ref: str, quantization: str = "none", dtype: str = "float32"):
             quantization = "none"
     if model is None:
         try:
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=full_dtype)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"Cannot load base model '{ref}': {exc}") from exc
     return model, tokenizer, name, quantization
+
+
+def enable_checkpointing(model, kwargs: dict[str, Any] | None = None, **options) -> None:
+    """Gradient (activation) checkpointing of a transformers model's decoder layers,
+    non-reentrant unless `kwargs` says otherwise; `options`: transformers 5's
+    `every_n_layers` and `offload`."""
+    kwargs = {"use_reentrant": False, **(kwargs or {})}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 @dataclass
@@ -126,17 +149,22 @@ class TrainableModel:
 def build_trainable_model(base_ref: str, flags: Sequence[str], *, quantization: str = "nf4", lora_r: int = 8,
                           lora_alpha: int | None = None, lora_dropout: float = 0.05,
                           target_modules: Sequence[str] = ("q_proj", "v_proj"), heads_inner: int = 256,
-                          heads_dropout: float = 0.1, prompt_version: int = 1) -> TrainableModel:
+                          heads_dropout: float = 0.1, prompt_version: int = 1,
+                          compute_dtype: str = "float32") -> TrainableModel:
+    """`compute_dtype`: of the 4-bit layers (the run's mixed precision; a full-precision base
+    stays float32, under autocast). Gradient checkpointing is switched on by the Trainer
+    (`MultiHeadModel.activation_checkpointing_enable`), or by calling that."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model, tokenizer, name, used = load_base(base_ref, quantization)
+    model, tokenizer, name, used = load_base(base_ref, quantization, compute_dtype if quantization == "nf4"
+                                             else "float32")
     base_vocab = len(tokenizer)
     fingerprint = base_fingerprint(model, name, base_vocab)
     marker_ids = add_markers(tokenizer, prompt_version)
     model.resize_token_embeddings(len(tokenizer))
     if used == "nf4":
-        # Gradient checkpointing trades compute for memory; a small model on a CPU has
-        # memory to spare and no compute to spare.
+        # Gradient checkpointing is the Trainer's to switch on, the same way for both kinds
+        # of base (`MultiHeadModel.activation_checkpointing_enable`).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         for p in model.parameters():

@@ -68,6 +68,7 @@ def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: in
 
     decoder, _ = backbone_and_lm_head(lm)
     lm.eval()
+    device = next(lm.parameters()).device
     order = sorted(range(len(dataset)), key=lambda i: dataset[i]["state_index"])
     out: list[torch.Tensor | None] = [None] * len(dataset)
     for start in batch_starts(len(order), batch_size, progress):
@@ -76,9 +77,9 @@ def state_vectors(lm, dataset: EncodedDataset, pad_token_id: int, batch_size: in
         width = max(len(p) for p in prompts)
         ids = torch.tensor([p + [pad_token_id] * (width - len(p)) for p in prompts])
         mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
         for row, i in enumerate(index):
-            out[i] = hidden[row, len(prompts[row]) - 1].float().clone()
+            out[i] = hidden[row, len(prompts[row]) - 1].float().cpu().clone()
     return torch.stack([vector for vector in out if vector is not None])  # every slot is filled above
 
 

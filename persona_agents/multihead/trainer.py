@@ -5,7 +5,11 @@ loss = lm_loss_weight * LM cross-entropy on the reply tokens
      + flag_loss_weight * BCE-with-logits of the flag head
 
 The Trainer does everything else (devices via accelerate, progress bar, checkpoints,
-resume, gradient accumulation), so `accelerate launch` scales the same command.
+resume, gradient accumulation, bf16/fp16 autocast, gradient checkpointing through
+`MultiHeadModel.activation_checkpointing_enable`), so `accelerate launch` scales the same
+command. The options a device cannot run (fp16 without CUDA, bf16 on a GPU or CPU without
+it, a bitsandbytes optimizer bitsandbytes cannot run here) are refused with the fix
+(hardware.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from transformers import Trainer, TrainingArguments
 from ..errors import TrainingConfigError
 from ..flags import DEFAULT_FLAGS
 from ..prompt_format import SECTIONED_FORMAT_VERSION, SECTIONED_FORMAT_VERSIONS
+from .hardware import BNB_OPTIMIZERS, bf16_problem, cuda_available, fp16_problem, optim_problem
 from .heads import multihead_losses
 from .modeling import QUANTIZATIONS
 
@@ -96,7 +101,16 @@ class MultiHeadTrainingConfig(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     train_sampling_strategy: str = field(default="group_by_length", metadata={
         "help": "'group_by_length' batches sequences of similar length: less padding, less CPU time."})
-    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (the fused AdamW needs an accelerator)."})
+    optim: str = field(default="adamw_torch", metadata={
+        "help": "Optimizer: adamw_torch, adamw_torch_fused, or a bitsandbytes AdamW with 8-bit states "
+                "(adamw_bnb_8bit) and/or paged to host memory under GPU memory pressure (paged_adamw_8bit, "
+                "paged_adamw_32bit)."})
+    # TrainingArguments' field, redeclared for one default across transformers versions
+    # (4.x: False, 5.x: None, the deprecated alias of `activation_checkpointing`).
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Recompute each decoder layer's activations in the backward pass instead of keeping them: "
+                "about a third more compute for far less activation memory (non-reentrant checkpoints; the "
+                "heads read the final hidden state, outside them)."})
 
     def __post_init__(self):
         problems = []
@@ -122,29 +136,61 @@ class MultiHeadTrainingConfig(TrainingArguments):
             problems.append("remove_unused_columns=True would drop the head targets from every batch")
         if not self.prediction_loss_only:
             problems.append("prediction_loss_only must be True (use `persona-agents eval` for metrics)")
-        if self.quantization == "nf4" and (self.fp16 or self.bf16):
-            problems.append("fp16/bf16 mixed precision with nf4: the 4-bit compute dtype is float32 here; "
-                            "drop --fp16/--bf16")
-        if self.gradient_checkpointing:
-            problems.append("gradient_checkpointing is not supported by the multi-head model; drop it")
+        if self.fp16 and self.bf16:
+            problems.append("bf16 and fp16 together: choose one (bf16 where the device has it)")
+        elif self.bf16 or self.fp16:
+            problem = bf16_problem() if self.bf16 else fp16_problem()
+            if problem:
+                problems.append(problem)
+        problem = optim_problem(self.optim_name)
+        if problem:
+            problems.append(problem)
         if problems:
             raise TrainingConfigError("Invalid training options:\n  " + "\n  ".join(problems))
-        if not torch.cuda.is_available():
+        if not cuda_available():
             self.dataloader_pin_memory = False  # pinned memory only helps copies to an accelerator
+            if self.bf16:
+                self.use_cpu = True  # TrainingArguments takes bf16 without a GPU only so
+        if self.gradient_checkpointing is not None and getattr(self, "activation_checkpointing", False) is None:
+            # transformers 5 renamed the option: set the new name, without the deprecation warning.
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
+
+    @property
+    def optim_name(self) -> str:
+        """`optim` as a string (TrainingArguments makes it an enum)."""
+        return str(getattr(self.optim, "value", self.optim))
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the 4-bit layers compute in: the mixed precision's, else float32."""
+        return "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
+
+    @property
+    def checkpointing(self) -> bool:
+        return bool(self.gradient_checkpointing or getattr(self, "activation_checkpointing", False))
 
 
 def build_optimizer(model: torch.nn.Module, config: MultiHeadTrainingConfig) -> torch.optim.Optimizer:
-    """AdamW with two learning rates: the adapter's and the (fresh) heads'."""
+    """The optimizer of `config.optim` (AdamW, or bitsandbytes' 8-bit and/or paged AdamW) with
+    two learning rates: the adapter's and the (fresh) heads'."""
     heads: list[torch.nn.Parameter] = []
     adapter: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (heads if name.startswith("heads.") else adapter).append(p)
-    return torch.optim.AdamW(
-        [{"params": adapter, "lr": config.learning_rate}, {"params": heads, "lr": config.heads_learning_rate}],
-        weight_decay=config.weight_decay,
-    )
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(config)
+    groups = [{"params": adapter, "lr": config.learning_rate}, {"params": heads, "lr": config.heads_learning_rate}]
+    optimizer = cls(groups, **{**kwargs, "weight_decay": config.weight_decay})
+    if config.optim_name in BNB_OPTIMIZERS and "8bit" in config.optim_name:
+        # As the Trainer does for embedding matrices: the marker rows keep 32-bit states.
+        from bitsandbytes.optim import GlobalOptimManager
+
+        manager = GlobalOptimManager.get_instance()
+        for name, p in model.named_parameters():
+            if p.requires_grad and "trainable_tokens" in name:
+                manager.override_config(p, "optim_bits", 32)
+    return optimizer
 
 
 class MultiHeadTrainer(Trainer):

@@ -7,7 +7,7 @@
    merged), refit the heads on its `<STATE>` vectors (`refit.py`), and calibrate the flag
    thresholds on the validation data with it (for what the game keeps after the personas'
    rules: `calibrate.py`), so heads and thresholds fit the model the game runs, not the
-   (possibly 4-bit) one that trained;
+   (possibly 4-bit) one that trained; on a GPU if there is one;
 4. evaluate on the validation data and record the figures in multihead.json.
 """
 
@@ -47,6 +47,25 @@ def _warn_thin(examples, flags) -> None:
         log.warning(warning)
 
 
+def _scoring_device() -> torch.device:
+    """Where the saved adapter is scored and its <STATE> vectors computed: this process's
+    GPU if it has one (a 3B base takes hours on a CPU), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def _free_accelerator_memory() -> None:
+    """The training copy's GPU memory back before the scoring copy loads."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _files(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
     """One path or several (train --validation is repeatable)."""
     return [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -76,6 +95,8 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
 
     policy = calibration or CalibrationPolicy()
     bundle = load_adapter(adapter_dir, merge=True)
+    device = _scoring_device()
+    bundle.model.to(device)
     old = bundle.heads.config
     flags = list(flags) if flags is not None else list(bundle.flags)
     evidence = bool(old.evidence_size) if evidence is None else evidence
@@ -99,8 +120,9 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         "validation" if val_examples else "training")
     scored_set = EncodedDataset(scored, **encode, strict=False)  # scored whole, as inference sees them
     need_states = refit is not None or evidence
-    pred = predict(MultiHeadModel(bundle.model, bundle.heads), scored_set, pad, batch_size,
+    pred = predict(MultiHeadModel(bundle.model, bundle.heads.to(device)), scored_set, pad, batch_size,
                    keep_states=need_states, progress="Scoring")  # the refit rescores these states
+    bundle.heads.cpu()  # the refit and the rescoring run on the <STATE> vectors, on the CPU
     fields: dict[str, Any] = {}
     ev_train = ev_val = None
     if evidence:
@@ -190,7 +212,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
         config.base_model, flags, quantization=config.quantization, lora_r=config.lora_r,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules,
         heads_inner=config.heads_inner_size, heads_dropout=config.heads_dropout,
-        prompt_version=config.prompt_version)
+        prompt_version=config.prompt_version, compute_dtype=config.compute_dtype)
     if built.quantization != config.quantization:
         log.warning("Training with quantization '%s' (asked for '%s').", built.quantization, config.quantization)
     tokenizer = built.tokenizer
@@ -199,9 +221,10 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     train_set = EncodedDataset(reply_examples, tokenizer, flags, config.max_length, config.history_turns,
                                prompt_version=config.prompt_version)
     lengths = sorted(len(f["input_ids"]) for f in train_set.features)
-    log.info("%d training examples (tokens: median %d, max %d), %d validation examples; base %s, quantization %s.",
-             len(train_set), lengths[len(lengths) // 2], lengths[-1], len(val_examples), built.base["name"],
-             built.quantization)
+    log.info("%d training examples (tokens: median %d, max %d), %d validation examples; base %s, quantization %s, "
+             "compute %s, optimizer %s%s.", len(train_set), lengths[len(lengths) // 2], lengths[-1], len(val_examples),
+             built.base["name"], built.quantization, config.compute_dtype, config.optim_name,
+             ", gradient checkpointing" if config.checkpointing else "")
     trainer = MultiHeadTrainer(
         model=built.model, args=config, data_collator=MultiHeadCollator(pad), train_dataset=train_set,
         processing_class=tokenizer, optimizers=(build_optimizer(built.model, config), None))
@@ -233,6 +256,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
             "epochs": config.num_train_epochs, "max_steps": config.max_steps, "steps": trainer.state.global_step,
             "learning_rate": config.learning_rate, "heads_learning_rate": config.heads_learning_rate,
             "batch_size": config.per_device_train_batch_size, "grad_accum": config.gradient_accumulation_steps,
+            "processes": config.world_size, "precision": config.compute_dtype, "optim": config.optim_name,
+            "gradient_checkpointing": config.checkpointing,
             "loss_weights": {"lm": config.lm_loss_weight, "delta": config.delta_loss_weight,
                              "flag": config.flag_loss_weight},
             "seconds": round(train_seconds, 1), "final_train_loss": round(result.training_loss, 4),
@@ -242,6 +267,7 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     }
     meta = save_artifacts(out, built.model.lm, built.model.heads, tokenizer, meta)
     del trainer, built  # free the training copy before loading the inference one
+    _free_accelerator_memory()
 
     if not val_examples:
         log.warning("No --validation data: thresholds are calibrated on the training data (optimistic).")
