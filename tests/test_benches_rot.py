@@ -122,3 +122,12 @@ def test_memory_recall_quick():
     assert_figures(figures, ("turns", "compared_turns", "memories_held", "turns_with_recall", "turn_s_with_recall",
                              "turn_s_without", "recall_ms_median", "memory_turn_ratio"), ("npc",))
     assert int(figures["memories_held"]) > 0  # the script's facts were condensed into memories
+
+
+@pytest.mark.model
+def test_prefix_cache_quick():
+    figures, _ = run_quick("prefix_cache.py")
+    assert_figures(figures, ("turns", "prefix_hits", "prefix_misses", "ttft_s_cached", "ttft_s_uncached",
+                             "ttft_ratio"), ("npc",))
+    assert int(figures["prefix_hits"]) >= 1  # the second turn found its NPC's prefix cached
+    assert figures["reply_source"] == "model"  # the first token timed is the model's
