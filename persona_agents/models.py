@@ -140,15 +140,6 @@ _PROCESS_SHARED: dict[tuple, Any] = {}
 _PROCESS_LOCK = threading.Lock()
 
 
-def release_process_models() -> None:
-    """Forget every model and engine the process registry holds (they are freed once no NPC
-    step holds them). For a process that moves on from a set of games, as the test suite
-    does between modules; a server never needs it."""
-    with _PROCESS_LOCK:
-        _PROCESS_MODELS.clear()
-        _PROCESS_SHARED.clear()
-
-
 class ModelRegistry:
     """Loaded models shared across NPCs (and across the managers of one process), keyed by
     (model reference, dtype); `shared` for anything else built once per key."""

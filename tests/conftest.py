@@ -103,20 +103,6 @@ def pytest_runtest_protocol(item, nextitem):
             _PEAK_GROWTH.append((grown, item.nodeid))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_models_after_each_module():
-    """The model registry is the process's (managers share what they load); after a test
-    module its models are let go, so the suite holds one module's models at a time rather
-    than every variant it ever loaded (the process peaked at 12 GB)."""
-    yield
-    import gc
-
-    from persona_agents.models import release_process_models
-
-    release_process_models()
-    gc.collect()
-
-
 def pytest_terminal_summary(terminalreporter) -> None:
     """The tests that raised the process's peak memory most: a suite that grows towards the
     machine's size says here which tests to look at."""
