@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -35,6 +36,23 @@ def read_script(path: Path) -> list[str]:
             raise click.ClickException(f"{path}: expected a list of player lines (strings).")
         return data
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def play_given_lines(lines: list[str], as_json: bool, one_turn: Callable[[str], None]) -> bool:
+    """Play the lines given (--say, --script), or piped in JSON mode (one per input line);
+    False when there are none: the conversation is interactive."""
+    if lines:
+        for line in lines:
+            if not as_json:
+                click.echo(f"You: {line}")
+            one_turn(line)
+        return True
+    if not sys.stdin.isatty() and as_json:
+        for line in sys.stdin:
+            if line.strip():
+                one_turn(line.strip())
+        return True
+    return False
 
 
 def _signed(value: float) -> str:
@@ -114,19 +132,7 @@ def run_dialogue(npc_id, scene, scene_id, max_speakers, npcs_dir, plugins_dir, p
         else:
             click.echo(format_turn(persona.name, response))
 
-    lines = list(say) + (read_script(script) if script else [])
-    if lines:
-        for line in lines:
-            if not as_json:
-                click.echo(f"You: {line}")
-            one_turn(line)
-        return
-
-    if not sys.stdin.isatty() and as_json:
-        # Piped input in JSON mode: one player line per input line.
-        for line in sys.stdin:
-            if line.strip():
-                one_turn(line.strip())
+    if play_given_lines(list(say) + (read_script(script) if script else []), as_json, one_turn):
         return
 
     click.echo(f"Talking to {persona.name}. {HELP_LINE}", err=True)

@@ -8,11 +8,11 @@ scene turn is committed at a time, all of it or nothing.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
 import click
 
+from .cli_dialogue import play_given_lines
 from .errors import PersonaAgentsError
 from .manager import AgentManager
 from .scenes.runner import SceneResponse, check_scene
@@ -63,16 +63,7 @@ def run_scene_dialogue(manager: AgentManager, npcs: Sequence[str], scene_id: str
         else:
             click.echo(format_scene_turn(manager, response))
 
-    if lines:
-        for line in lines:
-            if not as_json:
-                click.echo(f"You: {line}")
-            one_turn(line)
-        return
-    if not sys.stdin.isatty() and as_json:
-        for line in sys.stdin:
-            if line.strip():
-                one_turn(line.strip())
+    if play_given_lines(list(lines), as_json, one_turn):
         return
     click.echo(f"In the scene {scene_id} with {names}. {SCENE_HELP}", err=True)
     while True:

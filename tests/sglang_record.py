@@ -11,31 +11,19 @@ It also runs the same turn on the fast engine (float32) and prints both, which m
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
-
-import yaml
 
 from persona_agents.manager import AgentManager
 from persona_agents.multihead.artifacts import load_adapter
 from persona_agents.turn import GameContext
-from tests.sglang_support import DATA, FakeSGLang, ModelBacked
+from tests.sglang_support import DATA, FakeSGLang, ModelBacked, seed_game
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "examples" / "seed_game"
 NPC, LINE, STAGE = "elder_mossbrook", "Hello, elder. Is all well in the village?", "not_started"
 
 
-def seed_copy(root: Path, options: dict) -> Path:
-    shutil.copytree(SEED, root, symlinks=True)
-    defaults = root / "npcs" / "_defaults.yaml"
-    data = yaml.safe_load(defaults.read_text())
-    data["generation"].update(temperature=0.0, max_new_tokens=16, repetition_penalty=1.0)
-    data["pipeline"]["postprocess"] = ["game_rules"]
-    data["pipeline"]["generate"][0]["options"].update(options)
-    defaults.write_text(yaml.safe_dump(data, sort_keys=False))
-    return root / "npcs"
 
 
 class Recorder:
@@ -59,7 +47,7 @@ def main() -> None:
         turns = {}
         for engine, options in (("sglang", {"engine": "sglang", "url": server.url}),
                                 ("fast", {"engine": "fast", "decode_precision": "float32"})):
-            manager = AgentManager(seed_copy(Path(tmp) / engine, options))
+            manager = AgentManager(seed_game(Path(tmp) / engine, **options))
             turns[engine] = manager.turn(NPC, LINE, player_id="record", seed=3, context=GameContext(quest_stage=STAGE))
         # The reply again, streamed (the server's stream answer for the same request).
         reply = next(e for e in responder.log if e["request"]["path"] == "/generate"

@@ -22,6 +22,23 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data" / "sglang"
+SEED = Path(__file__).resolve().parent.parent / "examples" / "seed_game"
+
+
+def seed_game(root: Path, **options: Any) -> Path:
+    """A copy of the seed game whose elder runs the recorded turn's settings on `options`."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(SEED, root, symlinks=True)
+    defaults = root / "npcs" / "_defaults.yaml"
+    data = yaml.safe_load(defaults.read_text())
+    data["generation"].update(temperature=0.0, max_new_tokens=16, repetition_penalty=1.0)
+    data["pipeline"]["postprocess"] = ["game_rules"]
+    data["pipeline"]["generate"][0]["options"].update(options)
+    defaults.write_text(yaml.safe_dump(data, sort_keys=False))
+    return root / "npcs"
 
 #: SGLang 0.5.23, python/sglang/api/v1/api_types.py: `_FIELDS_SamplingParams` (unknown keys rejected).
 SAMPLING_PARAMS_FIELDS = (

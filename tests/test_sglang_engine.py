@@ -15,7 +15,6 @@ No live SGLang server runs here (no GPU in this session's machine).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from persona_agents.errors import PersonaAgentsError
 from persona_agents.manager import AgentManager
 from persona_agents.turn import GameContext
 
-from .sglang_support import FakeSGLang, ModelBacked, Replay, recording
+from .sglang_support import FakeSGLang, ModelBacked, Replay, recording, seed_game
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "examples" / "seed_game"
@@ -33,16 +32,6 @@ ADAPTER = SEED / "adapters" / "seed-tiny"
 RECORD = recording()
 
 
-def seed_game(root: Path, **options) -> Path:
-    """A copy of the seed game whose elder runs the recorded turn's settings on `options`."""
-    shutil.copytree(SEED, root, symlinks=True)
-    defaults = root / "npcs" / "_defaults.yaml"
-    data = yaml.safe_load(defaults.read_text())
-    data["generation"].update(temperature=0.0, max_new_tokens=16, repetition_penalty=1.0)
-    data["pipeline"]["postprocess"] = ["game_rules"]
-    data["pipeline"]["generate"][0]["options"].update(options)
-    defaults.write_text(yaml.safe_dump(data, sort_keys=False))
-    return root / "npcs"
 
 
 def recorded_turn(npcs: Path):
