@@ -65,8 +65,10 @@ def format_turn(name: str, response: TurnResponse) -> str:
     lines = [
         f"{name}: {response.text or '(no words)'}",
         f"    deltas: trust {_signed(response.deltas.trust)}, relationship {_signed(response.deltas.relationship)}"
-        f" | flags: {flags}",
-        f"    state: trust {s.trust:.2f}, relationship {s.relationship:+.2f}, mood {s.mood}, quest {s.quest_stage}",
+        + "".join(f", {axis} {_signed(value)}" for axis, value in response.deltas.axes.items())
+        + f" | flags: {flags}",
+        f"    state: trust {s.trust:.2f}, relationship {s.relationship:+.2f}, mood {s.mood}, quest {s.quest_stage}"
+        + "".join(f", {axis} {value:+.2f}" for axis, value in s.axes.items()),
     ]
     if response.flags_rejected:
         lines.append("    rejected: " + ", ".join(f"{f.name} ({f.reason})" for f in response.flags_rejected))

@@ -66,7 +66,9 @@ def game_yaml() -> str:
     out += [
         "# The stages of an NPC's quest, in order; personas, lines and lore entries name them.",
         f"quest_stages: [{', '.join(DEFAULT_GAME.quest_stages)}]",
-        "# The state each NPC keeps per player (trust and relationship; no other axis yet).",
+        "# The state each NPC keeps per player: trust and relationship (ranges fixed; the model",
+        "# proposes their changes), then any of the game's own, moved only by the events that fire:",
+        "#   reputation: {min: -1.0, max: 1.0, initial: 0.0}   and on an event: changes: {reputation: 0.1}",
         "axes:",
     ]
     for name, axis in DEFAULT_GAME.axes.items():

@@ -34,8 +34,9 @@ def state_show(player_id, npc_id, db_url):
     for npc, entry in data["npcs"].items():
         s = entry["state"]
         flags = ", ".join(f"{f['flag']}@{f['turn']}" for f in entry["flags_fired"]) or "none"
+        axes = "".join(f", {axis} {value:+.2f}" for axis, value in (s.get("axes") or {}).items())
         click.echo(f"{npc}: trust {s['trust']:.2f}, relationship {s['relationship']:+.2f}, mood {s['mood']}, "
-                   f"quest {s['quest_stage']}, turns {s['turns']}, flags fired: {flags}")
+                   f"quest {s['quest_stage']}{axes}, turns {s['turns']}, flags fired: {flags}")
         _show_memories(entry["memories"])
     for npc, memories in data.get("heard_only", {}).items():
         click.echo(f"{npc}: no conversation yet")

@@ -35,7 +35,8 @@ def test_plans(paths, npcs_dir, plugins_dir, seed, repeat, min_pass_rate, junit,
     paths = paths or (Path(npcs_dir) / "tests",)
     with tempfile.TemporaryDirectory(prefix="persona-agents-test-") as tmp:
         manager = make_manager(npcs_dir, plugins_dir, StateStore(f"sqlite:///{tmp}/state.db"))
-        plans = load_plans(paths, manager.npc_ids(), manager.game.event_names, manager.game.quest_stages)
+        plans = load_plans(paths, manager.npc_ids(), manager.game.event_names, manager.game.quest_stages,
+                           manager.game.extra_axes)
         recorder = None
         if show_prompt:
             recorder = PromptRecorder()

@@ -9,6 +9,7 @@ A studio declares its game once, in `_game.yaml` beside its personas (issue 27):
     axes:
       trust: {min: 0.0, max: 1.0, initial: 0.3}
       relationship: {min: -1.0, max: 1.0, initial: 0.0}
+      reputation: {min: -1.0, max: 1.0, initial: 0.0}   # an extra axis: moved by events
     moods: [neutral, gruff, wary]          # empty or absent: any mood
 
 Personas, test plans, training data and adapters are checked against it, and each
@@ -31,6 +32,8 @@ from .flags import DEFAULT_FLAGS, DEFAULT_QUEST_STAGES
 
 GAME_FILE = "_game.yaml"
 _NAME = r"^[a-z][a-z0-9_]*$"
+#: Keys of a state that an extra axis may not take.
+RESERVED_STATE_KEYS = ("mood", "quest_stage", "turns", "axes")
 
 
 class _Strict(BaseModel):
@@ -44,6 +47,9 @@ class EventSpec(_Strict):
                                "(item, quest, room...); a persona's rule gives their values.")
     sets_stage: str | None = Field(None, description="Quest stage the NPC's quest moves to when the event fires "
                                    "(a persona's rule may say otherwise).")
+    changes: dict[str, float] = Field(default_factory=dict, description="How the game's extra state axes move "
+                                      "when the event fires ({reputation: 0.1}); a persona's rule may say "
+                                      "otherwise, axis by axis.")
 
 
 class AxisSpec(_Strict):
@@ -61,8 +67,9 @@ class AxisSpec(_Strict):
         return self
 
 
-#: The axes every game has today. Extra axes are a planned part of issue 27 that the
-#: state store, the heads and the data format do not carry yet: declaring one is refused.
+#: The axes every game has: the state heads learn their changes from the data. A game may
+#: declare more (`extra_axes`): those are the game's own, moved only by the events that
+#: fire (`changes:`), never by the model, and shown to it in the prompt's state.
 BUILT_IN_AXES: dict[str, AxisSpec] = {
     "trust": AxisSpec(min=0.0, max=1.0, initial=0.3,
                       description="how far the NPC believes the player is honest and reliable"),
@@ -113,10 +120,16 @@ class GameDefinition(_Strict):
     @field_validator("axes")
     @classmethod
     def _known_axes(cls, axes: dict[str, AxisSpec]) -> dict[str, AxisSpec]:
-        extra = [name for name in axes if name not in BUILT_IN_AXES]
-        if extra:
-            raise ValueError(f"axis {', '.join(map(repr, extra))}: only {', '.join(BUILT_IN_AXES)} are supported "
-                             "yet (extra state axes are planned in issue 27); remove it or track it in game_state")
+        import re
+        bad = [name for name in axes if not re.match(_NAME, name) or name in RESERVED_STATE_KEYS]
+        if bad:
+            raise ValueError(f"axis name(s) {', '.join(map(repr, bad))} must be snake_case and not one of "
+                             f"{', '.join(RESERVED_STATE_KEYS)}")
+        for name, spec in BUILT_IN_AXES.items():
+            given = axes.get(name)
+            if given is not None and (given.min, given.max) != (spec.min, spec.max):
+                raise ValueError(f"{name}: the range of a built-in axis is fixed at [{spec.min}, {spec.max}] "
+                                 f"(the heads and the rules use it); declare another axis for another range")
         missing = [name for name in BUILT_IN_AXES if name not in axes]
         if missing:
             raise ValueError(f"axes must declare {', '.join(missing)} (the state store and heads need both)")
@@ -135,6 +148,11 @@ class GameDefinition(_Strict):
                                  f"{self.events_hint()}")
             if not rule.events and not rule.facts:
                 raise ValueError(f"word_travels.{number}: nothing spreads; name events, or set facts: true")
+        for name, event in self.events.items():
+            unknown = [axis for axis in event.changes if axis not in self.extra_axes]
+            if unknown:
+                raise ValueError(f"events.{name}.changes: {', '.join(unknown)} not an extra axis of this game; "
+                                 f"{self.extra_axes_hint()}")
         return self
 
     # -- questions the rest of the code asks ---------------------------------------
@@ -156,6 +174,34 @@ class GameDefinition(_Strict):
             event = self.events.get(name)
             stage = (getattr(rule, "sets_stage", None) or (event.sets_stage if event else None) or stage)
         return stage
+
+    @property
+    def extra_axes(self) -> dict[str, AxisSpec]:
+        """The game's own state axes beyond trust and relationship, in declared order."""
+        return {name: spec for name, spec in self.axes.items() if name not in BUILT_IN_AXES}
+
+    def initial_axes(self) -> dict[str, float]:
+        return {name: spec.initial for name, spec in self.extra_axes.items()}
+
+    def axis_changes(self, current: Mapping[str, float], fired: Iterable[str],
+                     flag_rules: Mapping[str, Any]) -> dict[str, float]:
+        """How each extra axis moves on a turn: every fired event adds its change (the
+        persona's rule `changes` first, axis by axis, else the game event's), bounded so the
+        value stays in the axis's range. Every extra axis is listed, unmoved ones with 0."""
+        changes = {}
+        for axis, spec in self.extra_axes.items():
+            total = 0.0
+            for name in fired:
+                rule_changes = getattr(flag_rules.get(name), "changes", None) or {}
+                event = self.events.get(name)
+                total += rule_changes.get(axis, event.changes.get(axis, 0.0) if event else 0.0)
+            value = current.get(axis, spec.initial)
+            changes[axis] = round(max(spec.min, min(spec.max, value + total)) - value, 6)
+        return changes
+
+    def extra_axes_hint(self) -> str:
+        return ("declared extra axes: " + ", ".join(self.extra_axes)) if self.extra_axes else \
+            "this game declares no extra axes (add one under axes: in _game.yaml)"
 
     def events_hint(self) -> str:
         return "declared events: " + ", ".join(self.events)
@@ -205,7 +251,8 @@ def parse_game(data: Any, source: str) -> GameDefinition:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (valid: events, quest_stages, axes, moods, word_travels; an event takes " \
-                      "description, payload, sets_stage; a word_travels rule events, facts, tellers, to, delay_turns)"
+                      "description, payload, sets_stage, changes; a word_travels rule events, facts, tellers, to, " \
+                      "delay_turns)"
             problems.append(f"{source}: {_loc(err['loc'])}: {msg}")
         raise PersonaFileError(problems) from None
 

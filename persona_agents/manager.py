@@ -10,6 +10,7 @@ NPC) are ordered by a lock; turns for different players run in parallel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from contextlib import contextmanager
@@ -43,9 +44,10 @@ class PlayedTurn:
     write: TurnWrite
 
 
-def initial_state(loaded: LoadedPersona) -> NpcState:
+def initial_state(loaded: LoadedPersona, game: GameDefinition = DEFAULT_GAME) -> NpcState:
     s = loaded.persona.initial_state
-    return NpcState(trust=s.trust, relationship=s.relationship, mood=s.mood, quest_stage=s.quest_stage)
+    return NpcState(trust=s.trust, relationship=s.relationship, mood=s.mood, quest_stage=s.quest_stage,
+                    axes=game.initial_axes())
 
 
 def next_state(state: NpcState, turn: Turn, game: GameDefinition = DEFAULT_GAME) -> NpcState:
@@ -64,7 +66,9 @@ def next_state(state: NpcState, turn: Turn, game: GameDefinition = DEFAULT_GAME)
         rule = turn.persona.flag_rules.get(name)
         mood = (rule.sets_mood if rule and rule.sets_mood else None) or mood
     stage = game.stage_after(stage, fired, turn.persona.flag_rules)
-    return NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage)
+    axes = {name: round(state.axes.get(name, spec.initial) + turn.deltas.axes.get(name, 0.0), 6)
+            for name, spec in game.extra_axes.items()}
+    return NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage, axes=axes)
 
 
 def _context_record(ctx: GameContext) -> dict[str, Any]:
@@ -148,7 +152,7 @@ class AgentManager:
                             for name, options in entries]
                     for stage, entries in loaded.step_options.items()
                 }
-                self._pipelines[npc_id] = Pipeline(loaded.persona, steps)
+                self._pipelines[npc_id] = Pipeline(loaded.persona, steps, self.game)
             return self._pipelines[npc_id]
 
     def warm_up(self, npc_id: str) -> None:
@@ -156,7 +160,7 @@ class AgentManager:
 
     # -- conversations ---------------------------------------------------------------
     def conversation(self, player_id: str, npc_id: str) -> StoredConversation:
-        return self.store.load(player_id, npc_id, initial_state(self.get_persona(npc_id)))
+        return self.store.load(player_id, npc_id, initial_state(self.get_persona(npc_id), self.game))
 
     def _memories_of(self, done: Turn) -> list[Memory]:
         descriptions = {name: event.description for name, event in self.game.events.items()}
@@ -229,7 +233,7 @@ class AgentManager:
                         if not same_request(stored_request, client):
                             raise RequestIdConflictError(request_id)
                         return response_from_dict(stored_response)
-                convo = self.store.load(player_id, npc_id, initial_state(loaded))
+                convo = self.store.load(player_id, npc_id, initial_state(loaded, self.game))
                 try:
                     return self._run_and_commit(pipeline, loaded, convo, npc_id, player_id, utterance, context, seed,
                                                 request_id, client)
@@ -257,7 +261,7 @@ class AgentManager:
         and the response's meta."""
         state = convo.state
         if context.quest_stage:  # the game's own state wins over what we stored
-            state = NpcState(state.trust, state.relationship, state.mood, context.quest_stage)
+            state = dataclasses.replace(state, quest_stage=context.quest_stage)
         turn = Turn(
             npc_id=npc_id,
             player_id=player_id,

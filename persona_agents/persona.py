@@ -95,6 +95,9 @@ class FlagRule(_Strict):
         None, description="Quest stage this NPC's quest moves to when the flag fires (default: the event's "
         "sets_stage in the game definition).")
     sets_mood: str | None = Field(None, description="Mood the NPC takes on when the flag fires.")
+    changes: dict[str, float] = Field(
+        default_factory=dict, description="How the game's extra state axes move when the flag fires "
+        "({reputation: 0.2}), axis by axis over the event's `changes` in the game definition.")
 
 
 class MoodRule(_Strict):

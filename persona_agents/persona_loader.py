@@ -162,6 +162,10 @@ def check_against_game(path: Path, persona: Persona, game: GameDefinition, probl
         if rule.sets_mood is not None and game.moods and rule.sets_mood not in game.moods:
             problems.append(f"{path}: flag_rules.{name}.sets_mood: undeclared mood {rule.sets_mood!r}; "
                             f"valid moods: {', '.join(game.moods)}{where}")
+        unknown_axes = [axis for axis in rule.changes if axis not in game.extra_axes]
+        if unknown_axes:
+            problems.append(f"{path}: flag_rules.{name}.changes: {_names(unknown_axes)} not an extra axis of the "
+                            f"game; {game.extra_axes_hint()}{where}")
     for index, line in enumerate(persona.lines):
         for field in ("events", "refuses"):
             bad = game.unknown_events(getattr(line, field))

@@ -9,10 +9,12 @@ its name, not three stages later.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
 from .errors import PersonaAgentsError, StepError
+from .game import DEFAULT_GAME, GameDefinition
 from .persona import STAGES, Persona
 from .request_budget import TokenCounter, apply_request_budget
 from .rules import enforce
@@ -28,8 +30,9 @@ def decision_of(turn: Turn) -> dict[str, Any]:
 
 
 class Pipeline:
-    def __init__(self, persona: Persona, steps: dict[str, list[Step]]):
+    def __init__(self, persona: Persona, steps: dict[str, list[Step]], game: GameDefinition = DEFAULT_GAME):
         self.persona = persona
+        self.game = game
         self.steps = {stage: list(steps.get(stage, [])) for stage in STAGES}
         self._warm = False
 
@@ -93,10 +96,14 @@ class Pipeline:
     def enforce_rules(self, turn: Turn) -> Turn:
         """The game's authority, whatever the persona's postprocess list says (issue 27):
         the persona's flag rules and delta policy, with the options of its game_rules step
-        where it lists one."""
+        where it lists one; then the changes of the game's extra axes, from the fired events."""
         allow_unlisted = any(getattr(step.options, "allow_unlisted_flags", False)
                              for step in self.steps["postprocess"] if step.name == "game_rules")
-        return enforce(turn, self.persona, allow_unlisted)
+        turn = enforce(turn, self.persona, allow_unlisted)
+        if self.game.extra_axes:  # the game's own axes move as the fired events declare, nothing else
+            turn = turn.replace(deltas=dataclasses.replace(turn.deltas, axes=self.game.axis_changes(
+                turn.state.axes, [flag.name for flag in turn.flags], self.persona.flag_rules)))
+        return turn
 
     def rewrites_text(self) -> bool:
         return any(step.rewrites_text for step in self.steps["postprocess"])

@@ -76,7 +76,7 @@ def render_sectioned(turn: Turn, history_turns: int = 6, version: int = 1,
         f"role: {p.role}",
         f"location: {_safe_line(location) if location else 'unknown'}",
         f"tags: mood={s.mood}, trust={s.trust:.2f}, relationship={s.relationship:+.2f}, "
-        f"quest_stage={_safe_line(effective_stage(turn))}",
+        f"quest_stage={_safe_line(effective_stage(turn))}{_axes_tags(s)}",
     ]
     if p.traits:
         sys_lines.append("traits: " + ", ".join(p.traits))
@@ -151,7 +151,7 @@ def render_sectioned_v2(turn: Turn, history_turns: int = 6, event_descriptions: 
     state_lines = [
         f"location: {_safe_line(location) if location else 'unknown'}",
         f"tags: mood={s.mood}, trust={s.trust:.2f}, relationship={s.relationship:+.2f}, "
-        f"quest_stage={_safe_line(effective_stage(turn))}",
+        f"quest_stage={_safe_line(effective_stage(turn))}{_axes_tags(s)}",
         *_context_lines(ctx),
     ]
     ctx_lines = _history_lines(turn, history_turns)
@@ -189,6 +189,12 @@ def decision_of_turn(turn: Turn, lines: Sequence[str] = ()) -> str:
     """`render_decision` of a decided turn (its fired flags with payloads, its refusals)."""
     return render_decision([(f.name, f.payload) for f in turn.flags],
                            [(r.name, r.reason) for r in turn.flags_rejected], lines)
+
+
+def _axes_tags(state) -> str:
+    """The game's extra axes after the built-in tags (nothing in a game without them, so
+    the prompts adapters were trained on stay the same)."""
+    return "".join(f", {name}={value:+.2f}" for name, value in state.axes.items())
 
 
 def _describe_state(turn: Turn) -> str:

@@ -25,9 +25,21 @@ class NpcState:
     relationship: float
     mood: str
     quest_stage: str
+    #: The game's extra state axes (`_game.yaml` `axes:` beyond trust and relationship),
+    #: by name; empty in a game that declares none.
+    axes: Mapping[str, float] = field(default_factory=lambda: _frozen_mapping(None))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", _frozen_mapping(self.axes))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The state as a game reads it; `axes` only where the game declares extra axes, so
+        a game without them sees the same shape as before."""
+        data: dict[str, Any] = {"trust": self.trust, "relationship": self.relationship, "mood": self.mood,
+                                "quest_stage": self.quest_stage}
+        if self.axes:
+            data["axes"] = dict(self.axes)
+        return data
 
 
 @dataclass(frozen=True)
@@ -97,9 +109,18 @@ class Prompt:
 class Deltas:
     trust: float = 0.0
     relationship: float = 0.0
+    #: The changes of the game's extra axes, as the fired events declare them (the core
+    #: sets them after the rules, `GameDefinition.axis_changes`); empty without extra axes.
+    axes: Mapping[str, float] = field(default_factory=lambda: _frozen_mapping(None))
 
-    def to_dict(self) -> dict[str, float]:
-        return {"trust": self.trust, "relationship": self.relationship}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", _frozen_mapping(self.axes))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"trust": self.trust, "relationship": self.relationship}
+        if self.axes:
+            data["axes"] = dict(self.axes)
+        return data
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,24 @@ def test_schema_version_is_recorded_and_newer_databases_are_refused(db_url):
         StateStore(db_url)
 
 
+def test_a_version_3_database_gains_the_extra_axes_and_keeps_its_states(db_url):
+    from persona_agents.turn import NpcState
+
+    store = StateStore(db_url)
+    with store.engine.begin() as conn:  # the state table as schema version 3 left it
+        conn.execute(text("alter table pa_npc_state drop column axes"))
+        conn.execute(text("update pa_schema_version set version = 3"))
+    with store.engine.begin() as conn:
+        conn.execute(text("insert into pa_npc_state (player_id, npc_id, trust, relationship, mood, quest_stage, "
+                          "turns, version, updated_at) values ('p', 'anna', 0.4, 0.1, 'calm', 'not_started', 3, 3, "
+                          "'2026-12-01 00:00:00')"))
+    upgraded = StateStore(db_url)
+    initial = NpcState(0.3, 0.0, "neutral", "not_started", axes={"reputation": 0.1})
+    state = upgraded.load("p", "anna", initial).state
+    assert (state.trust, state.mood, dict(state.axes)) == (0.4, "calm", {"reputation": 0.1})
+    assert dict(upgraded.load("p", "anna", NpcState(0.3, 0.0, "neutral", "not_started")).state.axes) == {}
+
+
 def test_state_cli_show_export_reset_and_continuing_a_conversation(npc_folder, db_url):
     npc_folder("anna")
     base = [sys.executable, "-m", "persona_agents"]

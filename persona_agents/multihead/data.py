@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import TrainingDataError
 from ..flags import DEFAULT_FLAGS
@@ -154,9 +154,10 @@ def minimal_persona(npc_id: str) -> Persona:
     )
 
 
-def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[str,
-    Persona]) -> tuple[Example | None, list[str]]:
-    """One record -> (Example, []) or (None, problems)."""
+def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[str, Persona],
+                 axes: Mapping[str, Any] | None = None) -> tuple[Example | None, list[str]]:
+    """One record -> (Example, []) or (None, problems). `axes`: the game's extra state axes
+    (name -> AxisSpec), read from the record's tags like trust (absent: the initial value)."""
     p = _Problems(where)
     if not isinstance(record, dict):
         p.add("line", f"expected a JSON object, got {type(record).__name__}", "write one {...} object per line")
@@ -179,6 +180,7 @@ def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[s
 
     tags = record["tags"]
     trust, relationship, mood, stage, location = init.trust, init.relationship, init.mood, None, None
+    extra: dict[str, float] = {name: spec.initial for name, spec in (axes or {}).items()}
     if not isinstance(tags, dict):
         p.add("tags", f"expected an object, got {type(tags).__name__}",
             'write "tags": {"trust": 0.5, "relationship": 0.0}')
@@ -194,6 +196,14 @@ def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[s
             except ValueError as exc:
                 p.add("tags.relationship", str(exc), 'write a number in [-1, 1] or a label such as "friend"')
         mood = str(tags.get("npc_mood", tags.get("mood", mood)))
+        extra = {name: spec.initial for name, spec in (axes or {}).items()}
+        for name, spec in (axes or {}).items():
+            if name in tags:
+                if _number(tags[name]) and spec.min <= tags[name] <= spec.max:
+                    extra[name] = float(tags[name])
+                else:
+                    p.add(f"tags.{name}", f"expected a number in [{spec.min:g}, {spec.max:g}] (the game's axis), "
+                          f"got {tags[name]!r}", f'write "{name}": {spec.initial:g}')
         stage = tags.get("quest_stage")
         location = tags.get("location")
         for key, value in (("quest_stage", stage), ("location", location)):
@@ -250,7 +260,8 @@ def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[s
         return None, p.items
     turn = Turn(
         npc_id=npc_id, player_id="player", utterance=record["player_utterance"], persona=persona,
-        state=NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage or init.quest_stage),
+        state=NpcState(trust=trust, relationship=relationship, mood=mood, quest_stage=stage or init.quest_stage,
+                       axes=extra),
         context=GameContext(quest_stage=stage, location=location, items=items, actions=actions, game_state=game_state),
         history=history,
         lore=tuple(LoreChunk(id=f"record:{i}", text=t, score=1.0) for i, t in enumerate(lore)),
@@ -274,8 +285,10 @@ def load_personas_for_data(npcs_dir: str | Path | None) -> dict[str, Persona]:
 
 
 def load_examples(paths: Iterable[str | Path], flags: Sequence[str] = DEFAULT_FLAGS,
-                  personas: dict[str, Persona] | None = None) -> list[Example]:
-    """Every record of every file, validated; one TrainingDataError lists all problems."""
+                  personas: dict[str, Persona] | None = None,
+                  axes: Mapping[str, Any] | None = None) -> list[Example]:
+    """Every record of every file, validated; one TrainingDataError lists all problems.
+    `axes`: the game's extra state axes, read from the tags (`parse_record`)."""
     personas = personas or {}
     examples: list[Example] = []
     problems: list[str] = []
@@ -300,7 +313,7 @@ def load_examples(paths: Iterable[str | Path], flags: Sequence[str] = DEFAULT_FL
                 problems.append(f"{where}: line: invalid JSON ({exc.msg} at column {exc.colno}). "
                                 "Fix: one complete JSON object per line")
                 continue
-            example, found = parse_record(record, where, flags, personas)
+            example, found = parse_record(record, where, flags, personas, axes)
             problems.extend(found)
             if example is not None:
                 examples.append(example)

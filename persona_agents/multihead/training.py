@@ -23,6 +23,7 @@ import torch
 
 from .. import __version__
 from ..errors import TrainingConfigError
+from ..game import load_game
 from .artifacts import load_adapter, save_artifacts, save_heads, write_metadata
 from .calibrate import CalibrationPolicy, calibrate_thresholds
 from .collator import EncodedDataset, MultiHeadCollator
@@ -198,8 +199,9 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     if not personas:
         log.warning("No personas found in %s: prompts use minimal personas (id only). Inference renders the "
                     "persona files, so train with the same --npcs-dir the game uses.", config.npcs_dir)
-    train_examples = load_examples(data, flags, personas)
-    val_examples = load_examples(_files(validation), flags, personas) if validation else []
+    axes = load_game(config.npcs_dir).extra_axes  # shown in the prompt's state, as at inference
+    train_examples = load_examples(data, flags, personas, axes)
+    val_examples = load_examples(_files(validation), flags, personas, axes) if validation else []
     _warn_thin(train_examples, flags)
     if config.retrieve_lore and personas:
         both = retrieve_lore(train_examples + val_examples, config.npcs_dir)
@@ -299,8 +301,9 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     # for another vocabulary continue from the adapter's LoRA (issue 26's workflow).
     flags = list(config.flags) if config.flags else list(meta["flags"])
     personas = load_personas_for_data(config.npcs_dir)
-    train_examples = load_examples(data, flags, personas)  # checked even when only validation is scored
-    val_examples = load_examples(_files(validation), flags, personas) if validation else []
+    axes = load_game(config.npcs_dir).extra_axes
+    train_examples = load_examples(data, flags, personas, axes)  # checked even when only validation is scored
+    val_examples = load_examples(_files(validation), flags, personas, axes) if validation else []
     if _refit_settings(config) is not None:
         _warn_thin(train_examples, flags)
     refit = _refit_settings(config)

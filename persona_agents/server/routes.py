@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError
+from ..game import GameDefinition
 from ..manager import AgentManager, initial_state
 from ..persona_loader import LoadedPersona
 from ..scenes.runner import check_scene
@@ -99,8 +100,13 @@ def _admit(request: Request, npc_id: str, player_id: str, field: str = "player_i
     return manager, request.app.state.scheduler.admit(player_id, field)
 
 
+#: Responses leave out the fields the route did not set: a game without extra state axes
+#: gets no `axes` keys (rather than nulls) in deltas and states.
+ONLY_SET: dict[str, Any] = {"response_model_exclude_unset": True}
+
+
 # -- turns ---------------------------------------------------------------------------
-@router.post("/v1/npcs/{npc_id}/turns", response_model=TurnOut, responses=TURN_ERRORS, tags=["turns"],
+@router.post("/v1/npcs/{npc_id}/turns", response_model=TurnOut, **ONLY_SET, responses=TURN_ERRORS, tags=["turns"],
              summary="Play one turn: the NPC's reply, deltas, flags and state")
 async def create_turn(npc_id: NpcId, body: TurnRequest, request: Request) -> dict[str, Any]:
     manager, ticket = _admit(request, npc_id, body.player_id)
@@ -204,7 +210,8 @@ def _admit_scene(request: Request, body: SceneTurnRequest) -> tuple[AgentManager
     return manager, request.app.state.scheduler.admit(body.player_id, "player_id")
 
 
-@router.post("/v1/scenes/{scene_id}/turns", response_model=SceneTurnOut, responses=SCENE_ERRORS, tags=["scenes"],
+@router.post("/v1/scenes/{scene_id}/turns", response_model=SceneTurnOut, **ONLY_SET, responses=SCENE_ERRORS,
+             tags=["scenes"],
              summary="Play one turn of a group scene: who answers, and each speaking NPC's turn",
              description=_SCENE_NOTE)
 async def create_scene_turn(scene_id: SceneId, body: SceneTurnRequest, request: Request) -> dict[str, Any]:
@@ -257,24 +264,27 @@ async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
 
 
 # -- NPCs ----------------------------------------------------------------------------
-def _summary(loaded: LoadedPersona) -> dict[str, Any]:
+def _summary(loaded: LoadedPersona, game: GameDefinition) -> dict[str, Any]:
     p = loaded.persona
     return {"id": p.id, "name": p.name, "role": p.role.strip(), "location": p.location, "language": p.language,
-            "traits": list(p.traits), "initial_state": initial_state(loaded).to_dict(), "flags": sorted(p.flag_rules)}
+            "traits": list(p.traits), "initial_state": initial_state(loaded, game).to_dict(),
+            "flags": sorted(p.flag_rules)}
 
 
-@router.get("/v1/npcs", response_model=NpcList, responses=errors(401, 500), tags=["npcs"], summary="The NPCs served")
+@router.get("/v1/npcs", response_model=NpcList, **ONLY_SET, responses=errors(401, 500), tags=["npcs"],
+            summary="The NPCs served")
 async def list_npcs(request: Request) -> dict[str, Any]:
     manager = _manager(request)
-    return {"npcs": [_summary(manager.get_persona(i)) for i in manager.npc_ids()]}
+    return {"npcs": [_summary(manager.get_persona(i), manager.game) for i in manager.npc_ids()]}
 
 
-@router.get("/v1/npcs/{npc_id}", response_model=NpcDetail, responses=READ_ERRORS, tags=["npcs"],
+@router.get("/v1/npcs/{npc_id}", response_model=NpcDetail, **ONLY_SET, responses=READ_ERRORS, tags=["npcs"],
             summary="One NPC: its persona (defaults merged) and pipeline")
 async def get_npc(npc_id: NpcId, request: Request) -> dict[str, Any]:
-    loaded = _manager(request).get_persona(npc_id)
+    manager = _manager(request)
+    loaded = manager.get_persona(npc_id)
     steps = {stage: [name for name, _ in entries] for stage, entries in loaded.step_options.items()}
-    return {**_summary(loaded), "steps": steps, "persona": loaded.persona.model_dump(mode="json")}
+    return {**_summary(loaded, manager.game), "steps": steps, "persona": loaded.persona.model_dump(mode="json")}
 
 
 # -- per-player state ----------------------------------------------------------------
@@ -286,13 +296,14 @@ def _state_body(manager: AgentManager, player_id: str, npc_id: str) -> dict[str,
             "history": [{"player": e.player, "npc": e.npc} for e in convo.history]}
 
 
-@router.get("/v1/players/{player_id}/npcs/{npc_id}/state", response_model=PlayerNpcState, responses=READ_ERRORS,
+@router.get("/v1/players/{player_id}/npcs/{npc_id}/state", response_model=PlayerNpcState, **ONLY_SET,
+            responses=READ_ERRORS,
             tags=["state"], summary="The NPC's stored state towards a player, fired flags and recent history")
 def get_state(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[str, Any]:
     return _state_body(_manager(request), player_id, npc_id)
 
 
-@router.delete("/v1/players/{player_id}/npcs/{npc_id}/state", response_model=PlayerNpcState,
+@router.delete("/v1/players/{player_id}/npcs/{npc_id}/state", response_model=PlayerNpcState, **ONLY_SET,
                responses=READ_ERRORS, tags=["state"],
                summary="Forget the conversation: state, history, flags and turn records; returns the initial state")
 def delete_state(player_id: PlayerId, npc_id: NpcId, request: Request) -> dict[str, Any]:

@@ -110,6 +110,8 @@ class TurnRequest(_Strict):
 class DeltasOut(BaseModel):
     trust: float = Field(description="Change of the NPC's trust in the player this turn.")
     relationship: float = Field(description="Change of the NPC's warmth towards the player this turn.")
+    axes: dict[str, float] | None = Field(None, description="Changes of the game's extra state axes, as the fired "
+                                          "events declare them; absent where the game declares none.")
 
 
 class FiredFlagOut(BaseModel):
@@ -129,6 +131,8 @@ class NpcStateOut(BaseModel):
     relationship: float = Field(description="-1..1")
     mood: str
     quest_stage: str
+    axes: dict[str, float] | None = Field(None, description="The game's extra state axes (`_game.yaml`); absent "
+                                          "where the game declares none.")
 
 
 class TurnOut(BaseModel):

@@ -44,11 +44,19 @@ def _v3_scene_lines(connection: Connection) -> None:
     _table(SceneLineRow).create(connection, checkfirst=True)
 
 
+def _v4_state_axes(connection: Connection) -> None:
+    # A database made at version 1-3 lacks the column; one made now has it from _v1_initial.
+    columns = {column["name"] for column in inspect(connection).get_columns(NpcStateRow.__tablename__)}
+    if "axes" not in columns:
+        connection.execute(text(f"ALTER TABLE {NpcStateRow.__tablename__} ADD COLUMN axes JSON"))
+
+
 #: (version, what it does, how). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables: state, history, flag events, turn records", _v1_initial),
     (2, "long-term memories per (player, NPC)", _v2_memories),
     (3, "group scenes: the lines each NPC present heard", _v3_scene_lines),
+    (4, "the game's extra state axes in each NPC's state", _v4_state_axes),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

@@ -33,6 +33,8 @@ class NpcStateRow(Base):
     relationship: Mapped[float] = mapped_column(Float, nullable=False)
     mood: Mapped[str] = mapped_column(String(100), nullable=False)
     quest_stage: Mapped[str] = mapped_column(String(100), nullable=False)
+    #: The game's extra state axes by name (schema version 4); null or {} without them.
+    axes: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     turns: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -183,6 +183,13 @@ def _sqlite_synchronous(parsed) -> tuple[str, object]:
     return level, parsed.difference_update_query(["synchronous"])
 
 
+def _stored_axes(stored: Mapping[str, Any] | None, initial: Mapping[str, float]) -> dict[str, float]:
+    """The extra axes the game declares now (`initial`'s keys): stored values where there
+    are some, the initial value of an axis the game added since; axes it dropped are gone."""
+    stored = stored or {}
+    return {name: float(stored.get(name, value)) for name, value in initial.items()}
+
+
 class StateStore:
     def __init__(self, url: str | None = None):
         self.url = url or default_db_url()
@@ -256,7 +263,8 @@ class StateStore:
                 .limit(DELTA_HISTORY_TURNS)
             ).all()
             memories = self._memories(conn, player_id, npc_id, MEMORY_LIMIT)
-        state = NpcState(row["trust"], row["relationship"], row["mood"], row["quest_stage"])
+        state = NpcState(row["trust"], row["relationship"], row["mood"], row["quest_stage"],
+                         _stored_axes(row.get("axes"), initial.axes))
         return StoredConversation(
             state=state,
             history=history,
@@ -453,7 +461,8 @@ class StateStore:
     def _write_turn(self, conn, w: "TurnWrite") -> None:
         state, player_id, npc_id, turn_number = w.state, w.player_id, w.npc_id, w.turn_number
         values = dict(trust=state.trust, relationship=state.relationship, mood=state.mood,
-                      quest_stage=state.quest_stage, turns=turn_number, version=w.expected_version + 1)
+                      quest_stage=state.quest_stage, axes=dict(state.axes), turns=turn_number,
+                      version=w.expected_version + 1)
         # The state write comes first so that it takes the database's write lock
         # before anything is read inside this transaction.
         if w.expected_version == 0:
@@ -495,7 +504,7 @@ class StateStore:
         with self._serial, self.engine.begin() as conn:
             conn.execute(insert(NpcStateRow).values(
                 player_id=player_id, npc_id=npc_id, trust=state.trust, relationship=state.relationship,
-                mood=state.mood, quest_stage=state.quest_stage, turns=0, version=1,
+                mood=state.mood, quest_stage=state.quest_stage, axes=dict(state.axes), turns=0, version=1,
             ))
 
     @_database_errors('reset the conversation')
@@ -531,7 +540,8 @@ class StateStore:
                 records = rows(TurnRecordRow, TurnRecordRow.player_id == mine[0], TurnRecordRow.npc_id == mine[1],
                                order=TurnRecordRow.turn_number)
                 out["npcs"][s["npc_id"]] = {
-                    "state": {k: s[k] for k in ("trust", "relationship", "mood", "quest_stage", "turns")},
+                    "state": {**{k: s[k] for k in ("trust", "relationship", "mood", "quest_stage", "turns")},
+                              **({"axes": s["axes"]} if s["axes"] else {})},
                     "flags_fired": [{"flag": f["flag"], "turn": f["turn_number"], "payload": f["payload"]}
                                     for f in flags],
                     "history": [{"turn": h["turn_number"], "player": h["player_text"], "npc": h["npc_text"]}

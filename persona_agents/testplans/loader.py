@@ -74,11 +74,22 @@ def _plan_stages(plan) -> list[tuple[str, str]]:
     return found
 
 
+def _plan_axes(plan) -> list[tuple[str, str]]:
+    """(field, axis) for every extra state axis a plan names."""
+    found = [("start.axes", axis) for axis in (plan.start.axes if plan.start is not None else {})]
+    for number, turn in enumerate(plan.turns, 1):
+        if turn.expect.state is not None:
+            found += [(f"turn {number}: expect.state.axes", axis) for axis in turn.expect.state.axes]
+    return found
+
+
 def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Iterable[str] = DEFAULT_FLAGS,
-               quest_stages: Iterable[str] | None = None) -> list[LoadedPlan]:
+               quest_stages: Iterable[str] | None = None,
+               axes: Iterable[str] | None = None) -> list[LoadedPlan]:
     """Every plan of `paths`, checked against the NPCs, the game's events (`flags`) and,
-    when given, its quest stages; one PlanFileError lists every problem."""
+    when given, its quest stages and extra axes; one PlanFileError lists every problem."""
     npc_ids, flags = set(npc_ids), list(flags)
+    axis_names = list(axes) if axes is not None else None
     stages = list(quest_stages) if quest_stages is not None else None
     problems: list[str] = []
     loaded: list[LoadedPlan] = []
@@ -125,6 +136,12 @@ def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Itera
                     if stage not in stages:
                         problems.append(f"{where}: {field}: unknown quest stage {stage!r}; "
                                         f"valid quest stages: {', '.join(stages)}")
+            if axis_names is not None:
+                for field, axis in _plan_axes(plan):
+                    if axis not in axis_names:
+                        valid = ", ".join(axis_names) or "none (declare them under axes: in _game.yaml)"
+                        problems.append(f"{where}: {field}: {axis!r} is not an extra axis of the game; "
+                                        f"declared extra axes: {valid}")
             loaded.append(LoadedPlan(plan, path))
     if problems:
         raise PlanFileError(problems)

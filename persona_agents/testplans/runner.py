@@ -73,6 +73,11 @@ def check_turn(number: int, spec: PlanTurn, response: TurnResponse) -> list[Chec
             if rng is not None:
                 value = getattr(response.state, axis)
                 checks.append(Check(number, f"state {axis}", rng.holds(value), rng.describe(), f"{value:.3f}"))
+        for axis_name, axis_range in exp.state.axes.items():
+            axis_value = response.state.axes.get(axis_name)
+            checks.append(Check(number, f"state {axis_name}", axis_value is not None and axis_range.holds(axis_value),
+                                axis_range.describe(),
+                                "not an axis of this game" if axis_value is None else f"{axis_value:+.3f}"))
         if exp.state.quest_stage is not None:
             checks.append(Check(number, "state quest_stage", response.state.quest_stage == exp.state.quest_stage,
                                 exp.state.quest_stage, response.state.quest_stage))
@@ -112,12 +117,13 @@ def run_plan(manager: AgentManager, loaded: LoadedPlan, seed: int, run_index: in
     plan = loaded.plan
     result = PlanRun(plan, str(loaded.path), seed)
     player = f"{plan.player}#{run_index}"
-    base = initial_state(manager.get_persona(plan.npc))
+    base = initial_state(manager.get_persona(plan.npc), manager.game)
     start = NpcState(
         trust=plan.start.trust if plan.start.trust is not None else base.trust,
         relationship=plan.start.relationship if plan.start.relationship is not None else base.relationship,
         mood=plan.start.mood or base.mood,
         quest_stage=plan.start.quest_stage or base.quest_stage,
+        axes={**base.axes, **plan.start.axes},
     )
     manager.store.reset(player)  # every NPC: a plan may talk to several, and word travels between them
     manager.store.put_state(player, plan.npc, start)

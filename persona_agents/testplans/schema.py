@@ -54,6 +54,8 @@ class StateExpectation(_Strict):
     trust: Range | None = None
     relationship: Range | None = None
     quest_stage: str | None = None
+    axes: dict[str, Range] = Field(default_factory=dict, description="The game's extra axes after the turn, "
+                                   "by name ({reputation: {min: 0.1}}).")
 
 
 class ReplyExpectation(_Strict):
@@ -100,6 +102,8 @@ class Start(_Strict):
     relationship: float | None = Field(None, ge=-1, le=1)
     mood: str | None = None
     quest_stage: str | None = None
+    axes: dict[str, float] = Field(default_factory=dict, description="The game's extra axes at the start, by "
+                                   "name; the others start at the game's initial value.")
 
 
 #: What a scene turn may expect: who answers, and the events of all its replies together.

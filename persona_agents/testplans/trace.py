@@ -56,6 +56,6 @@ def render_turn_trace(plan: str, path: str, seed: int, number: int, say: str, pr
         f"flag probabilities: {probs}",
         f"deltas: trust {response.deltas.trust:+.3f}, relationship {response.deltas.relationship:+.3f}; "
         f"state after: trust {state.trust:.3f}, relationship {state.relationship:.3f}, "
-        f"quest_stage {state.quest_stage}",
+        f"quest_stage {state.quest_stage}" + "".join(f", {a} {v:+.3f}" for a, v in state.axes.items()),
         "",
     ])
