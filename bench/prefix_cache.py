@@ -16,7 +16,11 @@ Prints `ttft_s_cached=` and `ttft_s_uncached=` of the last turn, `ttft_ratio=` (
 uncached, target at most 0.4), the medians over turns 2 to N, the prompt and prefix token
 counts and the engine's prefix cache hits.
 
-    python bench/prefix_cache.py [--quick] [--turns 5]
+    python bench/prefix_cache.py [--quick] [--turns 5] [--game seed|sample]
+
+`--game sample`: the sample NPCs instead (Brann, a conversation of the sample world),
+with the version 2 adapter trained for them (`training/adapters/smollm2-npc-v2`; the
+sample NPCs' default adapter is version 1, whose prompt has no static opening).
 
 `--quick`: 2 turns (a smoke run). Only the static prefix is reused: the version 2 prompt
 puts the conversation after the turn's lore and player state, so no conversation-level
@@ -40,27 +44,45 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from run_info import git_head, loadavg  # noqa: E402
 
-NPC = "elder_mossbrook"
-LINES = [
-    "Why is everyone so gloomy?",
-    "What happened to the well?",
-    "Is there anything I can do to help?",
-    "Who was the last person to see the spring running?",
-    "I will look into it. Where should I start?",
-    "Do you trust the shopkeeper?",
-    "Thank you, elder.",
-]
+#: (NPC, a conversation with it) per game.
+GAMES = {
+    "seed": ("elder_mossbrook", [
+        "Why is everyone so gloomy?",
+        "What happened to the well?",
+        "Is there anything I can do to help?",
+        "Who was the last person to see the spring running?",
+        "I will look into it. Where should I start?",
+        "Do you trust the shopkeeper?",
+        "Thank you, elder.",
+    ]),
+    "sample": ("blacksmith_village_center", [
+        "Good day, smith. Busy morning?",
+        "This sword broke in half. Can you help?",
+        "Where can I find iron ore?",
+        "Is the old mine safe these days?",
+        "What do you make of Jason going missing?",
+        "How much for a hatchet?",
+        "Thanks. I'll be back with the ore.",
+    ]),
+}
+V2_SAMPLE_ADAPTER = REPO / "training" / "adapters" / "smollm2-npc-v2"
 
 
-def game_copy(root: Path, name: str, prefix_cache_tokens: int) -> Path:
+def game_copy(root: Path, name: str, prefix_cache_tokens: int, game: str = "seed") -> Path:
     import yaml
 
     folder = root / name
-    shutil.copytree(REPO / "examples" / "seed_game", folder, ignore=shutil.ignore_patterns("checkpoints"))
+    if game == "seed":
+        shutil.copytree(REPO / "examples" / "seed_game", folder, ignore=shutil.ignore_patterns("checkpoints"))
+    else:
+        shutil.copytree(REPO / "npcs", folder / "npcs")
+        shutil.copytree(REPO / "plugins", folder / "plugins")
     defaults = folder / "npcs" / "_defaults.yaml"
     data = yaml.safe_load(defaults.read_text(encoding="utf-8"))
     for step in data["pipeline"]["generate"]:
         step.setdefault("options", {})["prefix_cache_tokens"] = prefix_cache_tokens
+        if game == "sample":
+            step["options"]["adapter"] = str(V2_SAMPLE_ADAPTER)
     # No authored_lines step: a step that may rewrite the reply makes the stream wait for the
     # whole reply, and the first token would be the last.
     data["pipeline"]["postprocess"] = ["game_rules"]
@@ -68,7 +90,7 @@ def game_copy(root: Path, name: str, prefix_cache_tokens: int) -> Path:
     return folder / "npcs"
 
 
-def timed_turn(manager, line: str, seed: int) -> tuple[float, float, dict]:
+def timed_turn(manager, npc: str, line: str, seed: int) -> tuple[float, float, dict]:
     """(seconds to the first reply text, seconds for the whole turn, meta)."""
     from persona_agents.streaming import stream_to
 
@@ -80,7 +102,7 @@ def timed_turn(manager, line: str, seed: int) -> tuple[float, float, dict]:
             first.append(time.perf_counter() - started)
 
     with stream_to(sink):
-        response = manager.turn(NPC, line, player_id="bench", seed=seed)
+        response = manager.turn(npc, line, player_id="bench", seed=seed)
     total = time.perf_counter() - started
     return (first[0] if first else total), total, dict(response.meta)
 
@@ -89,34 +111,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 turns (a smoke run)")
+    parser.add_argument("--game", choices=sorted(GAMES), default="seed",
+                        help="the seed's game (its v2 adapter) or the sample NPCs (their v2 adapter)")
     args = parser.parse_args()
-    turns = min(2 if args.quick else args.turns, len(LINES))
+    npc, lines = GAMES[args.game]
+    turns = min(2 if args.quick else args.turns, len(lines))
 
     from persona_agents.manager import AgentManager
 
     with tempfile.TemporaryDirectory() as tmp:
-        managers = {"cached": AgentManager(game_copy(Path(tmp), "cached", 4096)),
-                    "uncached": AgentManager(game_copy(Path(tmp), "uncached", 0))}
+        managers = {"cached": AgentManager(game_copy(Path(tmp), "cached", 4096, args.game)),
+                    "uncached": AgentManager(game_copy(Path(tmp), "uncached", 0, args.game))}
         for manager in managers.values():
-            manager.warm_up(NPC)
+            manager.warm_up(npc)
         load_start = loadavg()
         ttft: dict[str, list[float]] = {name: [] for name in managers}
         whole: dict[str, list[float]] = {name: [] for name in managers}
         metas: dict[str, dict] = {}
-        for number, line in enumerate(LINES[:turns], 1):
+        for number, line in enumerate(lines[:turns], 1):
             names = list(managers) if number % 2 else list(managers)[::-1]
             for name in names:
-                first, total, meta = timed_turn(managers[name], line, 10 + number)
+                first, total, meta = timed_turn(managers[name], npc, line, 10 + number)
                 ttft[name].append(first)
                 whole[name].append(total)
                 metas[name] = meta
-        engine = managers["cached"].pipeline(NPC).steps["generate"][0]._fast_engine()[0]
+        engine = managers["cached"].pipeline(npc).steps["generate"][0]._fast_engine()[0]
         hits, misses = engine.prefix_hits, engine.prefix_misses
 
     def later(values: list[float]) -> float:
         return statistics.median(values[1:] if len(values) > 1 else values)
 
-    print(f"npc={NPC} mode={'quick' if args.quick else 'full'} turns={turns} commit={git_head()} "
+    print(f"game={args.game} npc={npc} mode={'quick' if args.quick else 'full'} turns={turns} commit={git_head()} "
           f"cpus={os.cpu_count()}")
     print(f"loadavg_start={load_start} loadavg_end={loadavg()}")
     print(f"prefix_hits={hits} prefix_misses={misses} (the cached copy's engine)")
