@@ -280,8 +280,9 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_line
 
     # The adapter's events and the game's: a label of an event the adapter does not know
     # is scored as a miss (evaluate_adapter), not refused.
-    vocabulary = list(dict.fromkeys([*meta["flags"], *load_game(npcs_dir).event_names]))
-    examples = load_examples(data, vocabulary, load_personas_for_data(npcs_dir))
+    game = load_game(npcs_dir)
+    vocabulary = list(dict.fromkeys([*meta["flags"], *game.event_names]))
+    examples = load_examples(data, vocabulary, load_personas_for_data(npcs_dir), game.extra_axes)
     if meta.get("retrieve_lore"):
         examples = retrieve_lore(examples, npcs_dir)
     report = evaluate_adapter(adapter, examples, batch_size=batch_size, base_lm_loss=base_lm,
