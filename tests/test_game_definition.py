@@ -104,7 +104,8 @@ def game_dir(tmp_path_factory, tiny_model_dir) -> Path:
     (npcs / "tests" / "innkeeper.yaml").write_text(yaml.safe_dump({"plans": [{
         "name": "cellar", "npc": "innkeeper", "start": {"axes": {"reputation": -0.4}},
         "turns": [{"say": "Any work for me?", "expect": {"no_flags": ["start_brawl"],
-                                                          "state": {"axes": {"reputation": {"min": -1.0}}}}},
+                                                          "state": {"axes": {"reputation": {"min": -1.0}}},
+                                                          "deltas": {"reputation": {"direction": "any"}}}},
                   {"say": "The cellar is clear.", "set_stage": "cellar_cleared", "expect": {"no_flags": ["pay_tab"]}}],
     }]}))
     return root
@@ -142,6 +143,7 @@ def test_validate_dialogue_and_plans_speak_the_games_names(game_dir):
     assert "cellar" in done.stdout
     # The plan's start reached the prompt, and the state check ran on the axis.
     assert "quest_stage=not_started, reputation=-0.40" in out and "[PASS] turn 1: state reputation" in out, out
+    assert "[PASS] turn 1: delta reputation" in out, out
 
 
 def test_ask_returns_the_games_events(game_dir, tmp_path):
@@ -367,10 +369,16 @@ def test_a_plan_naming_an_undeclared_axis_lists_the_declared_ones(tmp_path):
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"plans": [{"name": "p", "npc": "innkeeper", "start": {"axes": {"fame": 0.2}},
-                                               "turns": [{"say": "hi", "expect": {"state": {"axes": {
-                                                   "reputation": {"min": 0}, "honour": {"max": 1}}}}}]}]}))
+                                               "turns": [{"say": "hi", "expect": {
+                                                   "state": {"axes": {"reputation": {"min": 0}, "honour": {"max": 1}}},
+                                                   "deltas": {"reputation": {"direction": "up"},
+                                                              "trst": {"direction": "up"}}}}]}]}))
     with pytest.raises(PlanFileError) as info:
         load_plans([plan], ["innkeeper"], EVENTS, GAME["quest_stages"], ["reputation"])
     text = str(info.value)
-    assert "start.axes: 'fame' is not an extra axis of the game; declared extra axes: reputation" in text
-    assert "turn 1: expect.state.axes: 'honour' is not an extra axis" in text and "'reputation'" not in text
+    assert "start.axes: 'fame' is not trust, relationship or an extra axis of the game; declared extra axes: " \
+           "reputation" in text
+    assert "turn 1: expect.state.axes: 'honour' is not" in text and "turn 1: expect.deltas: 'trst' is not" in text
+    assert "'reputation'" not in text
+    with pytest.raises(PlanFileError, match="declared extra axes: none"):  # a game without extra axes
+        load_plans([plan], ["innkeeper"], EVENTS, GAME["quest_stages"])

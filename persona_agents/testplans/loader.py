@@ -80,16 +80,18 @@ def _plan_axes(plan) -> list[tuple[str, str]]:
     for number, turn in enumerate(plan.turns, 1):
         if turn.expect.state is not None:
             found += [(f"turn {number}: expect.state.axes", axis) for axis in turn.expect.state.axes]
+        found += [(f"turn {number}: expect.deltas", axis) for axis in turn.expect.deltas
+                  if axis not in ("trust", "relationship")]
     return found
 
 
 def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Iterable[str] = DEFAULT_FLAGS,
                quest_stages: Iterable[str] | None = None,
                axes: Iterable[str] | None = None) -> list[LoadedPlan]:
-    """Every plan of `paths`, checked against the NPCs, the game's events (`flags`) and,
-    when given, its quest stages and extra axes; one PlanFileError lists every problem."""
+    """Every plan of `paths`, checked against the NPCs, the game's events (`flags`), its
+    extra axes and, when given, its quest stages; one PlanFileError lists every problem."""
     npc_ids, flags = set(npc_ids), list(flags)
-    axis_names = list(axes) if axes is not None else None
+    axis_names = list(axes or ())  # the game's extra axes; none unless the caller gives them
     stages = list(quest_stages) if quest_stages is not None else None
     problems: list[str] = []
     loaded: list[LoadedPlan] = []
@@ -136,12 +138,11 @@ def load_plans(paths: Iterable[str | Path], npc_ids: Iterable[str], flags: Itera
                     if stage not in stages:
                         problems.append(f"{where}: {field}: unknown quest stage {stage!r}; "
                                         f"valid quest stages: {', '.join(stages)}")
-            if axis_names is not None:
-                for field, axis in _plan_axes(plan):
-                    if axis not in axis_names:
-                        valid = ", ".join(axis_names) or "none (declare them under axes: in _game.yaml)"
-                        problems.append(f"{where}: {field}: {axis!r} is not an extra axis of the game; "
-                                        f"declared extra axes: {valid}")
+            for field, axis in _plan_axes(plan):
+                if axis not in axis_names:
+                    valid = ", ".join(axis_names) or "none (declare them under axes: in _game.yaml)"
+                    problems.append(f"{where}: {field}: {axis!r} is not trust, relationship or an extra axis of "
+                                    f"the game; declared extra axes: {valid}")
             loaded.append(LoadedPlan(plan, path))
     if problems:
         raise PlanFileError(problems)

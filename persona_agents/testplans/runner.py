@@ -64,9 +64,10 @@ def check_turn(number: int, spec: PlanTurn, response: TurnResponse) -> list[Chec
         checks.append(Check(number, f"flag {flag} does not fire", flag not in fired, "not fired",
                             f"{'fired' if flag in fired else 'not fired'}; {_probs(response, [flag])}"))
     for axis, dexp in exp.deltas.items():
-        value = getattr(response.deltas, axis)
+        value = getattr(response.deltas, axis) if axis in ("trust", "relationship") else response.deltas.axes.get(axis)
         want = f"direction {dexp.direction}" + ("" if dexp.describe() == "any value" else f", {dexp.describe()}")
-        checks.append(Check(number, f"delta {axis}", _delta_ok(dexp, value), want, f"{value:+.3f}"))
+        checks.append(Check(number, f"delta {axis}", value is not None and _delta_ok(dexp, value), want,
+                            "not an axis of this game" if value is None else f"{value:+.3f}"))
     if exp.state:
         for axis in ("trust", "relationship"):
             rng = getattr(exp.state, axis)

@@ -79,7 +79,8 @@ class MemoryExpectation(_Strict):
 class Expectations(_Strict):
     flags: list[str] = Field(default_factory=list, description="Flags that must fire this turn.")
     no_flags: list[str] = Field(default_factory=list, description="Flags that must not fire this turn.")
-    deltas: dict[Literal["trust", "relationship"], DeltaExpectation] = Field(default_factory=dict)
+    deltas: dict[str, DeltaExpectation] = Field(default_factory=dict, description="By axis: trust, "
+                                                 "relationship, or one of the game's extra axes.")
     state: StateExpectation | None = None
     reply: ReplyExpectation | None = None
     lore: LoreExpectation | None = None
