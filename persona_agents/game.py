@@ -20,6 +20,7 @@ working unchanged.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -109,7 +110,6 @@ class GameDefinition(_Strict):
     @field_validator("events")
     @classmethod
     def _event_names(cls, events: dict[str, EventSpec]) -> dict[str, EventSpec]:
-        import re
         bad = [name for name in events if not re.match(_NAME, name)]
         if bad:
             raise ValueError(f"event name(s) {', '.join(map(repr, bad))} must be snake_case (a-z, 0-9, _)")
@@ -120,7 +120,6 @@ class GameDefinition(_Strict):
     @field_validator("axes")
     @classmethod
     def _known_axes(cls, axes: dict[str, AxisSpec]) -> dict[str, AxisSpec]:
-        import re
         bad = [name for name in axes if not re.match(_NAME, name) or name in RESERVED_STATE_KEYS]
         if bad:
             raise ValueError(f"axis name(s) {', '.join(map(repr, bad))} must be snake_case and not one of "

@@ -196,7 +196,6 @@ def parse_record(record: Any, where: str, flags: Sequence[str], personas: dict[s
             except ValueError as exc:
                 p.add("tags.relationship", str(exc), 'write a number in [-1, 1] or a label such as "friend"')
         mood = str(tags.get("npc_mood", tags.get("mood", mood)))
-        extra = {name: spec.initial for name, spec in (axes or {}).items()}
         for name, spec in (axes or {}).items():
             if name in tags:
                 if _number(tags[name]) and spec.min <= tags[name] <= spec.max:
