@@ -121,6 +121,36 @@ def resolve_model(ref: str) -> tuple[str, str]:
     return ref, ref
 
 
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
+def resolve_device(requested: str, load_in_4bit: bool = False) -> str:
+    """The torch device a model runs on: `auto` is the first GPU if there is one (CUDA,
+    then Apple's MPS), else the CPU; a named device must exist here. 4-bit loading
+    (bitsandbytes) needs CUDA."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    device = requested
+    if requested == "auto":
+        device = "cuda" if cuda else "mps" if mps else "cpu"
+    elif requested.startswith("cuda"):
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if not cuda or index >= torch.cuda.device_count():
+            found = f"{torch.cuda.device_count()} CUDA device(s)" if cuda else "no CUDA device (torch " \
+                f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'})"
+            raise ModelLoadError(f"device '{requested}' is not available here: this machine has {found}. "
+                                 "Use device: auto (a GPU when there is one, else the CPU) or device: cpu.")
+    elif requested == "mps" and not mps:
+        raise ModelLoadError("device 'mps' is not available here (Apple silicon with an MPS build of torch). "
+                             "Use device: auto or device: cpu.")
+    if load_in_4bit and not device.startswith("cuda"):
+        raise ModelLoadError(f"load_in_4bit needs a CUDA device (bitsandbytes' 4-bit kernels); the model would run "
+                             f"on '{device}'. Drop load_in_4bit, or use dtype: bfloat16 to halve the memory.")
+    return device
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -150,18 +180,20 @@ class ModelRegistry:
         self._lock = _PROCESS_LOCK
         self._asked: list[tuple[str, str]] = []  # what this registry's NPCs use, for `loaded`
 
-    def get(self, ref: str, dtype: str = "float32") -> LoadedModel:
-        key = (ref, dtype)
+    def get(self, ref: str, dtype: str = "float32", device: str = "cpu", load_in_4bit: bool = False) -> LoadedModel:
+        """The model `ref` in `dtype` on `device` (already resolved: `resolve_device`),
+        optionally 4-bit NF4 (bitsandbytes, CUDA only), loaded once per process."""
+        key: tuple = (ref, dtype) if device == "cpu" and not load_in_4bit else (ref, dtype, device, load_in_4bit)
         with self._lock:
             if key not in self._models:
-                self._models[key] = self._load(ref, dtype)
+                self._models[key] = self._load(ref, dtype, device, load_in_4bit)
             if key not in self._asked:
                 self._asked.append(key)
             return self._models[key]
 
     def loaded(self) -> list[str]:
         """The models this registry's NPCs use."""
-        return [name for name, _ in self._asked]
+        return [key[0] for key in self._asked]
 
     def shared(self, key: tuple, factory: Callable[[], Any]) -> Any:
         """Any other loaded object (e.g. a base model with an adapter and heads), built
@@ -173,16 +205,26 @@ class ModelRegistry:
             return self._shared[key]
 
     @staticmethod
-    def _load(ref: str, dtype: str) -> LoadedModel:
+    def _load(ref: str, dtype: str, device: str = "cpu", load_in_4bit: bool = False) -> LoadedModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         location, name = resolve_model(ref)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        log.info("Loading model %s (%s)...", name, dtype)
+        log.info("Loading model %s (%s%s on %s)...", name, dtype, ", 4-bit NF4" if load_in_4bit else "", device)
+        extra: dict[str, Any] = {}
+        if load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            compute = torch.bfloat16 if dtype in ("auto", "float32") else torch_dtype
+            extra = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                               bnb_4bit_compute_dtype=compute),
+                     "device_map": {"": device}}
         try:
             tokenizer = AutoTokenizer.from_pretrained(location)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **extra)
+            if not load_in_4bit and device != "cpu":
+                model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"Cannot load model '{ref}': {exc}\n"

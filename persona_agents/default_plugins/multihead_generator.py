@@ -123,13 +123,20 @@ class MultiHeadGenerator(TransformersGenerator):
         path = self.adapter_path()
         if self.options.engine == "sglang":
             return self._load_remote(path)
+        if self.options.load_in_4bit:
+            raise StepError(f"NPC '{self.persona.id}': load_in_4bit is not supported by the multihead step: its "
+                            "adapter is merged into the base, which needs full-precision weights. Use dtype: "
+                            "bfloat16 on a GPU (half the float32 memory).")
+        device = self._device()
         # The fast engine needs no transformers model: a start without it is seconds faster.
-        lean = self.options.engine != "transformers"
+        lean = self.options.engine != "transformers" and device == "cpu"
         base = self.base_model_ref()
-        key = ("multihead", str(path.resolve()), adapter_stamp(path), base, self.options.dtype, lean)
+        key = ("multihead", str(path.resolve()), adapter_stamp(path), base, self.options.dtype, lean, device)
 
         def build():
             bundle = load_adapter(path, base, self.options.dtype, lean=lean)
+            if device != "cpu":  # the heads stay on the CPU: they read one vector a turn
+                bundle.model.to(device)
             # `meta.model` names the base, as for the plain step; `meta.adapter` the adapter.
             return bundle, LoadedModel(name=bundle.meta["base"]["name"], model=bundle.model, tokenizer=bundle.tokenizer)
 
@@ -249,7 +256,7 @@ class MultiHeadGenerator(TransformersGenerator):
 
     def _heads(self, turn, state_rows):
         """The heads on the kept <STATE> row, with the turn's few-shot evidence if they read it."""
-        return self.bundle.heads(state_rows, self._evidence.get(id(turn.prompt)))
+        return self.bundle.heads(state_rows.float().cpu(), self._evidence.get(id(turn.prompt)))
 
     def _state_index(self, inputs) -> int:
         found = (inputs["input_ids"][0] == self._state_id).nonzero()
@@ -340,6 +347,8 @@ class MultiHeadGenerator(TransformersGenerator):
             return super()._reference_generate(inputs, kwargs, seed, turn)
         import torch
 
+        inputs = inputs.to(self.loaded.model.device)
+
         # Version 2 on the transformers engine: the prompt pass, the heads and the decision,
         # then generate continues from the prompt pass's cache with the decision's tokens.
         with self.loaded.lock, torch.inference_mode():
@@ -357,7 +366,8 @@ class MultiHeadGenerator(TransformersGenerator):
             decision = self._decide(turn, self._read_heads(turn, state))
             if not decision.speak:
                 return [], state[None]
-            written = torch.tensor([self._decision_ids(decision)], dtype=inputs["input_ids"].dtype)
+            written = torch.tensor([self._decision_ids(decision)], dtype=inputs["input_ids"].dtype,
+                                   device=inputs["input_ids"].device)
             full = torch.cat([inputs["input_ids"], written], dim=1)
             streamer = kwargs.get("streamer")
             if streamer is not None:

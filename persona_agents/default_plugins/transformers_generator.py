@@ -22,13 +22,13 @@ import random
 import re
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from persona_agents.errors import StepError
 from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.markers import neutralize, strip_markers
-from persona_agents.models import EMBEDDED_MODEL
+from persona_agents.models import DEVICE_PATTERN, EMBEDDED_MODEL
 from persona_agents.prompt_format import render_decision
 from persona_agents.steps import Step, StepOptions
 from persona_agents.streaming import MarkerSafeStreamer, current_sink
@@ -65,6 +65,20 @@ class EngineOptions(StepOptions):
     prefill_chunk: int = Field(
         128, ge=1, description="Fast engine: the prompt pass runs in pieces of this many tokens, so a long "
         "prompt does not hold up turns that arrive meanwhile (the shortest prompt goes first).")
+    device: str = Field(
+        "cpu", pattern=DEVICE_PATTERN, description="Where the model runs: `cpu`, `cuda`, `cuda:N`, `mps`, or "
+        "`auto` (a GPU when there is one, else the CPU). The fast engine is CPU-only: off the CPU, `engine: auto` "
+        "runs transformers.")
+    load_in_4bit: bool = Field(
+        False, description="Engine transformers on CUDA: load the base in 4-bit NF4 (bitsandbytes), about a "
+        "quarter of the float32 memory.")
+
+    @model_validator(mode="after")
+    def _fast_runs_on_the_cpu(self):
+        if self.engine == "fast" and self.device != "cpu":
+            raise ValueError(f"engine 'fast' runs on the CPU only, but device is '{self.device}'. Use engine: "
+                             "transformers (or auto) to run on a GPU, or device: cpu.")
+        return self
 
 
 class TransformersGenerator(Step):
@@ -109,7 +123,19 @@ class TransformersGenerator(Step):
 
     def _load(self):
         """The shared LoadedModel this step generates with."""
-        return self.runtime.models.get(self.runtime.model_ref(self.options.model), self.options.dtype)
+        return self.runtime.models.get(self.runtime.model_ref(self.options.model), self.options.dtype,
+                                       self._device(), self.options.load_in_4bit)
+
+    def _device(self) -> str:
+        """The option `device` resolved on this machine (a clear error if it has no such device)."""
+        from persona_agents.errors import ModelLoadError
+        from persona_agents.models import resolve_device
+
+        opts: EngineOptions = self.options  # type: ignore[assignment]  # this step's Options
+        try:
+            return resolve_device(opts.device, opts.load_in_4bit)
+        except ModelLoadError as exc:
+            raise StepError(f"NPC '{self.persona.id}': generate step '{self.name}': {exc}") from exc
 
     def _low_rank(self) -> dict:
         """LoRA factors merged into the loaded model (kept apart by quantized decode weights)."""
@@ -119,6 +145,10 @@ class TransformersGenerator(Step):
         """(the shared BatchEngine, None) for the fast engine, or (None, why not)."""
         if self.options.engine in ("transformers", "sglang"):
             return None, f"engine: {self.options.engine}"
+        device = str(getattr(self.loaded.model, "device", "cpu"))
+        if device != "cpu" or self.options.load_in_4bit:
+            return None, f"the model runs on {device}{' in 4-bit' if self.options.load_in_4bit else ''}; " \
+                "the fast engine is CPU float32 only: using transformers generate"
         from persona_agents.fastpath.decoder import supports
 
         reason = supports(self.loaded.model)
@@ -217,6 +247,7 @@ class TransformersGenerator(Step):
     def _reference_generate(self, inputs, kwargs, seed: int, turn=None):
         import torch
 
+        inputs = inputs.to(self.loaded.model.device)  # the model's device (a GPU, with `device`)
         with self.loaded.lock, torch.inference_mode():
             torch.manual_seed(seed)
             output, extra = self._generate(inputs, kwargs)
