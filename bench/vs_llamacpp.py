@@ -14,7 +14,8 @@ Prints per-side medians, `vs_llamacpp_ratio=<our time / llama.cpp time>` (target
 how many greedy replies to 8 real sample-NPC prompts are the reference's exactly, and the
 largest head-output difference.
 
-    python bench/vs_llamacpp.py [--quick] [--runs N] [--threads N] [--new-tokens N] [--install-llamacpp]
+    python bench/vs_llamacpp.py [--quick] [--runs N] [--threads N] [--new-tokens N] [--turns N]
+                                [--install-llamacpp]
 
 The first run builds llama-cpp-python from source into .cache/bench-llamacpp (about 8
 minutes on 2 cores; `--install-llamacpp` only builds it); later runs reuse it. The build
@@ -24,8 +25,18 @@ build on a CPU whose CPUID reports AMX that the kernel has not enabled stops wit
 illegal instruction. A build made without these flags (no build.json beside it saying
 so) is rebuilt.
 
+Then a conversation (issue 29): the sample NPC Brann, five turns, on the version 2
+adapter (`training/adapters/smollm2-npc-v2`, whose prompt opens with what is the same on
+every turn of an NPC), each turn's prompt and the game's decision captured from a real
+turn of the sample pipeline. Both sides may reuse what they computed before: ours the
+fast engine's prefix cache (the static opening), llama.cpp its own prompt cache (the
+longest prefix the new prompt shares with what it evaluated last; it is never reset in
+the conversation). Both play one warm-up turn first; the turns alternate which side goes
+first. Prints per-turn times, what each side reused, and
+`vs_llamacpp_multiturn_ratio=<our total / llama.cpp total over the turns>` (target at most 1.0).
+
 `--quick` (a smoke run that only shows the bench still works, not a figure to read): 2
-runs of 8 new tokens, the int4-vs-float32 check on 2 prompts, and OMP_WAIT_POLICY=PASSIVE
+runs of 8 new tokens, 2 conversation turns, the int4-vs-float32 check on 2 prompts, and OMP_WAIT_POLICY=PASSIVE
 unless set. It never builds llama.cpp: where it is not installed, it measures our side,
 says so and how to install it, and prints `llamacpp_s=n/a` and `vs_llamacpp_ratio=n/a`.
 """
@@ -62,14 +73,19 @@ for line in sys.stdin:
         print(json.dumps({"tokens": llm.tokenize(cmd["text"].encode(), add_bos=False)}), flush=True)
         continue
     tokens, n = cmd["tokens"], cmd["n"]
-    llm.reset()  # no prompt reuse from the previous run: a full prefill, as ours does
+    if not cmd.get("keep"):
+        llm.reset()  # no prompt reuse from the previous run: a full prefill, as ours does
+    # keep: llama-cpp-python reuses the longest prefix the new prompt shares with what it
+    # evaluated last (its prompt cache), as a conversation's next turn would.
+    previous = list(llm._input_ids[: llm.n_tokens]) if cmd.get("keep") else []
+    reused = next((i for i, (a, b) in enumerate(zip(previous, tokens)) if a != b), min(len(previous), len(tokens)))
     start = time.perf_counter()
     out = []
     for token in llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
         out.append(token)
         if len(out) == n:
             break
-    print(json.dumps({"seconds": time.perf_counter() - start, "n": len(out)}), flush=True)
+    print(json.dumps({"seconds": time.perf_counter() - start, "n": len(out), "reused": reused}), flush=True)
 '''
 
 
@@ -184,12 +200,103 @@ def fit_prompt(prompt: list[int], length: int, tail: int) -> list[int]:
     return prompt[: length - tail] + prompt[-tail:]
 
 
+def conversation_prompts(turns: int) -> tuple[object, list[tuple[list[int], list[int], int]]]:
+    """(the v2 bundle, per turn: (prompt ids up to <STATE>, the decision's ids, the static
+    prefix length)) of Brann's sample conversation, captured from real turns of the sample
+    pipeline on the version 2 adapter."""
+    import tempfile
+
+    from prefix_cache import GAMES, game_copy
+
+    from persona_agents.manager import AgentManager
+
+    npc, lines = GAMES["sample"]
+    captured: list[tuple[list[int], list[int], int]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = AgentManager(game_copy(Path(tmp), "capture", 4096, "sample"))
+        manager.warm_up(npc)
+        step = manager.pipeline(npc).steps["generate"][0]
+        engine = step._fast_engine()[0]
+        original = engine.generate
+
+        def recording(job):
+            decide = job.after_prefill
+            written: list[list[int]] = []
+
+            def after(kept):
+                result = decide(kept) if decide is not None else True
+                written.append(list(result) if isinstance(result, list) else [])
+                return result
+
+            job.after_prefill = after
+            original(job)
+            captured.append((list(job.prompt_ids), written[0] if written else [], job.prefix_len))
+
+        engine.generate = recording
+        for number, line in enumerate(lines[:turns], 1):
+            manager.turn(npc, line, player_id="bench", seed=10 + number)
+        engine.generate = original
+        return step.bundle, captured
+
+
+def conversation(args, llama_py) -> None:
+    """The multi-turn comparison: both sides reuse what they computed before."""
+    from persona_agents.fastpath.engine import GenerationJob
+    from persona_agents.fastpath.sampling import SamplingSettings
+
+    bundle, turns = conversation_prompts(args.turns + 1)  # the first turn is both sides' warm-up
+    tok = bundle.tokenizer
+    engine = fast_engine(bundle)  # a fresh engine: its prefix cache starts empty
+    llama = LlamaCpp(llama_py, args.threads) if llama_py is not None else None
+
+    def ours(prompt: list[int], decision: list[int], prefix_len: int) -> float:
+        state = state_index(tok, prompt)
+        job = GenerationJob(prompt, args.new_tokens, SamplingSettings(), keep_index=state, prefix_len=prefix_len,
+                            after_prefill=lambda kept: (bundle.heads(kept[None]), decision)[1] or True)
+        start = time.perf_counter()
+        engine.generate(job)
+        return time.perf_counter() - start
+
+    def theirs(prompt: list[int], decision: list[int]) -> tuple[float, int, int]:
+        tokens = llama.ask(text=tok.decode(prompt + decision, skip_special_tokens=False))["tokens"]
+        result = llama.ask(tokens=tokens, n=args.new_tokens, keep=True)
+        assert result["n"] == args.new_tokens
+        return result["seconds"], result["reused"], len(tokens)
+
+    mine, other, rows = [], [], []
+    for number, (prompt, decision, prefix_len) in enumerate(turns):
+        sides = ["ours", "llama"] if number % 2 else ["llama", "ours"]
+        for side in sides:
+            if side == "ours":
+                seconds = ours(prompt, decision, prefix_len)
+                if number:
+                    mine.append(seconds)
+            elif llama is not None:
+                seconds, reused, count = theirs(prompt, decision)
+                if number:
+                    other.append(seconds)
+                    rows.append((count, reused))
+        if number:
+            row = f"turn {number}: prompt {len(prompt) + len(decision)} tokens, ours {mine[-1]:.3f} s (static prefix " \
+                  f"{prefix_len} cached)"
+            if llama is not None:
+                row += f"; llama.cpp {other[-1]:.3f} s ({rows[-1][0]} tokens, {rows[-1][1]} reused)"
+            print(row, flush=True)
+    if llama is not None:
+        llama.close()
+    print(f"conversation_turns={len(mine)} ours_conversation_s={sum(mine):.3f}"
+          + (f" llamacpp_conversation_s={sum(other):.3f}" if other else " llamacpp_conversation_s=n/a"))
+    print(f"vs_llamacpp_multiturn_ratio={sum(mine) / sum(other):.3f} (target: <= 1.0)" if other
+          else "vs_llamacpp_multiturn_ratio=n/a")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--prompt-tokens", type=int, default=150)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--turns", type=int, default=5, help="timed turns of the conversation (after a warm-up)")
     parser.add_argument("--quick", action="store_true", help="2 runs of 8 tokens, 2 prompts checked; never builds "
                         "llama.cpp, measures our side alone where it is not installed (a smoke run)")
     parser.add_argument("--install-llamacpp", action="store_true",
@@ -200,7 +307,7 @@ def main() -> None:
         return
     checked_count = 8
     if args.quick:
-        args.runs, args.new_tokens, checked_count = 2, 8, 2
+        args.runs, args.new_tokens, checked_count, args.turns = 2, 8, 2, 2
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
         llama_py, why = llama_status()
         if llama_py is None:
@@ -275,6 +382,7 @@ def main() -> None:
         print(f"llamacpp_s=n/a (not measured: {why})")
     print(f"greedy_replies_same_as_float32={same}/{len(checked)} heads_max_abs_diff_vs_float32={heads_diff:.2e}")
     print(f"vs_llamacpp_ratio={ours_s / llama_s:.3f}" if theirs else "vs_llamacpp_ratio=n/a")
+    conversation(args, llama_py)
 
 
 if __name__ == "__main__":

@@ -101,11 +101,14 @@ def test_vs_llamacpp_quick_never_builds_and_says_when_llamacpp_is_missing():
     assert_figures(figures, ("prompt_tokens", "new_tokens", "threads", "runs", "ours_s",
                              "heads_max_abs_diff_vs_float32"), ("greedy_replies_same_as_float32",))
     assert "Installing" not in stdout  # --quick never builds llama.cpp
+    assert_figures(figures, ("conversation_turns", "ours_conversation_s"))
+    assert "turn 2: prompt" in stdout and "static prefix" in stdout
     if figures.get("llamacpp_s") == "n/a":
-        assert figures["vs_llamacpp_ratio"] == "n/a"
+        assert figures["vs_llamacpp_ratio"] == "n/a" and figures["vs_llamacpp_multiturn_ratio"] == "n/a"
         assert "measuring our side only" in stdout and "--install-llamacpp" in stdout
     else:
-        assert_figures(figures, ("llamacpp_s", "vs_llamacpp_ratio"))
+        assert_figures(figures, ("llamacpp_s", "vs_llamacpp_ratio", "llamacpp_conversation_s",
+                                 "vs_llamacpp_multiturn_ratio"))
 
 
 @pytest.mark.model
