@@ -68,6 +68,11 @@ adapter-heads: setup
 		--out training/adapters/smollm2-npc --base embedded --quantization none \
 		--max-length 448 --history-turns 4 --seed 42 --heads-only --heads-evidence \
 		--heads-flags-where-allowed --min-precision end_conversation=0.8 --batch-size 8
+	# Then how far trust and relationship move, refitted on the six sample NPCs alone (flag
+	# outputs and thresholds kept; the <STATE> vectors come from the cache the refit filled).
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents train --npcs-dir training/generalist/npcs \
+		--data training/data/train.jsonl --validation training/data/validation.jsonl \
+		--out training/adapters/smollm2-npc --heads-only --heads-refit-part deltas --seed 42 --batch-size 8
 
 # The planned retrain (issues 25, 26, 29: one prompt version, one retrain): LoRA and heads
 # on sectioned prompt version 2 (events, example lines and the game's decision in the

@@ -42,7 +42,8 @@ CONFIG_FIELDS = {
     "lr": "learning_rate", "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
     "warmup_steps": "warmup_steps", "save_steps": "save_steps", "seed": "seed",
     "heads_refit_epochs": "heads_refit_epochs", "heads_flags_where_allowed": "heads_flags_where_allowed",
-    "heads_evidence": "heads_evidence", "lora_alpha": "lora_alpha", "bf16": "bf16", "fp16": "fp16",
+    "heads_evidence": "heads_evidence", "heads_refit_part": "heads_refit_part", "lora_alpha": "lora_alpha",
+    "bf16": "bf16", "fp16": "fp16",
     "gradient_checkpointing": "gradient_checkpointing", "optim": "optim",
 }
 # How an option's value becomes its field's (the rest are taken as they are).
@@ -147,6 +148,10 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="Heads that read few-shot evidence: the persona's authored lines' example player lines nearest "
                    "the player's line, per event (a new NPC improves by writing examples, not by retraining). "
                    "Default: the adapter's setting (off for a new adapter).")
+@click.option("--heads-refit-part", type=click.Choice(["all", "deltas"]), default="all", show_default=True,
+              help="With --heads-only: 'deltas' keeps everything the flags read and their thresholds, and fits how far "
+                   "trust and relationship move a trunk of its own, on this data (a game's own NPCs after a refit on "
+                   "many).")
 @click.option("--heads-only", is_flag=True,
               help="Do not train: refit the heads and recalibrate the thresholds of the adapter in OUT "
                    "(with --heads-refit-epochs 0: recalibrate only).")
@@ -200,12 +205,22 @@ def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_onl
                                      npcs_dir=str(npcs_dir), disable_tqdm=False, **fields)
     policy = CalibrationPolicy(min_precision=parse_min_precision(min_precision, config.flags),
                                after_rules=calibrate_after_rules, min_threshold=min_threshold)
+    if config.heads_refit_part != "all" and not (heads_only and config.heads_refit_epochs > 0):
+        raise click.UsageError("--heads-refit-part deltas refits part of an adapter's heads: give --heads-only "
+                               "(and --heads-refit-epochs above 0).")
     if heads_only:
         meta = refit_adapter(list(data), out, config, validation=validation, calibration=policy)
     else:
         meta = train_adapter(list(data), out, config, validation=validation, resume=True if resume else None,
                              keep_checkpoints=keep_checkpoints, calibration=policy)
     if not meta:  # not the main process of a multi-process run
+        return
+    if config.heads_refit_part == "deltas":
+        m, info = meta["deltas_refit_metrics"], meta["heads_refit_deltas"]
+        click.echo(f"Updated {out} (deltas refitted on a trunk of their own; LoRA, flag outputs and thresholds kept).\n"
+                   f"On {m['split']} ({m['n_examples']} examples): delta MAE trust {m['delta_mae_trust']:.4f} / "
+                   f"relationship {m['delta_mae_relationship']:.4f}; delta loss {info['validation_delta_loss_before']} "
+                   f"before, {info['validation_delta_loss']} after.")
         return
     m = meta["metrics"]
     if heads_only:

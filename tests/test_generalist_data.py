@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,24 @@ def test_the_measurement_runs_on_the_generalist_adapter(tmp_path):
     results = json.loads(out.read_text())
     assert len(results) == 4 and all(r["n"] == 8 for r in results.values())
     assert "| smollm2-npc: new NPCs, persona only | 8 |" in done.stdout
+
+
+def test_the_held_out_folds_run_on_cached_vectors(tmp_path):
+    """training/generalist/folds.py --quick: every fold of issue 26's studio table (a
+    sample NPC held out of the heads refit; new NPCs with persona only, with authored
+    lines, with labelled data), on a few turns and epochs. The second run reads every
+    <STATE> vector from the cache the first filled."""
+    out = tmp_path / "folds.json"
+    env = {**os.environ, "PERSONA_AGENTS_VECTOR_CACHE": str(tmp_path / "vectors")}
+    command = [sys.executable, str(GENERALIST / "folds.py"), "--quick", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"new NPCs, persona only", "new NPCs, persona + authored lines"} <= set(results)
+    assert any(label.startswith("new NPCs, + labelled data") for label in results)
+    assert any("held out of the heads refit" in label for label in results)
+    assert all(0.0 <= r["f1_after_rules"] <= 1.0 for r in results.values())
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "<STATE> vectors, train:" not in again.stderr  # nothing left to compute: no progress bar
+    assert json.loads(out.read_text()) == results  # seeded: the same figures from the cached vectors

@@ -361,6 +361,71 @@ def test_allowed_mask_drops_only_the_standing_gates_and_keeps_labelled_flags(tmp
     assert allowed_mask(bare, DEFAULT_FLAGS).min() == 1.0  # no rules: every flag counts
 
 
+def test_a_deltas_refit_keeps_every_flag_output_and_fits_the_deltas_a_trunk_of_their_own():
+    from persona_agents.multihead.refit import RefitSettings, refit_deltas, refit_heads
+
+    torch.manual_seed(2)
+    x = torch.randn(256, 16)
+    flags = (x[:, 3:5] > 0).float()
+    deltas = torch.stack([0.2 * (x[:, 5] > 0).float(), torch.zeros(256)], dim=1)
+    heads, _ = refit_heads(StateHeads(HeadsConfig(hidden_size=16, num_flags=2, inner_size=32)), x, flags, deltas,
+                           settings=RefitSettings(epochs=40))
+    # Another game's NPCs: trust follows another dimension of what the player says.
+    own = torch.stack([0.3 * (x[:, 7] > 0).float() - 0.1, 0.1 * (x[:, 8] > 0).float()], dim=1)
+    train, val = slice(0, 192), slice(192, 256)
+    fitted, info = refit_deltas(heads, x[train], own[train], val=(x[val], own[val]),
+                                settings=RefitSettings(epochs=200))
+    with torch.no_grad():
+        before, after = heads(x[val]), fitted(x[val])
+    assert torch.equal(before.flag_logits, after.flag_logits)
+    for name in ("trunk.1.weight", "flag.weight", "shift", "scale"):
+        assert torch.equal(heads.state_dict()[name], fitted.state_dict()[name])
+    assert fitted.config.delta_inner_size == 32 and fitted.config.to_dict()["delta_inner_size"] == 32
+    error = (after.deltas - own[val]).abs().mean()
+    assert error < 0.6 * (before.deltas - own[val]).abs().mean()
+    assert info["validation_delta_loss"] < info["validation_delta_loss_before"] and info["part"] == "deltas"
+    # Saved and loaded as any heads: the config rebuilds the deltas' trunk.
+    rebuilt = StateHeads(HeadsConfig(**fitted.config.to_dict()))
+    rebuilt.load_state_dict(fitted.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x[val]).deltas, after.deltas)
+
+
+def test_state_vectors_come_from_the_cache_of_the_same_model_only(tiny, tmp_path, personas):
+    from persona_agents.multihead.data import load_examples
+    from persona_agents.multihead.refit import state_vectors
+    from persona_agents.multihead.vector_cache import StateVectorCache
+
+    model, tok = tiny.model.lm, tiny.tokenizer
+    examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(player_utterance="Hello.")])],
+                             DEFAULT_FLAGS, personas)
+    dataset = EncodedDataset(examples, tok, DEFAULT_FLAGS, max_length=1024, history_turns=4)
+    cache = StateVectorCache.for_model(model, tmp_path / "cache")
+    assert cache is not None
+    first = state_vectors(model, dataset, tok.eos_token_id, cache=cache)
+    assert (tmp_path / "cache").is_dir() and len(StateVectorCache(cache.path)) == 2
+    reread = StateVectorCache.for_model(model, tmp_path / "cache")
+    assert reread is not None and reread.path == cache.path
+    from persona_agents.multihead.heads import backbone_and_lm_head
+
+    decoder, _ = backbone_and_lm_head(model)
+    original = decoder.forward
+    decoder.forward = lambda *a, **k: pytest.fail("a cached vector was computed again")
+    try:
+        again = state_vectors(model, dataset, tok.eos_token_id, cache=reread)
+    finally:
+        decoder.forward = original
+    assert torch.equal(first, again)
+    with torch.no_grad():  # another model (e.g. a retrained adapter) has another cache
+        next(p for p in model.parameters() if p.dim() == 2).add_(1e-3)
+    try:
+        other = StateVectorCache.for_model(model, tmp_path / "cache")
+        assert other is not None and other.path != cache.path and len(other) == 0
+    finally:
+        with torch.no_grad():
+            next(p for p in model.parameters() if p.dim() == 2).sub_(1e-3)
+
+
 def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     from persona_agents.multihead.training import train_adapter
 
@@ -405,6 +470,39 @@ def test_recalibrating_only_keeps_the_heads_and_records_the_precision_floors(tin
     assert meta["calibration_min_threshold"] == 0.15 and min(meta["thresholds"].values()) >= 0.15
     assert "Thresholds calibrated for the F1 after the personas' flag rules, none under 0.15; after the rules" \
         in done.stdout
+
+
+def test_refitting_the_deltas_keeps_flags_and_thresholds_and_reuses_cached_vectors(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from persona_agents.multihead.training import train_adapter
+
+    records = [record(), record(flag=[], delta=[0.0, 0.0], context=[]), record(flag=["give_item", "give_hint"])] * 2
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    own = write_jsonl(tmp_path / "own.jsonl", [record(delta=[0.3, 0.2]), record(flag=[], delta=[-0.2, 0.0])] * 2)
+    out = tmp_path / "adapter"
+    train_adapter([train], out, tiny_training_config(tiny_model_dir, out, max_steps=1, heads_refit_epochs=5),
+                  validation=train)
+    before_heads = load_file(str(out / "heads.safetensors"))
+    before_meta = json.loads((out / "multihead.json").read_text())
+    command = [sys.executable, "-m", "persona_agents", "train", "--data", str(own), "--validation", str(own),
+               "--out", str(out), "--heads-refit-part", "deltas", "--heads-refit-epochs", "20",
+               "--npcs-dir", str(NPCS_DIR), "--no-retrieve-lore"]
+    env = cli_env(PERSONA_AGENTS_VECTOR_CACHE=str(tmp_path / "vectors"))
+    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "give --heads-only" in refused.stderr
+    done = subprocess.run(command + ["--heads-only"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "deltas refitted on a trunk of their own; LoRA, flag outputs and thresholds kept" in done.stdout
+    after_heads, meta = load_file(str(out / "heads.safetensors")), json.loads((out / "multihead.json").read_text())
+    changed = {k for k in after_heads if k not in before_heads or not torch.equal(before_heads[k], after_heads[k])}
+    assert changed and all(k.startswith(("delta.", "delta_trunk.")) for k in changed)
+    assert meta["heads"]["delta_inner_size"] == meta["heads"]["inner_size"]
+    assert meta["thresholds"] == before_meta["thresholds"] and meta["heads_refit"] == before_meta["heads_refit"]
+    assert meta["heads_refit_deltas"]["part"] == "deltas" and meta["metrics"] == before_meta["metrics"]
+    assert meta["training"]["deltas_refit_data"]["train"]["examples"] == 4
+    again = subprocess.run(command + ["--heads-only"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "4 of 4 read from the cache" in again.stderr
 
 
 def test_scores_after_the_game_rules_drop_what_the_rules_forbid(tmp_path, personas):

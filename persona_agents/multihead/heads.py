@@ -34,12 +34,17 @@ class HeadsConfig:
     dropout: float = 0.1
     #: Numbers of few-shot evidence read beside the <STATE> vector (evidence.py); 0: none.
     evidence_size: int = 0
+    #: Width of a trunk of the deltas' own (refit.py `refit_deltas`); 0: the deltas read
+    #: the shared trunk.
+    delta_inner_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = {"hidden_size": self.hidden_size, "num_flags": self.num_flags,
                "inner_size": self.inner_size, "dropout": self.dropout}
         if self.evidence_size:  # older adapters' metadata stays as it was
             out["evidence_size"] = self.evidence_size
+        if self.delta_inner_size:
+            out["delta_inner_size"] = self.delta_inner_size
         return out
 
 
@@ -60,6 +65,7 @@ class StateHeads(nn.Module):
     scale: torch.Tensor
     evidence_in: nn.Linear  # only with config.evidence_size
     evidence_flag: nn.Linear
+    delta_trunk: nn.Sequential  # only with config.delta_inner_size
 
     def __init__(self, config: HeadsConfig):
         super().__init__()
@@ -77,8 +83,17 @@ class StateHeads(nn.Module):
             nn.GELU(),
             nn.Dropout(config.dropout),
         )
-        self.delta = nn.Linear(config.inner_size, 2)
+        self.delta = nn.Linear(config.delta_inner_size or config.inner_size, 2)
         self.flag = nn.Linear(config.inner_size, config.num_flags)
+        if config.delta_inner_size:
+            # The deltas' own trunk: how far one game's NPCs' feelings move, fitted on that
+            # game's turns, beside events read by a trunk fitted on many NPCs.
+            self.delta_trunk = nn.Sequential(
+                nn.LayerNorm(config.hidden_size),
+                nn.Linear(config.hidden_size, config.delta_inner_size),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+            )
         if config.evidence_size:
             # Evidence enters twice: into the trunk beside the <STATE> vector (what the
             # player says, read with what the writers' examples say), and straight to the
@@ -92,20 +107,34 @@ class StateHeads(nn.Module):
         nn.init.zeros_(self.delta.weight)
         nn.init.zeros_(self.delta.bias)
 
+    def inner(self, state_hidden: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk's features, which both readouts read (evidence: see `forward`)."""
+        standardized = (state_hidden.float() - self.shift) * self.scale
+        if not self.config.evidence_size:
+            return self.trunk(standardized)
+        if evidence is None:
+            evidence = standardized.new_zeros(standardized.shape[0], self.config.evidence_size)
+        norm, linear, act, drop = self.trunk
+        return drop(act(linear(norm(standardized)) + self.evidence_in(evidence.float())))
+
     def forward(self, state_hidden: torch.Tensor, evidence: torch.Tensor | None = None) -> StateHeadsOutput:
         """`evidence`: (batch, evidence_size), for heads built with evidence (zeros when
         not given: a persona without authored lines has none)."""
-        standardized = (state_hidden.float() - self.shift) * self.scale
-        if not self.config.evidence_size:
-            inner = self.trunk(standardized)
-            return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)), flag_logits=self.flag(inner))
-        if evidence is None:
-            evidence = standardized.new_zeros(standardized.shape[0], self.config.evidence_size)
-        evidence = evidence.float()
-        norm, linear, act, drop = self.trunk
-        inner = drop(act(linear(norm(standardized)) + self.evidence_in(evidence)))
-        return StateHeadsOutput(deltas=torch.tanh(self.delta(inner)),
-                                flag_logits=self.flag(inner) + self.evidence_flag(evidence))
+        inner = self.inner(state_hidden, evidence)
+        flag_logits = self.flag(inner)
+        if self.config.evidence_size:
+            if evidence is None:
+                evidence = inner.new_zeros(inner.shape[0], self.config.evidence_size)
+            flag_logits = flag_logits + self.evidence_flag(evidence.float())
+        return StateHeadsOutput(deltas=torch.tanh(self.delta(self.delta_inner(state_hidden, inner))),
+                                flag_logits=flag_logits)
+
+    def delta_inner(self, state_hidden: torch.Tensor, inner: torch.Tensor | None = None) -> torch.Tensor:
+        """What the delta readout reads: the deltas' own trunk if they have one, else the
+        shared trunk's features (`inner`, computed here if not given)."""
+        if self.config.delta_inner_size:
+            return self.delta_trunk((state_hidden.float() - self.shift) * self.scale)
+        return inner if inner is not None else self.inner(state_hidden)
 
 
 @dataclass

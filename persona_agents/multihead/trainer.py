@@ -75,6 +75,10 @@ class MultiHeadTrainingConfig(TrainingArguments):
         "help": "In the heads refit, no flag loss where the persona's rules close the flag for want of trust, "
                 "relationship, an item or an action: the rules keep that gate, the head learns whether the NPC "
                 "means to act (refit.py `allowed_mask`)."})
+    heads_refit_part: str = field(default="all", metadata={
+        "help": "What a heads refit fits: 'all' (fresh heads), or 'deltas' (keep everything the flags read, and "
+                "their thresholds; fit the deltas a trunk of their own, e.g. on a game's own NPCs after a refit on "
+                "many: refit.py `refit_deltas`)."})
     heads_evidence: bool | None = field(default=None, metadata={
         "help": "Heads that read few-shot evidence: how close the player's line is to the example lines the "
                 "persona's authored lines give for each event (multihead/evidence.py); None keeps the adapter's "

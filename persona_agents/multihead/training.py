@@ -31,8 +31,9 @@ from .data import Example, file_sha256, load_examples, load_personas_for_data, r
 from .evaluate import allowed_table, majority_baseline, predict, score
 from .heads import MultiHeadModel
 from .modeling import build_trainable_model
-from .refit import RefitSettings, allowed_mask, refit_heads, state_vectors, targets
+from .refit import RefitSettings, allowed_mask, refit_deltas, refit_heads, state_vectors, targets
 from .trainer import MultiHeadTrainer, MultiHeadTrainingConfig, build_optimizer
+from .vector_cache import StateVectorCache
 
 log = logging.getLogger("persona_agents.multihead")
 
@@ -78,7 +79,7 @@ def _refit_settings(config: MultiHeadTrainingConfig) -> RefitSettings | None:
         return None
     return RefitSettings(epochs=config.heads_refit_epochs, learning_rate=config.heads_refit_learning_rate,
                          delta_weight=config.delta_loss_weight, seed=config.seed,
-                         flags_where_allowed=config.heads_flags_where_allowed)
+                         flags_where_allowed=config.heads_flags_where_allowed, part=config.heads_refit_part)
 
 
 def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examples: Sequence[Example],
@@ -145,24 +146,38 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         # strict=False: only the prompt up to <STATE> is read, and inference renders a long
         # prompt whole; a prompt longer than max_length trains the heads as the game shows it.
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode, strict=False), pad, batch_size,
-                          progress="<STATE> vectors")
+                          progress="<STATE> vectors", cache=StateVectorCache.for_model(bundle.model))
         assert pred.states is not None  # kept: need_states
         val = (pred.states, *targets(val_examples, flags)) if val_examples else None
-        masks = ((allowed_mask(train_examples, flags), allowed_mask(val_examples, flags) if val_examples else None)
-                 if refit.flags_where_allowed else (None, None))
-        heads, fields["heads_refit"] = refit_heads(template, x, *targets(train_examples, flags), val=val,
-                                                   settings=refit, mask=masks[0], val_mask=masks[1],
-                                                   evidence=ev_train, val_evidence=ev_val if val_examples else None)
+        if refit.part == "deltas":
+            if changed:
+                raise TrainingConfigError("--heads-refit-part deltas keeps the adapter's heads: it cannot change "
+                                          "their events or evidence; refit all of them first.")
+            heads, fields["heads_refit_deltas"] = refit_deltas(
+                bundle.heads, x, targets(train_examples, flags)[1], val=(val[0], val[2]) if val else None,
+                settings=refit, val_evidence=ev_val if val_examples else None)
+        else:
+            masks = ((allowed_mask(train_examples, flags), allowed_mask(val_examples, flags) if val_examples else None)
+                     if refit.flags_where_allowed else (None, None))
+            heads, fields["heads_refit"] = refit_heads(template, x, *targets(train_examples, flags), val=val,
+                                                       settings=refit, mask=masks[0], val_mask=masks[1],
+                                                       evidence=ev_train, val_evidence=ev_val if val_examples else None)
         pred = pred.rescore(heads, ev_val)
         save_heads(adapter_dir, heads)
         fields.update(flags=flags, heads=heads.config.to_dict())
+    split = "validation" if val_examples else "train"
+    if refit is not None and refit.part == "deltas":
+        # The flag outputs are unchanged: so are the thresholds calibrated for them.
+        report = score(pred, scored, flags, bundle.meta["thresholds"])
+        report["baseline"] = majority_baseline(scored, flags)
+        fields["deltas_refit_metrics"] = {"split": split, **report}
+        return fields
     # What the personas' rules let through on each example (None when no persona has rules).
     allowed = allowed_table(scored, flags) if policy.after_rules else None
     thresholds, f1s = calibrate_thresholds(pred.flag_probs, [[int(n in e.flags) for n in flags] for e in scored], flags,
                                            policy.min_precision, allowed=allowed, min_threshold=policy.min_threshold)
     report = score(pred, scored, flags, thresholds)
     report["baseline"] = majority_baseline(scored, flags)
-    split = "validation" if val_examples else "train"
     fields.update(thresholds=thresholds, calibrated_on=split, calibration_f1=f1s, **policy.metadata(),
                   metrics={"split": split, **report})
     return fields
@@ -315,6 +330,12 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
             train_examples, val_examples = both[:len(train_examples)], both[len(train_examples):]
     meta.update(finish_heads(out, train_examples, val_examples, refit, calibration=calibration, flags=flags,
                              evidence=config.heads_evidence))
+    if refit is not None and refit.part == "deltas":
+        # The heads' refit data and calibration set stay recorded as they were.
+        meta["training"]["deltas_refit_data"] = {
+            "train": _data_record(data, len(train_examples)),
+            "validation": _data_record(_files(validation), len(val_examples)) if validation else None}
+        return write_metadata(out, meta)
     if refit is not None:
         meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
     meta["training"]["validation"] = _data_record(_files(validation), len(val_examples)) if validation else None
