@@ -58,8 +58,10 @@ adapter: setup
 
 # The shipped adapter's heads (and thresholds), refitted with its LoRA frozen on the six
 # sample NPCs' data plus training/generalist/ (44 more NPCs, the sample NPCs in many
-# voices), reading the writers' example lines as few-shot evidence (issue 26). 48 min on
-# 2 shared cores; figures in training/generalist/README.md.
+# voices), reading the writers' example lines as few-shot evidence (issue 26); then the
+# deltas' own trunk on the six sample NPCs (issue 25). About 55 min on 2 shared cores
+# (the <STATE> vectors are cached: a rerun on the same adapter takes minutes); figures in
+# training/generalist/README.md.
 adapter-heads: setup
 	$(BIN)/python training/generalist/build_splits.py
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents train --npcs-dir training/generalist/npcs \

@@ -523,3 +523,22 @@ def test_scores_after_the_game_rules_drop_what_the_rules_forbid(tmp_path, person
     bare = load_examples([write_jsonl(tmp_path / "b.jsonl", [record()])], DEFAULT_FLAGS, {})
     assert "after_rules" not in score(Predictions(probs[:1], [[0.0, 0.0]], 1.0), bare, DEFAULT_FLAGS,
                                       dict.fromkeys(DEFAULT_FLAGS, 0.5))
+
+
+def test_training_prompts_get_the_lore_of_every_retrieve_step_as_inference_does(tmp_path, personas):
+    """The sample NPCs retrieve with faiss_lore, then recall_memories: the training and
+    evaluation prompts must carry faiss_lore's entries, as the game's pipeline does (they
+    went missing once only the last retrieve step ran, and heads fitted on such prompts
+    were scored on prompts the game never renders)."""
+    from persona_agents.manager import AgentManager
+    from persona_agents.multihead.data import retrieve_lore
+
+    line = "This sword broke in half. Can you mend it?"
+    data = write_jsonl(tmp_path / "one.jsonl", [record(
+        npc_id="blacksmith_village_center", context=[], player_utterance=line, flag=[],
+        tags={"location": "village_center", "quest_stage": "not_started", "relationship": 0.0, "trust": 0.3,
+              "npc_mood": "neutral"})])
+    found = retrieve_lore(load_examples([data], DEFAULT_FLAGS, personas), NPCS_DIR)[0].turn.lore
+    assert found, "no lore: a retrieve step was skipped"
+    game = AgentManager(NPCS_DIR).turn("blacksmith_village_center", line, player_id="lore-test", seed=1)
+    assert {chunk.id for chunk in found} == {entry["id"] for entry in game.meta["lore"]}

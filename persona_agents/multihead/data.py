@@ -337,20 +337,26 @@ def retrieve_lore(examples: list[Example], npcs_dir: str | Path) -> list[Example
     host = load_plugins(plugins_dir_of(npcs_dir))
     loaded = load_personas(Path(npcs_dir), host.registry)
     runtime = Runtime(npcs_dir=Path(npcs_dir))
-    steps: dict[str, Any] = {}
+    # Every retrieve step of the NPC, in its order, as the pipeline runs them: each adds to
+    # what the earlier ones found. (Keeping only the last one dropped the sample NPCs' lore
+    # from training and evaluation prompts once they had a second step, recall_memories,
+    # which finds nothing in labelled data.)
+    steps: dict[str, list[Any]] = {}
     for npc_id, persona in loaded.items():
         for name, options in persona.step_options.get("retrieve", ()):
             info = host.registry.get(name)
             assert info is not None  # load_personas validated every step name
             step = info.cls(options, persona.persona, runtime)
             step.warm_up()
-            steps[npc_id] = step
+            steps.setdefault(npc_id, []).append(step)
     result = []
     for example in examples:
         found = steps.get(example.turn.npc_id)
-        if found is None or example.turn.lore:
+        if not found or example.turn.lore:
             result.append(example)
             continue
-        turn = found.run(example.turn)
+        turn = example.turn
+        for step in found:
+            turn = step.run(turn)
         result.append(dataclasses.replace(example, turn=example.turn.replace(lore=turn.lore)))
     return result

@@ -146,7 +146,7 @@ def finish_heads(adapter_dir: Path, train_examples: Sequence[Example], val_examp
         # strict=False: only the prompt up to <STATE> is read, and inference renders a long
         # prompt whole; a prompt longer than max_length trains the heads as the game shows it.
         x = state_vectors(bundle.model, EncodedDataset(train_examples, **encode, strict=False), pad, batch_size,
-                          progress="<STATE> vectors", cache=StateVectorCache.for_model(bundle.model))
+                          progress="<STATE> vectors", cache=StateVectorCache.for_adapter(adapter_dir, bundle.meta))
         assert pred.states is not None  # kept: need_states
         val = (pred.states, *targets(val_examples, flags)) if val_examples else None
         if refit.part == "deltas":

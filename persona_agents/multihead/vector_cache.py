@@ -4,9 +4,8 @@ A heads refit (refit.py) needs one prompt pass per training example: 35 minutes 
 4,000 turns on 2 CPU cores, although the vectors only change when the model does. Each
 vector is stored under `<cache>/state-vectors/<model>.pt` by:
 
-- the model: a fingerprint of its weights as loaded for scoring (the base with the
-  adapter merged), so a retrained adapter, another base or another dtype never reads
-  another's vectors;
+- the model: a fingerprint of the adapter's files (all but its heads) and of the base
+  it records, so a retrained adapter or another base never reads another's vectors;
 - the prompt: a hash of its token ids up to `<STATE>`, so a changed prompt format,
   history length, lore or persona makes a new entry.
 
@@ -20,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 from array import array
@@ -37,17 +37,22 @@ LAYOUT = 1
 CACHE_ENV = "PERSONA_AGENTS_VECTOR_CACHE"
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A digest of every parameter's name, shape, dtype and values (a strided sample and
-    two sums: a merged LoRA update moves every element of the matrices it touches)."""
-    digest = hashlib.sha256(f"{LAYOUT}|{torch.__version__}".encode())
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-            flat = param.detach().reshape(-1)
-            digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}".encode())
-            sample = flat[:: max(1, flat.numel() // 4096)].float()
-            digest.update(sample.cpu().numpy().tobytes())
-            digest.update(torch.stack([flat.float().sum(), flat.float().square().sum()]).cpu().numpy().tobytes())
+#: Files of an adapter folder that do not change its model: a heads refit rewrites them.
+NOT_THE_MODEL = frozenset({"heads.safetensors", "multihead.json", "README.md"})
+
+
+def adapter_fingerprint(adapter_dir: Path, meta: dict) -> str:
+    """A digest of what makes the scoring model: the base the adapter records (name,
+    architecture, embedding checksum) and every file of the adapter folder except the
+    heads and their metadata. From the files, not the loaded weights: the same adapter
+    loaded through peft or from the merged-model cache must share its vectors."""
+    digest = hashlib.sha256(f"{LAYOUT}|{torch.__version__}|float32".encode())
+    digest.update(json.dumps(meta.get("base", {}), sort_keys=True).encode())
+    for path in sorted(p for p in Path(adapter_dir).iterdir() if p.is_file() and p.name not in NOT_THE_MODEL):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:32]
 
 
@@ -81,12 +86,13 @@ class StateVectorCache:
                 log.warning("ignoring the <STATE> vector cache %s: %s", path, exc)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, folder: Path | None = None) -> "StateVectorCache | None":
-        """The cache of `model`'s vectors; None when the cache is turned off."""
+    def for_adapter(cls, adapter_dir: Path, meta: dict, folder: Path | None = None) -> "StateVectorCache | None":
+        """The cache of the vectors an adapter's model computes (loaded in float32, as
+        scoring loads it); None when the cache is turned off."""
         if not enabled():
             return None
         folder = folder or default_folder()
-        return cls(folder / f"{model_fingerprint(model)}.pt")
+        return cls(folder / f"{adapter_fingerprint(adapter_dir, meta)}.pt")
 
     def get(self, ids: Sequence[int]) -> torch.Tensor | None:
         return self.vectors.get(prompt_key(ids))

@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
+    from persona_agents.game import load_game
     from persona_agents.lore.embedder import load_embedder
     from persona_agents.multihead.artifacts import load_adapter
     from persona_agents.multihead.calibrate import calibrate_thresholds
@@ -70,6 +71,7 @@ def main() -> int:
     limit = 12 if args.quick else None
     bundle = load_adapter(ROOT / args.adapter, merge=True)
     flags, meta = list(bundle.flags), bundle.meta
+    unknown = [name for name in load_game(HELD / "npcs").events if name not in flags]
     lore = bool(meta.get("retrieve_lore"))
     gen_npcs = GEN / "npcs"
     sets = {
@@ -77,13 +79,14 @@ def main() -> int:
                        limit and 2 * limit),
         "validation": _load([ROOT / "training/data/validation.jsonl", GEN / "data/split/validation.jsonl"], flags,
                             gen_npcs, lore, limit),
-        "new": _load([HELD / "data/new_npcs.jsonl"], flags, HELD / "npcs", lore, limit),
+        # The held-out author's own events, which no adapter knows, count as misses (as `eval` does).
+        "new": _load([HELD / "data/new_npcs.jsonl"], flags + unknown, HELD / "npcs", lore, limit),
         "voices": _load([HELD / "data/sample_voices.jsonl"], flags, ROOT / "npcs", lore, limit),
         "fresh": _load([ROOT / "training/data/heldout_fresh.jsonl"], flags, ROOT / "npcs", lore, limit),
     }
     tok = bundle.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    cache = StateVectorCache.for_model(bundle.model)
+    cache = StateVectorCache.for_adapter(ROOT / args.adapter, meta)
     vectors = {}
     for name, examples in sets.items():
         dataset = EncodedDataset(examples, tok, flags, int(meta["max_length"]), bundle.history_turns, strict=False,
@@ -122,9 +125,11 @@ def main() -> int:
         with torch.no_grad():
             out = heads(vectors[name][rows], ev)
         pred = Predictions(out.flag_probs.tolist(), out.deltas.tolist(), 0.0)
-        fired = [[p[k] >= thresholds[n] for k, n in enumerate(flags)] for p in pred.flag_probs]
-        kept = after_rules(fired, examples, flags) or fired
-        ruled = flag_metrics(kept, examples, flags)
+        scored = flags + [n for n in unknown if any(n in e.flags for e in examples)]
+        fired = [[p[k] >= thresholds[n] for k, n in enumerate(flags)] + [False] * (len(scored) - len(flags))
+                 for p in pred.flag_probs]
+        kept = after_rules(fired, examples, scored) or fired
+        ruled = flag_metrics(kept, examples, scored)
         end = ruled["per_flag"].get("end_conversation", {})
         return {"n": len(rows), "f1_after_rules": ruled["flag_micro_f1"],
                 "end_recall": end.get("recall") if end.get("support") else None,
