@@ -70,10 +70,14 @@ adapter-heads: setup
 		--out training/adapters/smollm2-npc --base embedded --quantization none \
 		--max-length 448 --history-turns 4 --seed 42 --heads-only --heads-evidence \
 		--heads-flags-where-allowed --min-precision end_conversation=0.8 --batch-size 8
-	# Then how far trust and relationship move, refitted on the six sample NPCs alone (flag
-	# outputs and thresholds kept; the <STATE> vectors come from the cache the refit filled).
+	# Then the deltas' own trunk (flag outputs and thresholds kept), on the same turns with the
+	# six sample NPCs' file given three times: weight 3, the weight of 1-4 with the lowest
+	# validation delta MAE (training/generalist/README.md). The <STATE> vectors come from the
+	# cache the refit above filled.
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents train --npcs-dir training/generalist/npcs \
-		--data training/data/train.jsonl --validation training/data/validation.jsonl \
+		--data training/data/train.jsonl --data training/data/train.jsonl --data training/data/train.jsonl \
+		--data training/generalist/data/split/train.jsonl \
+		--validation training/data/validation.jsonl --validation training/generalist/data/split/validation.jsonl \
 		--out training/adapters/smollm2-npc --heads-only --heads-refit-part deltas --seed 42 --batch-size 8
 
 # The planned retrain (issues 25, 26, 29: one prompt version, one retrain): LoRA and heads

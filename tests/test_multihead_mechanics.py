@@ -391,8 +391,9 @@ def test_a_deltas_refit_keeps_every_flag_output_and_fits_the_deltas_a_trunk_of_t
         assert torch.equal(rebuilt.eval()(x[val]).deltas, after.deltas)
 
 
-def test_state_vectors_come_from_the_cache_of_the_same_model_only(tiny, tmp_path, personas):
+def test_state_vectors_are_read_back_from_the_cache(tiny, tmp_path, personas):
     from persona_agents.multihead.data import load_examples
+    from persona_agents.multihead.heads import backbone_and_lm_head
     from persona_agents.multihead.refit import state_vectors
     from persona_agents.multihead.vector_cache import StateVectorCache
 
@@ -400,14 +401,9 @@ def test_state_vectors_come_from_the_cache_of_the_same_model_only(tiny, tmp_path
     examples = load_examples([write_jsonl(tmp_path / "d.jsonl", [record(), record(player_utterance="Hello.")])],
                              DEFAULT_FLAGS, personas)
     dataset = EncodedDataset(examples, tok, DEFAULT_FLAGS, max_length=1024, history_turns=4)
-    cache = StateVectorCache.for_model(model, tmp_path / "cache")
-    assert cache is not None
-    first = state_vectors(model, dataset, tok.eos_token_id, cache=cache)
-    assert (tmp_path / "cache").is_dir() and len(StateVectorCache(cache.path)) == 2
-    reread = StateVectorCache.for_model(model, tmp_path / "cache")
-    assert reread is not None and reread.path == cache.path
-    from persona_agents.multihead.heads import backbone_and_lm_head
-
+    first = state_vectors(model, dataset, tok.eos_token_id, cache=StateVectorCache(tmp_path / "cache" / "m.pt"))
+    reread = StateVectorCache(tmp_path / "cache" / "m.pt")
+    assert len(reread) == 2
     decoder, _ = backbone_and_lm_head(model)
     original = decoder.forward
     decoder.forward = lambda *a, **k: pytest.fail("a cached vector was computed again")
@@ -416,14 +412,29 @@ def test_state_vectors_come_from_the_cache_of_the_same_model_only(tiny, tmp_path
     finally:
         decoder.forward = original
     assert torch.equal(first, again)
-    with torch.no_grad():  # another model (e.g. a retrained adapter) has another cache
-        next(p for p in model.parameters() if p.dim() == 2).add_(1e-3)
-    try:
-        other = StateVectorCache.for_model(model, tmp_path / "cache")
-        assert other is not None and other.path != cache.path and len(other) == 0
-    finally:
-        with torch.no_grad():
-            next(p for p in model.parameters() if p.dim() == 2).sub_(1e-3)
+
+
+def test_the_vector_cache_is_per_adapter_model_not_per_heads(tmp_path, monkeypatch):
+    from persona_agents.multihead.vector_cache import StateVectorCache, adapter_fingerprint
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"lora v1")
+    (adapter / "heads.safetensors").write_bytes(b"heads v1")
+    meta = {"base": {"name": "embedded:smollm2-135m-instruct", "embedding_checksum": "abc"}}
+    first = adapter_fingerprint(adapter, meta)
+    (adapter / "heads.safetensors").write_bytes(b"heads v2: a refit")  # a heads refit reuses the vectors
+    assert adapter_fingerprint(adapter, meta) == first
+    assert adapter_fingerprint(adapter, {"base": {**meta["base"], "embedding_checksum": "other"}}) != first
+    (adapter / "adapter_model.safetensors").write_bytes(b"lora v2")  # a retrained adapter does not
+    assert adapter_fingerprint(adapter, meta) != first
+    cache = StateVectorCache.for_adapter(adapter, meta, tmp_path / "vectors")
+    assert cache is not None and cache.path.parent == tmp_path / "vectors"
+    monkeypatch.setenv("PERSONA_AGENTS_VECTOR_CACHE", str(tmp_path / "elsewhere"))
+    moved = StateVectorCache.for_adapter(adapter, meta)
+    assert moved is not None and moved.path.parent == tmp_path / "elsewhere"
+    monkeypatch.setenv("PERSONA_AGENTS_VECTOR_CACHE", "off")
+    assert StateVectorCache.for_adapter(adapter, meta) is None
 
 
 def test_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):

@@ -319,7 +319,7 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     axes = load_game(config.npcs_dir).extra_axes
     train_examples = load_examples(data, flags, personas, axes)  # checked even when only validation is scored
     val_examples = load_examples(_files(validation), flags, personas, axes) if validation else []
-    if _refit_settings(config) is not None:
+    if _refit_settings(config) is not None and config.heads_refit_part == "all":  # a deltas refit learns no event
         _warn_thin(train_examples, flags)
     refit = _refit_settings(config)
     if meta.get("retrieve_lore") and personas:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def main() -> int:
         "voices": _load([HELD / "data/sample_voices.jsonl"], flags, ROOT / "npcs", lore, limit),
         "fresh": _load([ROOT / "training/data/heldout_fresh.jsonl"], flags, ROOT / "npcs", lore, limit),
     }
+    # faiss (the lore retrieval above) limits OpenMP to one thread, which torch's prompt
+    # passes would inherit: every core back for them.
+    torch.set_num_threads(os.cpu_count() or 1)
     tok = bundle.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     cache = StateVectorCache.for_adapter(ROOT / args.adapter, meta)
