@@ -107,9 +107,12 @@ class StateHeads(nn.Module):
         nn.init.zeros_(self.delta.weight)
         nn.init.zeros_(self.delta.bias)
 
+    def _standardized(self, state_hidden: torch.Tensor) -> torch.Tensor:
+        return (state_hidden.float() - self.shift) * self.scale
+
     def inner(self, state_hidden: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
-        """The trunk's features, which both readouts read (evidence: see `forward`)."""
-        standardized = (state_hidden.float() - self.shift) * self.scale
+        """The shared trunk's features (evidence: see `forward`)."""
+        standardized = self._standardized(state_hidden)
         if not self.config.evidence_size:
             return self.trunk(standardized)
         if evidence is None:
@@ -133,7 +136,7 @@ class StateHeads(nn.Module):
         """What the delta readout reads: the deltas' own trunk if they have one, else the
         shared trunk's features (`inner`, computed here if not given)."""
         if self.config.delta_inner_size:
-            return self.delta_trunk((state_hidden.float() - self.shift) * self.scale)
+            return self.delta_trunk(self._standardized(state_hidden))
         return inner if inner is not None else self.inner(state_hidden)
 
 

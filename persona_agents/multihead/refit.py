@@ -110,11 +110,13 @@ def _loss(out: StateHeadsOutput, flags: torch.Tensor, deltas: torch.Tensor, s: R
     else:  # the mean over the (example, flag) pairs that count
         bce = (torch.nn.functional.binary_cross_entropy_with_logits(out.flag_logits, flags, reduction="none")
                * mask).sum() / mask.sum().clamp(min=1.0)
+    return bce + s.delta_weight * _delta_loss(out.deltas, deltas, s)
+
+
+def _delta_loss(predicted: torch.Tensor, target: torch.Tensor, s: RefitSettings) -> torch.Tensor:
     if s.delta_loss == "huber":
-        delta = torch.nn.functional.smooth_l1_loss(out.deltas, deltas, beta=s.huber_beta)
-    else:
-        delta = torch.nn.functional.mse_loss(out.deltas, deltas)
-    return bce + s.delta_weight * delta
+        return torch.nn.functional.smooth_l1_loss(predicted, target, beta=s.huber_beta)
+    return torch.nn.functional.mse_loss(predicted, target)
 
 
 def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas: torch.Tensor,
@@ -188,10 +190,7 @@ def refit_deltas(heads: StateHeads, x: torch.Tensor, deltas: torch.Tensor,
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
     def loss_of(vectors: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        out = torch.tanh(fitted.delta(fitted.delta_inner(vectors)))
-        if settings.delta_loss == "huber":
-            return torch.nn.functional.smooth_l1_loss(out, target, beta=settings.huber_beta)
-        return torch.nn.functional.mse_loss(out, target)
+        return _delta_loss(torch.tanh(fitted.delta(fitted.delta_inner(vectors))), target, settings)
 
     def val_loss() -> float:
         fitted.eval()
@@ -202,8 +201,8 @@ def refit_deltas(heads: StateHeads, x: torch.Tensor, deltas: torch.Tensor,
         return copy.deepcopy({k: v for k, v in fitted.state_dict().items() if k.startswith(("delta.", "delta_trunk."))})
 
     with torch.no_grad():  # the heads' own deltas on `val` (with its evidence, as scored), for the record
-        before = float(torch.nn.functional.smooth_l1_loss(heads.eval()(val[0], val_evidence).deltas, val[1],
-                                                          beta=settings.huber_beta)) if val is not None else None
+        before = float(_delta_loss(heads.eval()(val[0], val_evidence).deltas, val[1], settings)) \
+            if val is not None else None
     best, best_loss, best_epoch, since, epoch = readout_state(), float("inf"), 0, 0, 0
     for epoch in range(1, settings.epochs + 1):
         fitted.train()
