@@ -67,26 +67,18 @@ def main() -> None:
     from persona_agents.persona import GenerationSettings
 
     class NoHeads(MultiHeadGenerator):
-        def _generate(self, inputs, kwargs):
-            return TransformersGenerator._generate(self, inputs, kwargs)
+        def engine_request(self, turn, prompt_ids, seed, reading):
+            # The plain step's request: no <STATE> row kept, so nothing to decide on.
+            return TransformersGenerator.engine_request(self, turn, prompt_ids, seed, reading)
 
-        def _fast_keep_index(self, inputs):
-            return None
-
-        def _fast_after_prefill(self, turn):
-            return None  # no <STATE> row kept, so nothing to decide on
-
-        def _fast_extra(self, job):
-            return None
-
-        def _finish(self, turn, extra):
+        def _finish(self, turn, result, reading):
             return turn
 
     class SeedTwoPass(MultiHeadGenerator):
         def warm_up(self):
             super().warm_up()
             self.full_model = self.loaded.model
-            if self._engine is not None:
+            if self.engine.name == "fast":
                 # The fast engine's base is a skeleton with no forward: the second pass runs on
                 # the transformers model, loaded (and shared) as `engine: transformers` loads it.
                 reference = MultiHeadGenerator(self.options.model_copy(update={"engine": "transformers"}),
@@ -98,20 +90,16 @@ def main() -> None:
             again = self.full_model(ids, output_hidden_states=True)
             return self.bundle.heads(again.hidden_states[-1][:, index])
 
-        def _generate(self, inputs, kwargs):
-            output = self.loaded.model.generate(**inputs, **kwargs)
-            return output, self._second_pass(output, self._state_index(inputs))
+        def engine_request(self, turn, prompt_ids, seed, reading):
+            self.prompt_ids = prompt_ids  # the seed read the heads only after the reply
+            return TransformersGenerator.engine_request(self, turn, prompt_ids, seed, reading)
 
-        def _fast_keep_index(self, inputs):
-            return None
-
-        def _fast_after_prefill(self, turn):
-            return None  # the seed read the heads only after the reply
-
-        def _fast_extra(self, job):
-            ids = torch.tensor([list(job.prompt_ids) + job.new_ids])
-            index = int((ids[0] == self._state_id).nonzero()[0])
-            return on_compute_thread(torch.inference_mode()(self._second_pass), ids, index)
+        def _finish(self, turn, result, reading):
+            ids = torch.tensor([list(self.prompt_ids) + result.new_ids])
+            index = self._state_index(self.prompt_ids)
+            reading.heads = on_compute_thread(torch.inference_mode()(self._second_pass), ids, index)
+            placeholder = torch.zeros(1)  # the heads were read above, from the second pass
+            return super()._finish(turn, dataclasses.replace(result, state=placeholder), reading)
 
     manager = AgentManager(REPO / "npcs")
     loaded = manager.get_persona(args.npc)

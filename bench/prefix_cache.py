@@ -135,7 +135,7 @@ def main() -> None:
                 ttft[name].append(first)
                 whole[name].append(total)
                 metas[name] = meta
-        engine = managers["cached"].pipeline(npc).steps["generate"][0]._fast_engine()[0]
+        engine = managers["cached"].pipeline(npc).steps["generate"][0].engine.batch
         hits, misses = engine.prefix_hits, engine.prefix_misses
 
     def later(values: list[float]) -> float:

@@ -7,13 +7,14 @@ machine noise hits both alike. The last line is
 
     python bench/turn_overhead.py [--quick] [--npc ID] [--rounds N] [--max-new-tokens N] [--engine transformers|fast]
 
-`--engine transformers` (the default): the NPC's generate step runs transformers
-`generate` (as `engine: transformers` does, on the full transformers model) and the
-bare side is `model.generate` on that model. `--engine fast`: the step runs the fast
-engine the sample NPCs use, and the bare side is that engine's own `generate` of the
-same prompt ids (its base is a weights-only skeleton with no transformers `generate`).
-The fast engine decides before it speaks: where a writer's line fits the game's decision
-the turn decodes no token, and the bare side is then the prompt pass (the bench says so).
+`--engine transformers` (the default): the NPC's generate step runs the transformers
+engine (as `engine: transformers` does, on the full transformers model) and the bare
+side is `model.generate` on that model. `--engine fast`: the step runs the fast engine
+the sample NPCs use, and the bare side is that engine's own `generate` of the same
+prompt ids (its base is a weights-only skeleton with no transformers `generate`).
+Both engines decide before they speak; here the decision runs as shipped but the reply
+is always decoded (where a writer's line fits, a game would skip it), so both sides
+write the same tokens.
 
 `--quick` (a smoke run that only shows the bench still works, not a figure to read):
 2 rounds of 8 new tokens, and OMP_WAIT_POLICY=PASSIVE unless set (on a busy shared CPU,
@@ -67,10 +68,14 @@ def main() -> None:
     manager.personas[args.npc] = loaded
     pipeline = manager.pipeline(args.npc)
     pipeline.warm_up()
+    # Decide, then speak: the decision runs as shipped, but the reply is always decoded, so
+    # that both sides write the same tokens (a writer's line would otherwise skip them).
+    decide = pipeline._decide
+    pipeline._decide = lambda provisional, tell: dataclasses.replace(decide(provisional, tell), speak=True)
     generator = pipeline.steps["generate"][0]
     model, tok = generator.loaded.model, generator.loaded.tokenizer
-    engine = getattr(generator, "_engine", None)
-    if (engine is not None) != (args.engine == "fast"):
+    engine = generator.engine.batch if generator.engine.name == "fast" else None
+    if generator.engine.name != args.engine:
         sys.exit(f"{args.npc}'s generate step did not take engine '{args.engine}' "
                  f"({getattr(generator, 'engine_note', None) or 'no note'})")
 

@@ -216,7 +216,7 @@ def conversation_prompts(turns: int) -> tuple[object, list[tuple[list[int], list
         manager = AgentManager(game_copy(Path(tmp), "capture", 4096, "sample"))
         manager.warm_up(npc)
         step = manager.pipeline(npc).steps["generate"][0]
-        engine = step._fast_engine()[0]
+        engine = step.engine.batch
         original = engine.generate
 
         def recording(job):

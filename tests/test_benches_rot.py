@@ -63,6 +63,15 @@ def test_batching_quick():
 
 
 @pytest.mark.model
+def test_transformers_batching_quick():
+    figures, stdout = run_quick("transformers_batching.py")
+    assert_figures(figures, ("turns", "new_tokens", "rounds", "largest_batch", "sequential_tokens_per_s",
+                             "concurrent_tokens_per_s", "transformers_batch8_ratio"), ("device", "dtype"))
+    # Behaviour, not speed: eight turns submitted at once were served in shared batches.
+    assert int(figures["largest_batch"]) > 1
+
+
+@pytest.mark.model
 def test_cold_start_quick():
     figures, _ = run_quick("cold_start.py")
     assert_figures(figures, ("manager_s", "serve_s", "run_dialogue_s", "ready_s"))

@@ -350,7 +350,7 @@ def test_a_model_the_fast_engine_cannot_run_falls_back_or_fails_clearly(npc_fold
     manager = AgentManager(npc_folder.folder)
     turn = manager.turn("auto_npc", "Hello there.", seed=1).to_dict()
     assert turn["meta"]["engine"] == "transformers"
-    assert "bfloat16" in turn["meta"]["engine_note"] and "using transformers generate" in turn["meta"]["engine_note"]
+    assert "bfloat16" in turn["meta"]["engine_note"] and "using transformers" in turn["meta"]["engine_note"]
     with pytest.raises(PersonaAgentsError, match="engine 'fast' cannot run model .*bfloat16.*engine: auto"):
         manager.turn("fast_npc", "Hello there.", seed=1)
 

@@ -90,12 +90,12 @@ def test_eval_reports_bad_data_without_a_traceback(tmp_path):
 def test_the_heads_run_once_a_turn_when_the_game_decides_after_the_prompt_pass(sample_manager, monkeypatch):
     # Decide, then speak: the heads' output read for the decision is the turn's; reading
     # the <STATE> row again would cost another trip to the compute thread.
-    from persona_agents.default_plugins.multihead_generator import MultiHeadGenerator
+    from persona_agents.multihead.reader import HeadsReader
 
     calls = []
-    heads = MultiHeadGenerator._heads
-    monkeypatch.setattr(MultiHeadGenerator, "_heads",
-                        lambda self, turn, rows: calls.append(1) or heads(self, turn, rows))
+    read = HeadsReader.read
+    monkeypatch.setattr(HeadsReader, "read",
+                        lambda self, row, evidence=None: calls.append(1) or read(self, row, evidence))
     response = sample_manager.turn("blacksmith_village_center", "Can you mend my broken sword?",
                                    player_id="heads-once", seed=3)
     assert response.meta["engine"] == "fast" and len(calls) == 1

@@ -5,15 +5,17 @@ checkpoint; see persona_agents.models). The reply ends at the model's end-of-tur
 or at any prompt marker, and never contains markers. Sampling is seeded per turn, so
 the same seed and the same conversation give the same reply.
 
-Two engines run the model (option `engine`):
+Two engines run the model (option `engine`; the contract: persona_agents/engines/contract.py):
 - `fast` (what `auto` picks for llama-family float32 models): the lean decoder of
   `persona_agents.fastpath`, with quantized decode steps and continuous batching of
   concurrent turns on the process's compute thread;
-- `transformers`: transformers `generate`, the reference path, for every model
-  transformers can load (what `auto` falls back to, saying why in the turn's meta).
-With `decode_precision: float32` the fast engine's greedy replies are the reference's
+- `transformers`: the model as transformers runs it, for every model transformers can
+  load, on any device (what `auto` falls back to, saying why in the turn's meta);
+  concurrent turns run as one batch (persona_agents/engines/transformers_engine.py).
+With `decode_precision: float32` the fast engine's greedy replies are transformers'
 tokens; int4/int8 decode steps change some words, measured in `bench/vs_llamacpp.py`.
-The multihead step has a third, `sglang`: a remote SGLang server (multihead_generator.py).
+The multihead step adds the state heads to the engine, and a third engine, `sglang`: a
+remote SGLang server (multihead_generator.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from persona_agents.engines.contract import EngineRequest, EngineResult, Sampling
 from persona_agents.errors import StepError
 from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
@@ -101,25 +104,14 @@ class TransformersGenerator(Step):
     def warm_up(self):
         # Loading runs on the compute thread, like generation (see fastpath/compute.py).
         self.loaded = on_compute_thread(self._load)
-        self._engine, self.engine_note = self._fast_engine()
         tok = self.loaded.tokenizer
         self._special = tuple(dict.fromkeys([*tok.all_special_tokens, *tok.get_added_vocab()]))
         self._eos_ids = self._end_of_turn_ids(tok, self.loaded.model)
-        # Building stop-string tables scans the whole vocabulary (about 40 ms here), so
-        # build them once per set of markers rather than on every generate call.
-        self._stop_criteria: dict[tuple[str, ...], object] = {}
+        self.engine, self.engine_note = self._build_engine()
 
     def token_counter(self):
         tok = self.loaded.tokenizer
         return lambda text: len(tok(text)["input_ids"])
-
-    def _stopping_criteria(self, markers: tuple[str, ...]):
-        from transformers import StoppingCriteriaList
-        from transformers.generation.stopping_criteria import StopStringCriteria
-
-        if markers not in self._stop_criteria:
-            self._stop_criteria[markers] = StopStringCriteria(self.loaded.tokenizer, list(markers))
-        return StoppingCriteriaList([self._stop_criteria[markers]])
 
     def _load(self):
         """The shared LoadedModel this step generates with."""
@@ -141,6 +133,19 @@ class TransformersGenerator(Step):
         """LoRA factors merged into the loaded model (kept apart by quantized decode weights)."""
         return {}
 
+    def _build_engine(self):
+        """(the engine that runs this step's model, a note on why `auto` chose it or None).
+        Engines are shared by every NPC on the same loaded model, so their turns batch."""
+        from persona_agents.engines.fast import FastEngine
+        from persona_agents.engines.transformers_engine import TransformersEngine
+
+        batch, note = self._fast_engine()
+        if batch is not None:
+            return FastEngine(batch, self.loaded.tokenizer, self.options.decode_precision), None
+        model = self.loaded.model
+        engine = self.runtime.models.shared(("transformers-engine", id(model)), lambda: TransformersEngine(self.loaded))
+        return engine, note
+
     def _fast_engine(self):
         """(the shared BatchEngine, None) for the fast engine, or (None, why not)."""
         if self.options.engine in ("transformers", "sglang"):
@@ -148,7 +153,7 @@ class TransformersGenerator(Step):
         device = str(getattr(self.loaded.model, "device", "cpu"))
         if device != "cpu" or self.options.load_in_4bit:
             return None, f"the model runs on {device}{' in 4-bit' if self.options.load_in_4bit else ''}; " \
-                "the fast engine is CPU float32 only: using transformers generate"
+                "the fast engine is CPU float32 only: using transformers"
         from persona_agents.fastpath.decoder import supports
 
         reason = supports(self.loaded.model)
@@ -157,7 +162,7 @@ class TransformersGenerator(Step):
                 raise StepError(
                     f"NPC '{self.persona.id}': engine 'fast' cannot run model '{self.loaded.name}': {reason}. "
                     "Use `engine: auto` or `engine: transformers` (or dtype float32).")
-            return None, f"fast engine unavailable ({reason}); using transformers generate"
+            return None, f"fast engine unavailable ({reason}); using transformers"
         opts = self.options
         batch = "float32" if opts.decode_precision == "float32" else "int8"
         key = ("fast-engine", id(self.loaded.model), opts.decode_precision, opts.prefill_precision,
@@ -207,121 +212,52 @@ class TransformersGenerator(Step):
             text += render_decision()
         return tok(text, return_tensors="pt")
 
-    def generation_kwargs(self, turn) -> dict:
-        """generate() arguments from the persona's settings (shared with subclasses)."""
-        settings, prompt = self.persona.generation, turn.prompt
-        tok = self.loaded.tokenizer
-        kwargs = dict(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.temperature > 0,
-            repetition_penalty=settings.repetition_penalty,
-            eos_token_id=self._eos_ids,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids[0],
-        )
-        if settings.temperature > 0:
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        if prompt.stop_markers:
-            kwargs.update(stopping_criteria=self._stopping_criteria(tuple(prompt.stop_markers)))
-        return kwargs
+    def sampling(self) -> Sampling:
+        """How this NPC's replies are drawn (its persona's generation settings)."""
+        s = self.persona.generation
+        return Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                        repetition_penalty=s.repetition_penalty)
 
     def turn_seed(self, turn) -> int:
         seed = turn.seed if turn.seed is not None else self.persona.generation.seed
         return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
-    def generate_ids(self, turn, inputs, seed: int):
-        """Run generate for one turn (seeded, streamed when a sink is set):
-        (the new token ids, whatever `_generate` or `_fast_extra` hands to `_finish`)."""
-        sink = current_sink()
-        streamer = None
-        if sink is not None:
-            skip = 0 if self._engine is not None else inputs["input_ids"].shape[1]
-            streamer = MarkerSafeStreamer(self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special),
-                                          skip)
-        if self._engine is not None:
-            return self._fast_generate(turn, inputs, seed, streamer)
-        kwargs = self.generation_kwargs(turn)
-        if streamer is not None:
-            kwargs["streamer"] = streamer
-        return on_compute_thread(self._reference_generate, inputs, kwargs, seed, turn)
+    def engine_request(self, turn, prompt_ids: list[int], seed: int, reading) -> EngineRequest:
+        """The engine's request for this turn; steps with heads add the `<STATE>` position and
+        the decision (`reading` is what `_begin` returned)."""
+        return EngineRequest(prompt_ids=prompt_ids, sampling=self.sampling(), seed=seed, eos_ids=self._eos_ids,
+                             stop_markers=tuple(turn.prompt.stop_markers))
 
-    def _reference_generate(self, inputs, kwargs, seed: int, turn=None):
-        import torch
-
-        inputs = inputs.to(self.loaded.model.device)  # the model's device (a GPU, with `device`)
-        with self.loaded.lock, torch.inference_mode():
-            torch.manual_seed(seed)
-            output, extra = self._generate(inputs, kwargs)
-        sequences = output.sequences if hasattr(output, "sequences") else output
-        return sequences[0, inputs["input_ids"].shape[1]:].tolist(), extra
-
-    def _fast_generate(self, turn, inputs, seed: int, streamer):
-        import torch
-
-        from persona_agents.fastpath.engine import GenerationJob
-        from persona_agents.fastpath.sampling import SamplingSettings
-
-        settings, tok = self.persona.generation, self.loaded.tokenizer
-        markers = tuple(turn.prompt.stop_markers)
-        job = GenerationJob(
-            prompt_ids=inputs["input_ids"][0].tolist(),
-            max_new_tokens=settings.max_new_tokens,
-            sampling=SamplingSettings(temperature=settings.temperature, top_p=settings.top_p,
-                                      repetition_penalty=settings.repetition_penalty),
-            seed=seed,
-            eos_ids=frozenset(self._eos_ids),
-            # Stop once a marker appears in the reply's text, as the reference's stop strings do.
-            should_stop=(lambda ids: any(m in tok.decode(ids[-16:]) for m in markers)) if markers else None,
-            keep_index=self._fast_keep_index(inputs),
-            prefix_len=self._fast_prefix_len(inputs, turn),
-            after_prefill=self._fast_after_prefill(turn),
-            on_token=(lambda token: streamer.put(torch.tensor([token]))) if streamer is not None else None,
-            on_end=streamer.end if streamer is not None else None,
-        )
-        self._engine.generate(job)
-        return list(job.new_ids), self._fast_extra(job)
-
-    def _fast_after_prefill(self, turn):
-        """A callback deciding after the prompt pass whether to decode (see GenerationJob)."""
-        return None
-
-    def _fast_keep_index(self, inputs) -> int | None:
-        """The prompt position whose final hidden state the fast engine should keep."""
-        return None
-
-    def _fast_prefix_len(self, inputs, turn) -> int:
-        """How many of the prompt's first tokens are the same on every turn (the engine
-        keeps their cache); 0: none."""
-        return 0
-
-    def _fast_extra(self, job):
-        """What `_finish` gets from a fast-engine job (as `_generate`'s second value)."""
+    def _begin(self, turn):
+        """Per-turn state a step with heads keeps from the request to `_finish`; None here."""
         return None
 
     def run(self, turn):
         seed = self.turn_seed(turn)
-        inputs = self._encode(turn.prompt)
-        new_ids, extra = self.generate_ids(turn, inputs, seed)
+        prompt_ids = self._encode(turn.prompt)["input_ids"][0].tolist()
+        reading = self._begin(turn)
+        request = self.engine_request(turn, prompt_ids, seed, reading)
+        sink, streamer = current_sink(), None
+        if sink is not None:
+            import torch
+
+            streamer = MarkerSafeStreamer(self.loaded.tokenizer, sink, (*turn.prompt.stop_markers, *self._special), 0)
+            request.on_ids = lambda ids: streamer.put(torch.tensor(ids))
+        result = self.engine.run(request)
+        if streamer is not None:
+            streamer.end()
+        new_ids = result.new_ids
         text, finished = self._clean(self.loaded.tokenizer, new_ids, turn.prompt.stop_markers)
         generation = Generation(text=text, model=self.loaded.name, new_tokens=len(new_ids), finished=finished)
         if not new_ids:  # the game decided first, and a writer's line fits: nothing was decoded
             turn = turn.with_meta(speech="skipped: a writer's line fits the decision")
         turn = turn.replace(generation=generation).with_meta(
-            model=self.loaded.name, seed=seed, new_tokens=len(new_ids),
-            engine=self.engine_name(),
+            model=self.loaded.name, seed=seed, new_tokens=len(new_ids), engine=self.engine.name,
             **({"engine_note": self.engine_note} if self.engine_note and self.options.engine == "auto" else {}),
-            **({"decode_precision": self.options.decode_precision} if self._engine is not None else {}))
-        return self._finish(turn, extra)
+            **result.meta)
+        return self._finish(turn, result, reading)
 
-    def engine_name(self) -> str:
-        """The engine that runs this step's model (`meta.engine`)."""
-        return "fast" if self._engine is not None else "transformers"
-
-    def _generate(self, inputs, kwargs):
-        """`model.generate` (under the model's lock): (output ids, anything `_finish` needs).
-        Subclasses wrap it, e.g. to read a hidden state during the prefill."""
-        return self.loaded.model.generate(**inputs, **kwargs), None
-
-    def _finish(self, turn, extra):
+    def _finish(self, turn, result: EngineResult, reading):
         """The finished turn (its generation set); this step has no state heads, and says so."""
         return turn.with_meta(state_heads=NO_HEADS_NOTE)
 

@@ -414,8 +414,49 @@ class SGLangEngine:
                                    "finish_reason": result.finish_reason, "ms": round(result.ms, 1)}
 
 
+class SGLangRemoteEngine:
+    """`sglang` behind the engine contract (engines/contract.py): the prompt pass up to
+    `<STATE>` on the server, the verdict here, then the reply on the server, which finds
+    the prompt pass's tokens in its radix cache. What SGLang reported is `meta.sglang`."""
+
+    name = "sglang"
+
+    def __init__(self, remote: SGLangEngine, tokenizer):
+        self.remote = remote
+        self.tokenizer = tokenizer
+
+    @property
+    def url(self) -> str:
+        return self.remote.url
+
+    def run(self, request):
+        import torch
+
+        from .contract import EngineResult, verdict_ids
+
+        ids = list(request.prompt_ids)
+        meta: dict[str, Any] = {}
+        state = None
+        if request.state_index is not None:
+            row, meta["prompt_pass"] = self.remote.state_pass(ids[: request.state_index + 1])
+            state = torch.tensor(row, dtype=torch.float32)
+        meta.update(self.remote.check())
+        continuation = ids
+        if request.after_prefill is not None:
+            extra = verdict_ids(request.after_prefill(state))
+            if extra is None:
+                return EngineResult([], state, {"sglang": {"url": self.url, **meta}})
+            continuation = ids + extra
+        tok = self.tokenizer
+        stops = [*request.eos_ids, *(tok.convert_tokens_to_ids(m) for m in request.stop_markers)]
+        stops = [t for t in stops if isinstance(t, int) and t != tok.unk_token_id]
+        new_ids, meta["reply"] = self.remote.reply(continuation, sampling_params(request.sampling, request.seed, stops),
+                                                   request.on_ids)
+        return EngineResult(list(new_ids), state, {"sglang": {"url": self.url, **meta}})
+
+
 def sampling_params(settings, seed: int, stop_ids: Sequence[int]) -> dict[str, Any]:
-    """SGLang `sampling_params` from a persona's generation settings. Markers stop the reply
+    """SGLang `sampling_params` from generation settings (a persona's, or a request's). Markers stop the reply
     by token id (they are single special tokens of the adapter's tokenizer), which also
     works on a server started with --skip-tokenizer-init; temperature 0 is greedy."""
     return {
