@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.persona-agents-installed
 
-.PHONY: adapter-v2 setup demo test test-fast lint docs schema clean adapter adapter-heads seed-game
+.PHONY: adapter-v2 adapter-v3 setup demo test test-fast lint docs schema clean adapter adapter-heads seed-game
 
 setup: $(STAMP)
 
@@ -94,6 +94,23 @@ adapter-v2: setup
 		--prompt-version 2 --max-length 1024 --history-turns 4 --seed 42 --lr 3e-4 --heads-lr 2e-3 \
 		--batch-size 4 --save-steps 50 --heads-evidence --heads-flags-where-allowed \
 		--min-precision end_conversation=0.8 $(RESUME)
+
+# Issue 29: version 3 of the sectioned prompt (version 2 with the conversation before the
+# turn's own parts, so a turn reuses the last one's cache) on the version 2 LoRA: its
+# heads refitted and thresholds recalibrated on version 3 prompts of the same data. The
+# markers are the same; the LoRA keeps the version it was trained on
+# (`lora_prompt_format_version` in multihead.json). About 45 min on 2 cores.
+adapter-v3: setup
+	$(BIN)/python training/generalist/build_splits.py
+	mkdir -p training/adapters/smollm2-npc-v3
+	cd training/adapters/smollm2-npc-v2 && cp adapter_config.json adapter_model.safetensors chat_template.jinja \
+		tokenizer.json tokenizer_config.json heads.safetensors multihead.json ../smollm2-npc-v3/
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents train --npcs-dir training/generalist/npcs \
+		--data training/data/train.jsonl --data training/generalist/data/split/train.jsonl \
+		--validation training/data/validation.jsonl --validation training/generalist/data/split/validation.jsonl \
+		--out training/adapters/smollm2-npc-v3 --base embedded --quantization none --prompt-version 3 \
+		--history-turns 4 --seed 42 --heads-only --heads-evidence --heads-flags-where-allowed \
+		--min-precision end_conversation=0.8 --batch-size 8
 
 # Issue 27: the seed's game (examples/seed_game/: the seed's seven events, its JSONL data)
 # gets a real adapter on a tiny setting: a rank-4 LoRA, 20 steps of 2 over its 53 training

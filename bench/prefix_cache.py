@@ -19,12 +19,13 @@ counts and the engine's prefix cache hits.
     python bench/prefix_cache.py [--quick] [--turns 5] [--game seed|sample]
 
 `--game sample`: the sample NPCs instead (Brann, a conversation of the sample world),
-with the version 2 adapter trained for them (`training/adapters/smollm2-npc-v2`; the
-sample NPCs' default adapter is version 1, whose prompt has no static opening).
+with the version 3 adapter (`training/adapters/smollm2-npc-v3`: persona, then the
+conversation, then the turn's own parts, so a turn reuses the last one's cache up to its
+newest exchange); `--version 2` the version 2 adapter (only the persona is reused: its
+conversation comes after the turn's lore and player state). The sample NPCs' default
+adapter is version 1, whose prompt has no static opening.
 
-`--quick`: 2 turns (a smoke run). Only the static prefix is reused: the version 2 prompt
-puts the conversation after the turn's lore and player state, so no conversation-level
-cache applies (see docs/models-and-engines.md).
+`--quick`: 2 turns (a smoke run).
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ GAMES = {
         "Thanks. I'll be back with the ore.",
     ]),
 }
-V2_SAMPLE_ADAPTER = REPO / "training" / "adapters" / "smollm2-npc-v2"
+SAMPLE_ADAPTERS = {v: REPO / "training" / "adapters" / f"smollm2-npc-v{v}" for v in (2, 3)}
 
 
-def game_copy(root: Path, name: str, prefix_cache_tokens: int, game: str = "seed") -> Path:
+def game_copy(root: Path, name: str, prefix_cache_tokens: int, game: str = "seed", version: int = 3) -> Path:
     import yaml
 
     folder = root / name
@@ -82,7 +83,7 @@ def game_copy(root: Path, name: str, prefix_cache_tokens: int, game: str = "seed
     for step in data["pipeline"]["generate"]:
         step.setdefault("options", {})["prefix_cache_tokens"] = prefix_cache_tokens
         if game == "sample":
-            step["options"]["adapter"] = str(V2_SAMPLE_ADAPTER)
+            step["options"]["adapter"] = str(SAMPLE_ADAPTERS[version])
     # No authored_lines step: a step that may rewrite the reply makes the stream wait for the
     # whole reply, and the first token would be the last.
     data["pipeline"]["postprocess"] = ["game_rules"]
@@ -112,7 +113,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 turns (a smoke run)")
     parser.add_argument("--game", choices=sorted(GAMES), default="seed",
-                        help="the seed's game (its v2 adapter) or the sample NPCs (their v2 adapter)")
+                        help="the seed's game (its v2 adapter) or the sample NPCs (their v3 or v2 adapter)")
+    parser.add_argument("--version", type=int, choices=(2, 3), default=3,
+                        help="--game sample: the prompt version (its adapter) to play")
     args = parser.parse_args()
     npc, lines = GAMES[args.game]
     turns = min(2 if args.quick else args.turns, len(lines))
@@ -120,8 +123,8 @@ def main() -> None:
     from persona_agents.manager import AgentManager
 
     with tempfile.TemporaryDirectory() as tmp:
-        managers = {"cached": AgentManager(game_copy(Path(tmp), "cached", 4096, args.game)),
-                    "uncached": AgentManager(game_copy(Path(tmp), "uncached", 0, args.game))}
+        managers = {"cached": AgentManager(game_copy(Path(tmp), "cached", 4096, args.game, args.version)),
+                    "uncached": AgentManager(game_copy(Path(tmp), "uncached", 0, args.game, args.version))}
         for manager in managers.values():
             manager.warm_up(npc)
         load_start = loadavg()
@@ -136,15 +139,16 @@ def main() -> None:
                 whole[name].append(total)
                 metas[name] = meta
         engine = managers["cached"].pipeline(npc).steps["generate"][0].engine.batch
-        hits, misses = engine.prefix_hits, engine.prefix_misses
+        hits, misses, reused = engine.prefix_hits, engine.prefix_misses, engine.prefix_reused_tokens
 
     def later(values: list[float]) -> float:
         return statistics.median(values[1:] if len(values) > 1 else values)
 
-    print(f"game={args.game} npc={npc} mode={'quick' if args.quick else 'full'} turns={turns} commit={git_head()} "
-          f"cpus={os.cpu_count()}")
+    version = args.version if args.game == "sample" else 2
+    print(f"game={args.game} prompt_version={version} npc={npc} mode={'quick' if args.quick else 'full'} "
+          f"turns={turns} commit={git_head()} cpus={os.cpu_count()}")
     print(f"loadavg_start={load_start} loadavg_end={loadavg()}")
-    print(f"prefix_hits={hits} prefix_misses={misses} (the cached copy's engine)")
+    print(f"prefix_hits={hits} prefix_misses={misses} prefix_reused_tokens={reused} (the cached copy's engine)")
     print(f"ttft_s_cached={ttft['cached'][-1]:.3f} ttft_s_uncached={ttft['uncached'][-1]:.3f} (turn {turns})")
     print(f"ttft_s_cached_median={later(ttft['cached']):.3f} ttft_s_uncached_median={later(ttft['uncached']):.3f} "
           f"(turns 2-{turns})")

@@ -16,6 +16,13 @@ serialised per model.
 
     python bench/server_throughput.py [--quick] [--npc ID] [--turns-c1 8] [--turns-c8 16]
                                       [--stream-turns 8] [--torch-threads N]
+                                      [--conversation-turns N] [--prompt-version 1|3]
+
+`--conversation-turns N`: each player says N lines in a row (c1: conversations one after
+another; c8: each client plays its own conversation), so later turns carry history.
+`--prompt-version 3`: the sample NPCs on the version 3 adapter
+(`training/adapters/smollm2-npc-v3`), whose turns reuse the last turn's cache up to its
+newest exchange (issue 29); the default, 1, is the sample NPCs as shipped.
 
 `--quick` (a smoke run that only shows the bench still works, not a figure to read): 2
 turns one after another, 8 from 8 concurrent clients, 2 streamed; 1 torch thread unless
@@ -70,6 +77,24 @@ def streamed_ttft(base: str, npc: str, player: str, i: int) -> tuple[float, floa
     raise RuntimeError("no final event")
 
 
+def npcs_folder(tmp: Path, prompt_version: int) -> Path:
+    """The sample NPCs as shipped, or a copy on the version 3 adapter."""
+    if prompt_version == 1:
+        return REPO / "npcs"
+    import shutil
+
+    import yaml
+
+    shutil.copytree(REPO / "npcs", tmp / "game" / "npcs")
+    shutil.copytree(REPO / "plugins", tmp / "game" / "plugins")
+    defaults = tmp / "game" / "npcs" / "_defaults.yaml"
+    data = yaml.safe_load(defaults.read_text(encoding="utf-8"))
+    for step in data["pipeline"]["generate"]:
+        step.setdefault("options", {})["adapter"] = str(REPO / "training" / "adapters" / "smollm2-npc-v3")
+    defaults.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return tmp / "game" / "npcs"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npc", default="blacksmith_village_center")
@@ -78,6 +103,10 @@ def main() -> None:
     parser.add_argument("--stream-turns", type=int, default=8)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="passed to `serve` (1 on a CPU shared with other busy processes)")
+    parser.add_argument("--conversation-turns", type=int, default=1,
+                        help="lines each player says in a row (1: every turn a new player)")
+    parser.add_argument("--prompt-version", type=int, choices=(1, 3), default=1,
+                        help="3: the sample NPCs on the version 3 adapter")
     parser.add_argument("--quick", action="store_true", help="2 c1 turns, 8 c8 turns, 2 streamed, 1 torch thread "
                         "unless --torch-threads is given (a smoke run)")
     args = parser.parse_args()
@@ -86,27 +115,32 @@ def main() -> None:
         if args.torch_threads is None:
             args.torch_threads = 1  # a smoke run: never stalled by other work on a shared CPU
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the server process
+    conv = max(1, args.conversation_turns)
     with tempfile.TemporaryDirectory() as tmp:
         extra = ("--torch-threads", str(args.torch_threads)) if args.torch_threads else ()
-        server = start_cli_server(Path(tmp), REPO / "npcs", api_key=None, rate_limit="off", ready_timeout=600,
-                                  extra_args=extra)
+        server = start_cli_server(Path(tmp), npcs_folder(Path(tmp), args.prompt_version), api_key=None,
+                                  rate_limit="off", ready_timeout=600, extra_args=extra)
         try:
             base, npc = server.base_url, args.npc
             turn(base, npc, "bench-warm", 0)  # first-call costs (stop-string tables, allocator) out of the figures
 
             started = time.perf_counter()
-            c1 = [turn(base, npc, f"bench-c1-{i}", i) for i in range(args.turns_c1)]
+            c1 = [turn(base, npc, f"bench-c1-{i // conv}", i) for i in range(args.turns_c1)]
             c1_rate = args.turns_c1 / (time.perf_counter() - started)
 
             started = time.perf_counter()
+            # Each client's turns are conversations of `conv` lines, one after another.
+            groups = [list(range(start, min(start + conv, args.turns_c8))) for start in range(0, args.turns_c8, conv)]
             with ThreadPoolExecutor(max_workers=8) as pool:
-                c8 = list(pool.map(lambda i: turn(base, npc, f"bench-c8-{i}", i), range(args.turns_c8)))
+                played = pool.map(lambda g: [turn(base, npc, f"bench-c8-{g[0]}", i) for i in g], groups)
+                c8 = [result for group in played for result in group]
             c8_rate = args.turns_c8 / (time.perf_counter() - started)
 
             ttfts = [streamed_ttft(base, npc, f"bench-stream-{i}", i) for i in range(args.stream_turns)]
         finally:
             server.stop()
-    print(f"npc={npc} turns_c1={args.turns_c1} turns_c8={args.turns_c8} stream_turns={args.stream_turns} "
+    print(f"npc={npc} prompt_version={args.prompt_version} conversation_turns={conv} "
+          f"turns_c1={args.turns_c1} turns_c8={args.turns_c8} stream_turns={args.stream_turns} "
           f"torch_threads={args.torch_threads or 'default'} mode={'quick' if args.quick else 'full'}")
     print(f"new_tokens_mean_c1={statistics.mean(t for _, t in c1):.1f} "
           f"new_tokens_mean_c8={statistics.mean(t for _, t in c8):.1f}")

@@ -213,7 +213,7 @@ def conversation_prompts(turns: int) -> tuple[object, list[tuple[list[int], list
     npc, lines = GAMES["sample"]
     captured: list[tuple[list[int], list[int], int]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        manager = AgentManager(game_copy(Path(tmp), "capture", 4096, "sample"))
+        manager = AgentManager(game_copy(Path(tmp), "capture", 4096, "sample", version=2))
         manager.warm_up(npc)
         step = manager.pipeline(npc).steps["generate"][0]
         engine = step.engine.batch

@@ -123,9 +123,10 @@ def parse_min_precision(values: tuple[str, ...], flags: list[str]) -> dict[str, 
               help="Prompt version 2: share of examples trained with the writers' fitting lines after the decision.")
 @click.option("--refusal-lines/--no-refusal-lines", default=True, show_default=True,
               help="Prompt version 2: train on the writers' refusal lines as replies where the rules refuse.")
-@click.option("--prompt-version", type=click.Choice(["1", "2"]), default="2", show_default=True,
+@click.option("--prompt-version", type=click.Choice(["1", "2", "3"]), default="2", show_default=True,
               help="Sectioned prompt version: 2 shows the persona's events and example lines and writes the game's "
-                   "decision before the reply (decide, then speak); 1 is the seed's layout.")
+                   "decision before the reply (decide, then speak); 3 is 2 with the conversation before the turn's "
+                   "own parts (a turn reuses the last one's cache); 1 is the seed's layout.")
 @click.option("--retrieve-lore/--no-retrieve-lore", default=True, show_default=True,
               help="Add the lore each NPC's retrieve step finds, as inference does.")
 @click.option("--flags", "flag_names", default=None,
@@ -201,6 +202,12 @@ def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_onl
     flag_names = _game_flags(flag_names, npcs_dir)
     fields = {CONFIG_FIELDS[name]: CONFIG_CONVERSIONS.get(name, lambda v: v)(value)
               for name, value in config_options.items()}
+    if heads_only and _given_default("prompt_version"):
+        # A refit renders the prompts the adapter was trained on, unless told otherwise
+        # (--prompt-version 3 on a version 2 adapter: the same markers, reordered).
+        from .multihead.artifacts import read_metadata
+
+        fields["prompt_version"] = int(read_metadata(out)["prompt_format_version"])
     config = MultiHeadTrainingConfig(output_dir=str(out / "checkpoints"), flags=_names(flag_names),
                                      npcs_dir=str(npcs_dir), disable_tqdm=False, **fields)
     policy = CalibrationPolicy(min_precision=parse_min_precision(min_precision, config.flags),
@@ -244,6 +251,13 @@ def train(data, validation, out, flag_names, resume, keep_checkpoints, heads_onl
                + (f"; after the rules: flag micro-F1 {ruled['flag_micro_f1']:.3f}." if ruled else "."))
     for name, floor in (meta.get("calibration_min_precision") or {}).items():
         click.echo(f"{name}: threshold {meta['thresholds'][name]:.3f} calibrated under precision >= {floor:g}.")
+
+
+def _given_default(name: str) -> bool:
+    """Whether the option `name` of the running command was left at its default."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) in (None, ParameterSource.DEFAULT)
 
 
 def _with_recipe(recipe: Path, dry_run: bool, out: Path, options: dict) -> dict:

@@ -33,7 +33,7 @@ SECTION_MARKERS_V2: tuple[str, ...] = (
 
 def section_markers(version: int) -> tuple[str, ...]:
     """The special tokens an adapter trained on sectioned prompt `version` has."""
-    return SECTION_MARKERS if version == 1 else SECTION_MARKERS_V2
+    return SECTION_MARKERS if version == 1 else SECTION_MARKERS_V2  # version 3: version 2's, reordered
 
 
 #: Markers that end the NPC's reply when a model writes them.

@@ -17,7 +17,13 @@ from .turn import Turn, effective_stage
 #: Bumped whenever the sectioned layout changes; saved with trained adapters. New
 #: adapters are trained on the latest; each adapter is read with the version it records.
 SECTIONED_FORMAT_VERSION = 2
-SECTIONED_FORMAT_VERSIONS = (1, 2)
+SECTIONED_FORMAT_VERSIONS = (1, 2, 3)
+
+
+def decides_first(version: int) -> bool:
+    """Whether a sectioned version has the game's decision written before the reply
+    (versions 2 and 3: `<EVENTS>`, `<EXAMPLES>`, `<DECISION>`)."""
+    return version >= 2
 
 
 def _safe(text: Any) -> str:
@@ -62,10 +68,11 @@ def effective_location(turn: Turn) -> str | None:
 def render_sectioned(turn: Turn, history_turns: int = 6, version: int = 1,
                      event_descriptions: Mapping[str, str] | None = None) -> str:
     """The sectioned prompt. Version 1 (the seed's) ends with `<STATE>` and the open
-    `<NPC>` turn; version 2 ends after `<STATE>`: the game's decision comes next
-    (`render_decision`), then the reply."""
-    if version == 2:
-        return render_sectioned_v2(turn, history_turns, event_descriptions)
+    `<NPC>` turn; versions 2 and 3 end after `<STATE>`: the game's decision comes next
+    (`render_decision`), then the reply. Version 3 is version 2 with the conversation
+    moved before the turn's own parts (issue 29)."""
+    if version in (2, 3):
+        return render_sectioned_v2(turn, history_turns, event_descriptions, history_first=version == 3)
     if version != 1:
         raise ValueError(f"unknown sectioned prompt version {version}; known: {SECTIONED_FORMAT_VERSIONS}")
     p, s, ctx = turn.persona, turn.state, turn.context
@@ -129,12 +136,18 @@ def event_lines(persona, descriptions: Mapping[str, str] | None = None) -> list[
     return lines
 
 
-def render_sectioned_v2(turn: Turn, history_turns: int = 6, event_descriptions: Mapping[str, str] | None = None) -> str:
+def render_sectioned_v2(turn: Turn, history_turns: int = 6, event_descriptions: Mapping[str, str] | None = None,
+                        history_first: bool = False) -> str:
     """Version 2: what the studio wrote first and the same on every turn of an NPC (a
     prefix cache can keep it): `<SYS>` the persona, `<EVENTS>` what its rules allow and
     when, `<EXAMPLES>` its example lines; then the turn: `<RAG>` lore, `<PLAYER_STATE>`
     (state tags, location, items, actions, game state), `<CTX>` history, the player's
-    line and `<STATE>`, where the heads read. The decision and `<NPC>` follow."""
+    line and `<STATE>`, where the heads read. The decision and `<NPC>` follow.
+
+    Version 3 (`history_first`): the same sections, with `<CTX>` right after
+    `<EXAMPLES>`: what never changes for the NPC, then what only grows (the
+    conversation: last turn's plus one exchange), then what changes every turn. A cache
+    of one turn's prompt then serves the next turn's up to its newest exchange."""
     p, s, ctx = turn.persona, turn.state, turn.context
     sys_lines = [f"npc_id: {p.id}", f"name: {p.name}", f"role: {p.role}"]
     if p.traits:
@@ -154,15 +167,16 @@ def render_sectioned_v2(turn: Turn, history_turns: int = 6, event_descriptions: 
         f"quest_stage={_safe_line(effective_stage(turn))}{_axes_tags(s)}",
         *_context_lines(ctx),
     ]
-    ctx_lines = _history_lines(turn, history_turns)
+    history = "<CTX>\n" + "\n".join(_history_lines(turn, history_turns)) + "\n</CTX>\n"
     return (
         "<SYS>\n" + "\n".join(sys_lines) + "\n</SYS>\n"
         "<EVENTS>\n" + "\n".join(event_lines(p, event_descriptions) or ["none"]) + "\n</EVENTS>\n"
         "<EXAMPLES>\n" + "\n".join(example_lines) + "\n</EXAMPLES>\n"
-        "<RAG>\n" + "\n".join(f"LORE: {chunk.text.strip()}" for chunk in turn.lore) + "\n</RAG>\n"
+        + (history if history_first else "")
+        + "<RAG>\n" + "\n".join(f"LORE: {chunk.text.strip()}" for chunk in turn.lore) + "\n</RAG>\n"
         "<PLAYER_STATE>\n" + "\n".join(state_lines) + "\n</PLAYER_STATE>\n"
-        "<CTX>\n" + "\n".join(ctx_lines) + "\n</CTX>\n"
-        f"<PLAYER> {_safe_line(turn.utterance)}\n<STATE>\n"
+        + ("" if history_first else history)
+        + f"<PLAYER> {_safe_line(turn.utterance)}\n<STATE>\n"
     )
 
 

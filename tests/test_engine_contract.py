@@ -96,6 +96,23 @@ def test_decisions_of_different_lengths_continue_each_prompt_on_its_cache(tiny):
         assert got.new_ids == want_ids
 
 
+def test_one_turns_failing_decision_or_stream_ends_that_turn_only(tiny):
+    engine = TransformersEngine(tiny)
+    p = prompts(3, seed=6)
+    alone = on_compute_thread(run_alone, engine, request(p[2])).new_ids
+
+    def refuse(state):
+        raise RuntimeError("the game's rules failed")
+
+    def broken_stream(ids):
+        raise ConnectionError("the player left")
+
+    batch = [request(p[0], after_prefill=refuse), request(p[1], on_ids=broken_stream), request(p[2])]
+    results = on_compute_thread(engine._run_batch, batch)
+    assert isinstance(results[0], RuntimeError) and isinstance(results[1], ConnectionError)
+    assert results[2].new_ids == alone
+
+
 def test_concurrent_turns_are_batched_not_serialised(tiny):
     engine = TransformersEngine(tiny)
     p = prompts(6, seed=3)

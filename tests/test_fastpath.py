@@ -544,3 +544,31 @@ def test_int4_weights_on_a_torch_without_its_kernels_say_what_to_do(compute, mon
     with pytest.raises(ValueError, match=r"torch 2\.6.*decode_precision: int8"):
         LeanDecoder(tiny(), decode_weights="int4")
     LeanDecoder(tiny(), decode_weights="int8")  # the other precisions still load
+
+
+def test_the_next_turn_of_a_conversation_starts_after_the_part_it_shares(compute):
+    # Sectioned version 3: persona, then the conversation, which the next turn repeats plus
+    # one exchange, then the turn's own parts. The kept prefix of turn N ends with the
+    # history's closing tokens, which turn N+1 does not share: it reuses all before them.
+    model = tiny()
+    decoder = compute.call(LeanDecoder, model, decode_weights="float32")
+    plain = BatchEngine(decoder, VOCAB, compute=compute)
+    cached = BatchEngine(decoder, VOCAB, compute=compute, prefill_chunk=8)
+    static, close = prompts(1, length=30, seed=10)[0], [11, 12]
+    exchanges = prompts(4, length=9, seed=11)
+    turn_parts = prompts(4, length=7, seed=12)
+    history: list[int] = []
+    reused = 0
+    for n, (exchange, own) in enumerate(zip(exchanges, turn_parts)):
+        prefix = static + history + close
+        prompt = prefix + own
+        want = plain.generate(GenerationJob(prompt, 8, keep_index=len(prompt) - 1))
+        got = cached.generate(GenerationJob(prompt, 8, keep_index=len(prompt) - 1, prefix_len=len(prefix)))
+        assert got.new_ids == want.new_ids == reference_greedy(model, prompt, 8)
+        torch.testing.assert_close(got.kept, want.kept, atol=1e-5, rtol=1e-5)
+        if n:  # everything before last turn's closing tokens came from the cache
+            reused += len(static) + len(history) - len(exchanges[n - 1])
+            assert cached.prefix_reused_tokens == reused
+        history += exchange
+    assert (cached.prefix_hits, cached.prefix_misses) == (3, 4)
+    assert len(cached._prefixes) == 1  # each turn's prefix replaced the one it continued

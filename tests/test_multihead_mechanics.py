@@ -553,3 +553,25 @@ def test_training_prompts_get_the_lore_of_every_retrieve_step_as_inference_does(
     assert found, "no lore: a retrieve step was skipped"
     game = AgentManager(NPCS_DIR).turn("blacksmith_village_center", line, player_id="lore-test", seed=1)
     assert {chunk.id for chunk in found} == {entry["id"] for entry in game.meta["lore"]}
+
+
+@pytest.mark.parametrize("npcs_dir", [NPCS_DIR, REPO / "training/generalist/npcs"], ids=["sample", "generalist"])
+def test_training_prompts_are_the_games_own_prompts_events_included(npcs_dir, tmp_path):
+    """Versions 2 and 3 show each event with what it means: the persona's `means`, else the
+    game's description of the event. Training and evaluation prompts must say what the
+    game's prompt step says (they once wrote `give item` where the game wrote `the NPC
+    hands the player an item now`), for every NPC of a folder."""
+    from persona_agents.default_plugins.prompts import SectionedPrompt
+    from persona_agents.multihead.collator import render_training_prompt
+    from persona_agents.runtime import Runtime
+
+    personas = load_personas_for_data(npcs_dir)
+    runtime = Runtime(npcs_dir=npcs_dir)
+    for npc_id, persona in personas.items():
+        data = write_jsonl(tmp_path / f"{npc_id}.jsonl", [record(npc_id=npc_id, player_utterance="Hello.", flag=[])])
+        example = load_examples([data], DEFAULT_FLAGS, personas)[0]
+        for version in (2, 3):
+            step = SectionedPrompt(SectionedPrompt.Options(version=version, history_turns=4), persona, runtime)
+            game = step.run(example.turn).prompt.text
+            trained = render_training_prompt(example, 4, version)
+            assert trained.startswith(game), (npc_id, version)

@@ -160,3 +160,44 @@ def test_training_writes_the_rules_decision_on_the_gold_events():
     assert gold_decision(example) == "<DECISION> give_item(item=map_fragment), open_trade\n<NPC>"
     refused = Example(stranger, "Not yet, friend.", (0.0, 0.0), ("give_item",), "x:2")
     assert gold_decision(refused) == "<DECISION> none | refused: give_item (relationship_below)\n<NPC>"
+
+
+def test_version_3_is_version_2_with_the_conversation_before_the_turns_own_parts():
+    persona = _v2_persona()
+    turn = Turn(npc_id="pip", player_id="q", utterance="Any maps?", persona=persona,
+                state=NpcState(0.8, 0.6, "happy", "in_progress"),
+                history=(Exchange("Hi.", "Hello!"), Exchange("Cold today.", "Aye, friend.")),
+                context=GameContext(items=("coin",), location="market"),
+                lore=(LoreChunk("l1", "The market opens at dawn.", 0.9),))
+    v2, v3 = (render_sectioned(turn, 4, version=v, event_descriptions={"open_trade": "opens the trade window"})
+              for v in (2, 3))
+    assert sorted(v2.splitlines()) == sorted(v3.splitlines())  # the same lines, reordered
+    order = [v3.index(m) for m in ("<SYS>", "<EVENTS>", "<EXAMPLES>", "<CTX>", "<RAG>", "<PLAYER_STATE>", "<STATE>")]
+    assert order == sorted(order)
+    assert v3.split("<RAG>")[0].endswith("<PLAYER> Cold today.\n<NPC> Aye, friend.\n</CTX>\n")
+    assert v3.endswith("<PLAYER> Any maps?\n<STATE>\n")
+
+
+def test_version_3_next_turn_repeats_this_turns_tokens_up_to_the_closing_marker():
+    """What the prefix cache relies on: with the adapter's tokenizer, the next turn's prompt
+    ids start with this turn's up to `</CTX>` (all but the line break before it, which the
+    tokenizer may merge with the next), whatever the turn's own parts (state, lore, items,
+    the player's line) become."""
+    from persona_agents.fastpath.lean_tokenizer import LeanTokenizer
+
+    from .conftest import REPO
+
+    tok = LeanTokenizer(REPO / "training" / "adapters" / "smollm2-npc-v2")
+    persona = _v2_persona()
+    exchanges = (Exchange("Hi.", "Hello!"), Exchange("Cold today.", "Aye, friend."), Exchange("Maps?", "Plenty!"))
+    ids = []
+    for n in range(3):
+        turn = Turn(npc_id="pip", player_id="q", utterance=f"Line {n}?", persona=persona,
+                    state=NpcState(0.3 + 0.1 * n, 0.0, "calm", "not_started"), history=exchanges[:n],
+                    context=GameContext(items=("coin",) * n), lore=(LoreChunk(f"l{n}", f"Fact {n}.", 0.5),))
+        ids.append(tok(render_sectioned(turn, 4, version=3))["input_ids"])
+    close = tok.convert_tokens_to_ids("</CTX>")
+    for this, following in zip(ids, ids[1:]):
+        shared = next(i for i, (a, b) in enumerate(zip(this, following)) if a != b)
+        assert shared >= this.index(close) - 1
+        assert close not in following[:shared]  # the new exchange comes where </CTX> was

@@ -43,7 +43,7 @@ from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.models import LoadedModel
 from persona_agents.multihead.reader import HeadsReader
-from persona_agents.prompt_format import decision_of_turn
+from persona_agents.prompt_format import decides_first, decision_of_turn
 from persona_agents.streaming import Decider, Decision, current_decider
 from persona_agents.turn import FiredFlag, Generation
 
@@ -210,13 +210,13 @@ class MultiHeadGenerator(TransformersGenerator):
         # run; the pipeline's decider applies the game's rules, sends the decision out and
         # says whether the model's words are still needed; a version 2 prompt then gets the
         # decision's tokens before the reply.
-        version = turn.prompt.version
-        if reading.decider is not None or version == 2:
+        writes_decision = decides_first(turn.prompt.version)
+        if reading.decider is not None or writes_decision:
             def after(state):
                 decision = self._decide(turn, self._read(reading, state), reading.decider)
                 if not decision.speak:
                     return False
-                return self._decision_ids(decision) if version == 2 else True
+                return self._decision_ids(decision) if writes_decision else True
 
             request.after_prefill = after
         return request
@@ -237,8 +237,9 @@ class MultiHeadGenerator(TransformersGenerator):
 
     def _prefix_len(self, prompt_ids: list[int], turn) -> int:
         # Version 2 opens with what is the same on every turn of this NPC (persona,
-        # events, example lines), up to <RAG>: the fast engine keeps its cache.
-        if turn.prompt.version != 2 or self._rag_id not in prompt_ids:
+        # events, example lines), up to <RAG>; version 3 adds the conversation, which the
+        # next turn repeats plus one exchange. The fast engine keeps their cache.
+        if not decides_first(turn.prompt.version) or self._rag_id not in prompt_ids:
             return 0
         return prompt_ids.index(self._rag_id)
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from persona_agents.hookspecs import hookimpl
 from persona_agents.markers import REPLY_STOP_MARKERS
-from persona_agents.prompt_format import render_messages, render_sectioned
+from persona_agents.prompt_format import decides_first, render_messages, render_sectioned
 from persona_agents.steps import Step, StepOptions
 from persona_agents.turn import Prompt
 
@@ -31,11 +31,12 @@ class SectionedPrompt(Step):
     name = "sectioned"
     stage = "prompt"
     description = ("The sectioned format adapters are trained on: version 1 <SYS> <RAG> <PLAYER_STATE> <CTX> "
-                   "<PLAYER> <STATE> <NPC>; version 2 adds <EVENTS> and <EXAMPLES> and the game's <DECISION>.")
+                   "<PLAYER> <STATE> <NPC>; version 2 adds <EVENTS> and <EXAMPLES> and the game's <DECISION>; "
+                   "version 3 moves <CTX> before the turn's own parts.")
 
     class Options(StepOptions):
         history_turns: int = Field(6, ge=0, le=100, description="Earlier exchanges to include in <CTX>.")
-        version: Literal["auto", 1, 2] = Field(
+        version: Literal["auto", 1, 2, 3] = Field(
             "auto", description="Layout version: `auto` renders the version the NPC's adapter (its multihead "
             "generate step) was trained on, and 1 where there is none.")
 
@@ -59,7 +60,7 @@ class SectionedPrompt(Step):
     def run(self, turn):
         version = self.version()
         text = render_sectioned(turn, self.options.history_turns, version,
-                                self._event_descriptions() if version == 2 else None)
+                                self._event_descriptions() if decides_first(version) else None)
         return turn.replace(prompt=Prompt(format="sectioned", text=text, stop_markers=REPLY_STOP_MARKERS,
                                           version=version))
 

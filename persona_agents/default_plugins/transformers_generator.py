@@ -32,7 +32,7 @@ from persona_agents.fastpath.compute import on_compute_thread
 from persona_agents.hookspecs import hookimpl
 from persona_agents.markers import neutralize, strip_markers
 from persona_agents.models import DEVICE_PATTERN, EMBEDDED_MODEL
-from persona_agents.prompt_format import render_decision
+from persona_agents.prompt_format import decides_first, render_decision
 from persona_agents.steps import Step, StepOptions
 from persona_agents.streaming import MarkerSafeStreamer, current_sink
 from persona_agents.turn import Generation
@@ -207,8 +207,8 @@ class TransformersGenerator(Step):
             ]
             return tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
         text = prompt.text or ""
-        if prompt.version == 2 and not self.decides:
-            # Version 2 leaves the decision to the step that decides; without one, none.
+        if decides_first(prompt.version or 1) and not self.decides:
+            # Versions 2 and 3 leave the decision to the step that decides; without one, none.
             text += render_decision()
         return tok(text, return_tensors="pt")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from persona_agents.engines.contract import EngineRequest, EngineResult, verdict_ids
 from persona_agents.fastpath.compute import on_compute_thread
@@ -66,16 +67,21 @@ class TransformersEngine:
                 return
             try:
                 results = self._run_batch([w.request for w in batch])
-            except BaseException as exc:  # every turn of the batch reports it
+            except BaseException as exc:  # noqa: BLE001 - the model failed: every turn of the batch reports it
                 for w in batch:
                     w.error = exc
             else:
                 for w, result in zip(batch, results):
-                    w.result = result
+                    if isinstance(result, BaseException):
+                        w.error = result
+                    else:
+                        w.result = result
 
     # -- one batch, on the compute thread ------------------------------------------------
 
-    def _run_batch(self, requests: list[EngineRequest]) -> list[EngineResult]:
+    def _run_batch(self, requests: list[EngineRequest]) -> list[EngineResult | BaseException]:
+        """Each turn's result, or the error its own callback (decision, stream) raised: one
+        turn's failure ends that turn only."""
         import torch
         from transformers import DynamicCache
 
@@ -88,15 +94,18 @@ class TransformersEngine:
             pads = [ids.shape[1] - len(r.prompt_ids) for r in requests]
             cache = DynamicCache()
             hidden, logits = self._forward(ids, mask, cache)
-            results = [EngineResult([]) for _ in requests]
-            for i, request in enumerate(requests):
-                if request.state_index is not None:
-                    results[i].state = hidden[i, pads[i] + request.state_index].float().cpu()
-
+            results: list[EngineResult | BaseException] = [EngineResult([]) for _ in requests]
+            states = [None if r.state_index is None else hidden[i, pads[i] + r.state_index].float().cpu()
+                      for i, r in enumerate(requests)]
             # Decide, then speak: each turn's verdict on its kept row.
             extras: dict[int, list[int]] = {}
             for i, request in enumerate(requests):
-                verdict = request.after_prefill(results[i].state) if request.after_prefill else True
+                results[i] = EngineResult([], states[i])
+                try:
+                    verdict = request.after_prefill(states[i]) if request.after_prefill else True
+                except BaseException as exc:  # noqa: BLE001 - handed to that turn's caller
+                    results[i] = exc
+                    continue
                 extra = verdict_ids(verdict)
                 if extra is not None:
                     extras[i] = extra
@@ -120,8 +129,10 @@ class TransformersEngine:
                 _, cont_logits = self._forward(cont, mask, cache)
                 has = torch.tensor([bool(extras[i]) for i in rows], device=device)
                 logits = torch.where(has[:, None], cont_logits, logits)
-            self._decode([requests[i] for i in rows], [results[i] for i in rows],
-                         [extras[i] for i in rows], mask, logits, cache)
+            failed = self._decode([requests[i] for i in rows], [cast(EngineResult, results[i]) for i in rows],
+                                  [extras[i] for i in rows], mask, logits, cache)
+            for k, error in failed.items():
+                results[rows[k]] = error
         return results
 
     @property
@@ -148,7 +159,8 @@ class TransformersEngine:
             handle.remove()
         return captured[0], out.logits[:, -1].to(torch.float32)
 
-    def _decode(self, requests, results, extras, mask, logits, cache) -> None:
+    def _decode(self, requests, results, extras, mask, logits, cache) -> dict[int, BaseException]:
+        """Decode steps until every turn has ended; the errors of turns whose stream failed."""
         import torch
 
         from persona_agents.fastpath.sampling import SamplingSettings, TokenChooser
@@ -161,6 +173,7 @@ class TransformersEngine:
             choosers.append(TokenChooser(
                 SamplingSettings(temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty),
                 [*request.prompt_ids, *extra], request.seed, logits.shape[-1]))
+        failed: dict[int, BaseException] = {}
         live = list(range(len(requests)))  # batch row -> index into requests
         while live:
             chosen, still = [], []
@@ -168,13 +181,17 @@ class TransformersEngine:
                 request, new_ids = requests[k], results[k].new_ids
                 token = choosers[k].choose(logits[row].cpu())
                 new_ids.append(token)
-                if request.on_ids is not None:
-                    request.on_ids([token])
+                try:
+                    if request.on_ids is not None:
+                        request.on_ids([token])
+                except BaseException as exc:  # noqa: BLE001 - handed to that turn's caller
+                    failed[k] = exc
+                    continue
                 if not _ends(request, new_ids, tok):
                     chosen.append(token)
                     still.append(row)
             if not still:
-                return
+                return failed
             if len(still) < len(live):
                 _keep(cache, still, device)
                 mask = mask[still]
@@ -182,6 +199,7 @@ class TransformersEngine:
             step = torch.tensor(chosen, dtype=torch.long, device=device)[:, None]
             mask = torch.cat([mask, torch.ones_like(step)], dim=1)
             _, logits = self._forward(step, mask, cache)
+        return failed
 
 
 def _left_padded(sequences, device):
@@ -211,4 +229,7 @@ def _ends(request: EngineRequest, new_ids: list[int], tok) -> bool:
 
 def run_alone(engine: TransformersEngine, request: EngineRequest) -> EngineResult:
     """One request as its own batch, on the calling thread (tests and benches)."""
-    return engine._run_batch([request])[0]
+    result = engine._run_batch([request])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result

@@ -21,11 +21,13 @@ keeps a long prompt behind a short one however far it has got: an ordinary turn 
 for at most the chunk under way. A turn that arrives while others reply has its prompt
 pass first and then joins their decode steps.
 
-A prompt's first `prefix_len` tokens may be the same on every turn (an NPC's persona,
-events and example lines: the sectioned prompt's version 2 puts them first): their keys
-and values are kept (`prefix_cache_tokens` tokens in all, least recently used out) and
-copied into the next such job's slot, whose prompt pass starts after them. Causal
-attention makes them the same as a pass over the whole prompt would compute.
+A prompt's first `prefix_len` tokens may be shared with later prompts (an NPC's persona,
+events and example lines: the sectioned prompt's version 2 puts them first; version 3
+follows them with the conversation, which the next turn repeats plus one exchange):
+their keys and values are kept (`prefix_cache_tokens` tokens in all, least recently
+used out). A later job copies the longest run of its own prefix that a kept one shares
+into its slot, and its prompt pass starts after it. Causal attention makes those keys
+and values the same as a pass over the whole prompt would compute.
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ from .decoder import KVCache, LeanDecoder
 from .sampling import SamplingSettings, TokenChooser
 
 log = logging.getLogger("persona_agents.fastpath")
+
+#: A kept prefix that a newly kept one continues but for at most this many closing tokens
+#: (the `</CTX>` of last turn's conversation) is dropped: the new one serves it all.
+SUPERSEDED_TAIL = 8
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many first tokens two prompts share."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
 
 
 def release_freed_memory() -> None:
@@ -85,6 +99,7 @@ class GenerationJob:
     slot: int = -1
     chooser: TokenChooser | None = None  # set once the prompt pass is done: the job replies
     prefilled: int = 0  # prompt tokens already in the cache
+    reused_from: tuple[int, ...] | None = None  # the kept prefix its prompt pass started from
     last_served: float = 0.0  # when it was submitted or last got a prompt chunk or decode step
     last_hidden: torch.Tensor | None = None
 
@@ -107,8 +122,11 @@ class BatchEngine:
         # prompt prefix ids -> (keys, values) per layer, (kv_heads, len, head_dim) each
         self._prefixes: OrderedDict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = OrderedDict()
         self.prefix_cache_tokens = prefix_cache_tokens
-        #: Jobs whose prefix came from the cache, and jobs that computed and kept one.
+        #: Jobs whose prompt pass started from a kept prefix (all or part of theirs), and jobs
+        #: that computed and kept one.
         self.prefix_hits = self.prefix_misses = 0
+        #: Prompt tokens whose prompt pass the prefix cache saved.
+        self.prefix_reused_tokens = 0
         self.decoder = decoder
         self.vocab_size = vocab_size
         self.max_batch = max_batch
@@ -244,17 +262,26 @@ class BatchEngine:
         return tuple(job.prompt_ids[:n])
 
     def _use_prefix(self, job: GenerationJob) -> None:
+        """Start the job's prompt pass after the longest run of its prefix that a kept prefix
+        shares: all of it for a prompt that opens like the last one (sectioned version 2),
+        up to the newest exchange for the next turn of a conversation (version 3: persona,
+        then the conversation, which grows by one exchange a turn)."""
         key = self._prefix_of(job)
-        entry = None if key is None else self._prefixes.get(key)
-        if key is None or entry is None:
+        if key is None or not self._prefixes:
             return
-        self._prefixes.move_to_end(key)
-        cache, n = cast(KVCache, self._cache), len(key)
-        for layer, (k, v) in enumerate(zip(*entry)):
-            cache.k[layer][job.slot, :, :n] = k
-            cache.v[layer][job.slot, :, :n] = v
+        best, n = max(((cached, _common_length(cached, key)) for cached in self._prefixes), key=lambda found: found[1])
+        if n == 0:
+            return
+        self._prefixes.move_to_end(best)
+        keys, values = self._prefixes[best]
+        cache = cast(KVCache, self._cache)
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            cache.k[layer][job.slot, :, :n] = k[:, :n]
+            cache.v[layer][job.slot, :, :n] = v[:, :n]
         job.prefilled = n
+        job.reused_from = best
         self.prefix_hits += 1
+        self.prefix_reused_tokens += n
 
     def _keep_prefix(self, job: GenerationJob) -> None:
         """Keep the prefix the job has just computed (its prompt pass has passed it)."""
@@ -265,6 +292,11 @@ class BatchEngine:
         self._prefixes[key] = ([k[job.slot, :, :n].clone() for k in cache.k],
                                [v[job.slot, :, :n].clone() for v in cache.v])
         self.prefix_misses += 1
+        # The conversation's last prefix, which this one continues but for its closing
+        # tokens, serves nothing this one does not: drop it rather than hold both.
+        old = job.reused_from
+        if old is not None and old in self._prefixes and _common_length(old, key) >= len(old) - SUPERSEDED_TAIL:
+            del self._prefixes[old]
         while sum(len(k) for k in self._prefixes) > self.prefix_cache_tokens:
             self._prefixes.popitem(last=False)
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import TrainingDataError
-from ..prompt_format import decision_of_turn, render_sectioned
+from ..prompt_format import decides_first, decision_of_turn, render_sectioned
 from .data import Example
 
 STATE_TOKEN = "<STATE>"
@@ -63,7 +63,7 @@ def gold_decision(example: Example) -> str:
 def render_training_prompt(example: Example, history_turns: int, version: int) -> str:
     """The prompt text a training sequence starts with (the reply follows)."""
     text = render_sectioned(example.turn, history_turns, version)
-    return text + gold_decision(example) if version == 2 else text
+    return text + gold_decision(example) if decides_first(version) else text
 
 
 def encode_example(example: Example, tokenizer, flags: Sequence[str], max_length: int,

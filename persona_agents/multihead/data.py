@@ -280,7 +280,21 @@ def load_personas_for_data(npcs_dir: str | Path | None) -> dict[str, Persona]:
     from ..runtime import plugins_dir_of
 
     host = load_plugins(plugins_dir_of(npcs_dir))
-    return {npc_id: loaded.persona for npc_id, loaded in load_personas(Path(npcs_dir), host.registry).items()}
+    personas = {npc_id: loaded.persona for npc_id, loaded in load_personas(Path(npcs_dir), host.registry).items()}
+    return {npc_id: with_event_meanings(persona, npcs_dir) for npc_id, persona in personas.items()}
+
+
+def with_event_meanings(persona: Persona, npcs_dir: str | Path) -> Persona:
+    """The persona with each event's meaning as the game's prompt step writes it: its own
+    `means`, else the game's description of the event (prompt versions 2 and 3 show it).
+    Without this, training prompts said `give item` where the game's say `the NPC hands
+    the player an item now`."""
+    from ..game import load_game
+
+    descriptions = {name: spec.description for name, spec in load_game(Path(npcs_dir)).events.items()}
+    rules = {name: rule.model_copy(update={"means": descriptions[name]})
+             if not rule.means and name in descriptions else rule for name, rule in persona.flag_rules.items()}
+    return persona.model_copy(update={"flag_rules": rules})
 
 
 def load_examples(paths: Iterable[str | Path], flags: Sequence[str] = DEFAULT_FLAGS,

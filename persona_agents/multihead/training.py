@@ -299,6 +299,25 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
 
 
+def _change_prompt_version(out: Path, meta: dict[str, Any], version: int) -> None:
+    """Refit the heads of an adapter on another prompt version with the same markers
+    (2 and 3: the same sections, the conversation moved). The LoRA keeps the version it was
+    trained on, recorded as `lora_prompt_format_version`; the refit reads the new one."""
+    from ..markers import section_markers
+
+    was = int(meta["prompt_format_version"])
+    if version == was:
+        return
+    if section_markers(version) != section_markers(was):
+        raise TrainingConfigError(
+            f"{out}: the adapter was trained on sectioned prompt version {was}, whose markers version {version} "
+            f"does not share; a heads refit cannot change between them. Retrain (without --heads-only) with "
+            f"--prompt-version {version}, or refit with --prompt-version {was}.")
+    meta.setdefault("lora_prompt_format_version", was)
+    meta["prompt_format_version"] = version
+    write_metadata(out, meta)  # the refit reloads the adapter as inference will read it
+
+
 def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHeadTrainingConfig,
                   validation: str | Path | Sequence[str | Path] | None = None,
                   calibration: CalibrationPolicy | None = None,
@@ -312,6 +331,7 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
 
     out = Path(out)
     meta = read_metadata(out)
+    _change_prompt_version(out, meta, config.prompt_version)
     # The config's vocabulary (train --flags, default the game's events): heads refitted
     # for another vocabulary continue from the adapter's LoRA (issue 26's workflow).
     flags = list(config.flags) if config.flags else list(meta["flags"])
