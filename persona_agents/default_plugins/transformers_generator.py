@@ -64,7 +64,8 @@ class EngineOptions(StepOptions):
     prefix_cache_tokens: int = Field(
         4096, ge=0, description="Fast engine: prompt prefix tokens whose cache is kept across turns, all NPCs of "
         "the model together (about 46 KB each for the embedded model); 0: none. Prompts that open with what is "
-        "the same on every turn (sectioned version 2) skip that part of the prompt pass.")
+        "the same on every turn (sectioned version 2) skip that part of the prompt pass; version 3 also skips "
+        "the conversation up to its newest exchange.")
     prefill_chunk: int = Field(
         128, ge=1, description="Fast engine: the prompt pass runs in pieces of this many tokens, so a long "
         "prompt does not hold up turns that arrive meanwhile (the shortest prompt goes first).")
