@@ -17,7 +17,7 @@ decide what the game applies.
 
 Decide, then speak. Right after the prompt pass the heads read `<STATE>` and the
 pipeline's rules decide (`current_decider`). An adapter trained on sectioned version 2
-then has the decision written into its prompt (`<DECISION> give_item(item=map_fragment)
+or 3 then has the decision written into its prompt (`<DECISION> give_item(item=map_fragment)
 ... <NPC>`): every engine runs those few tokens on the prompt pass's cache and decodes
 from there (`after_prefill` of the engine contract). No decoding at all where a
 writer's line fits the decision.
