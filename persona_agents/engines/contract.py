@@ -81,6 +81,12 @@ class Engine(Protocol):
     def run(self, request: EngineRequest) -> EngineResult: ...
 
 
+def ends_at_marker(tokenizer, new_ids: Sequence[int], markers: Sequence[str]) -> bool:
+    """Whether a prompt marker appears in the reply's last tokens (as transformers' stop
+    strings check): every engine ends a reply there."""
+    return bool(markers) and any(m in tokenizer.decode(list(new_ids[-16:])) for m in markers)
+
+
 def verdict_ids(verdict: Verdict) -> list[int] | None:
     """The ids to continue the prompt with (empty: none), or None where the turn ends."""
     if verdict is False:

@@ -6,7 +6,7 @@ turns an EngineRequest into its GenerationJob and back.
 
 from __future__ import annotations
 
-from persona_agents.engines.contract import EngineRequest, EngineResult
+from persona_agents.engines.contract import EngineRequest, EngineResult, ends_at_marker
 
 
 class FastEngine:
@@ -31,7 +31,7 @@ class FastEngine:
             seed=request.seed,
             eos_ids=frozenset(request.eos_ids),
             # Stop once a marker appears in the reply's text, as transformers' stop strings do.
-            should_stop=(lambda ids: any(m in tok.decode(ids[-16:]) for m in markers)) if markers else None,
+            should_stop=(lambda ids: ends_at_marker(tok, ids, markers)) if markers else None,
             keep_index=request.state_index,
             prefix_len=request.prefix_len,
             after_prefill=request.after_prefill,

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from typing import cast
 
-from persona_agents.engines.contract import EngineRequest, EngineResult, verdict_ids
+from persona_agents.engines.contract import EngineRequest, EngineResult, ends_at_marker, verdict_ids
 from persona_agents.fastpath.compute import on_compute_thread
 
 
@@ -223,8 +223,7 @@ def _keep(cache, rows, device) -> None:
 def _ends(request: EngineRequest, new_ids: list[int], tok) -> bool:
     if new_ids[-1] in request.eos_ids or len(new_ids) >= request.sampling.max_new_tokens:
         return True
-    markers = request.stop_markers
-    return bool(markers) and any(m in tok.decode(new_ids[-16:]) for m in markers)
+    return ends_at_marker(tok, new_ids, request.stop_markers)
 
 
 def run_alone(engine: TransformersEngine, request: EngineRequest) -> EngineResult:
