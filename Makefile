@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.persona-agents-installed
 
-.PHONY: adapter-v2 adapter-v3 setup demo test test-fast lint docs schema clean adapter adapter-heads seed-game
+.PHONY: adapter-v2 adapter-v3 adapter-matcher setup demo test test-fast lint docs schema clean adapter adapter-heads seed-game
 
 setup: $(STAMP)
 
@@ -100,6 +100,13 @@ adapter-v2: setup
 # heads refitted and thresholds recalibrated on version 3 prompts of the same data. The
 # markers are the same; the LoRA keeps the version it was trained on
 # (`lora_prompt_format_version` in multihead.json). About 45 min on 2 cores.
+# The event matcher (issue 26; persona_agents/multihead/matcher.py): reads a new NPC's
+# events by their meaning and its writers' example lines. It reads no <STATE> vector, so
+# one fit (about a minute) serves both adapters whose heads were fitted on the same turns.
+adapter-matcher: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python training/generalist/fit_matcher.py \
+		--adapter training/adapters/smollm2-npc-v3 --also-into training/adapters/smollm2-npc
+
 adapter-v3: setup
 	$(BIN)/python training/generalist/build_splits.py
 	mkdir -p training/adapters/smollm2-npc-v3

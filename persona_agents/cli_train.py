@@ -293,9 +293,13 @@ def _with_recipe(recipe: Path, dry_run: bool, out: Path, options: dict) -> dict:
 @click.option("--without-lines", is_flag=True,
               help="Give heads that read few-shot evidence none, as for personas without authored lines "
                    "(the 'persona only' figure of a new NPC).")
+@click.option("--read-events", type=click.Choice(["auto", "heads", "matcher"]), default="auto", show_default=True,
+              help="Who decides the events, as the multihead step's `read_events`: `auto` (the adapter's event "
+                   "matcher for NPCs its heads were not fitted on and events it has no head for), `heads`, "
+                   "`matcher`.")
 @npcs_dir_option
 @friendly_errors
-def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_lines):
+def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_lines, read_events):
     """Measure an adapter on labelled data: flag F1, delta MAE, reply LM loss, and a majority baseline."""
     _quiet_threads()
     setup_logging()
@@ -315,7 +319,7 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_line
     if meta.get("retrieve_lore"):
         examples = retrieve_lore(examples, npcs_dir)
     report = evaluate_adapter(adapter, examples, batch_size=batch_size, base_lm_loss=base_lm,
-                              without_lines=without_lines)
+                              without_lines=without_lines, game_events=game.event_names, read_events=read_events)
     report["data"] = [{"path": str(p), "sha256": file_sha256(p)} for p in data]
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))

@@ -92,3 +92,20 @@ def test_the_held_out_folds_run_on_cached_vectors(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "<STATE> vectors, train:" not in again.stderr  # nothing left to compute: no progress bar
     assert json.loads(out.read_text()) == results  # seeded: the same figures from the cached vectors
+
+
+def test_the_matcher_fit_runs_and_saves_nothing_in_quick_mode():
+    """training/generalist/fit_matcher.py --quick (issue 26's event matcher): folds,
+    threshold, final fit and the development figure on NPCs left out, on a few turns;
+    the committed matcher is left as it is."""
+    matcher = REPO / "training" / "adapters" / "smollm2-npc-v3" / "matcher.safetensors"
+    before = hashlib.sha256(matcher.read_bytes()).hexdigest()
+    done = subprocess.run([sys.executable, str(GENERALIST / "fit_matcher.py"), "--adapter",
+                           "training/adapters/smollm2-npc-v3", "--dev-npcs",
+                           str(GENERALIST / "data" / "writer_d.jsonl"), "--quick"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])
+    assert 0.1 <= summary["threshold"] <= 0.9 and len(summary["fold_best_epochs"]) == 4
+    assert "knight_errant_crossroads" in summary["dev_npcs"] and 0.0 <= summary["dev_f1_after_rules"] <= 1.0
+    assert hashlib.sha256(matcher.read_bytes()).hexdigest() == before

@@ -84,6 +84,12 @@ class MultiHeadGenerator(TransformersGenerator):
         state_pass: Literal["split", "single"] = Field(
             "split", description="Engine sglang: `split` sends the prompt before <STATE> first, so the hidden "
             "states come back as one row; `single`: one request, one row per prompt token SGLang computes.")
+        read_events: Literal["auto", "heads", "matcher"] = Field(
+            "auto", description="Who decides which events the player's line asks for: `auto`: the adapter's event "
+            "matcher (reads each event's meaning and the writers' example lines; multihead/matcher.py) for an NPC "
+            "the heads were not fitted on and for events the adapter has no head for, the heads otherwise; "
+            "`heads`: the heads only; `matcher`: the matcher for every event. An adapter without a matcher "
+            "uses its heads.")
 
         @model_validator(mode="after")
         def _sglang_needs_url(self):
@@ -179,10 +185,30 @@ class MultiHeadGenerator(TransformersGenerator):
 
             embedder = self.runtime.embedders.get(self.bundle.meta.get("evidence", {}).get("embedder", "embedded"))
             evidence_bank = EventEvidence(self.persona, self.bundle.flags, embedder)
-        self.heads = HeadsReader(self.bundle, declared, evidence_bank)
+        self.heads = HeadsReader(self.bundle, declared, evidence_bank, self._load_matcher(path, game))
         tok = self.bundle.tokenizer
         self._state_id = tok.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))
         self._rag_id = tok.convert_tokens_to_ids("<RAG>")
+
+    def _load_matcher(self, path: Path, game):
+        """The adapter's event matcher for this NPC's events it decides (`read_events`), or
+        None (no matcher in the adapter, or nothing for it to decide)."""
+        from persona_agents.multihead.matcher import NpcMatcher, events_read_by_matcher, heads_npcs, load_matcher
+
+        found = self.runtime.models.shared(("matcher", str(path.resolve()), adapter_stamp(path)),
+                                           lambda: load_matcher(path))
+        if found is None:
+            return None
+        model, meta = found
+        events = events_read_by_matcher(self.persona, list(game.events), self.bundle.flags,
+                                        heads_npcs(self.bundle.meta, meta), self.options.read_events)
+        if not events:
+            return None
+        embedder = self.runtime.embedders.get(meta.get("embedder", "embedded"))
+        # The game's description where a rule has no `means`, as the prompt step (and the
+        # matcher's training turns) write it.
+        descriptions = {name: spec.description for name, spec in game.events.items()}
+        return NpcMatcher(model, meta["threshold"], self.persona, events, embedder, descriptions)
 
     def run(self, turn):
         if turn.prompt.format != "sectioned":
@@ -200,7 +226,9 @@ class MultiHeadGenerator(TransformersGenerator):
         # On the turn's thread: the decider lives in the pipeline's context, which the compute
         # thread does not see, and the evidence embeds the player's line.
         assert self.heads is not None
-        return _HeadsTurn(current_decider(), self.heads.evidence(turn.utterance))
+        last = turn.history[-1].npc if turn.history else ""
+        return _HeadsTurn(current_decider(), self.heads.evidence(turn.utterance),
+                          matched=self.heads.match(turn.utterance, last))
 
     def engine_request(self, turn, prompt_ids, seed, reading: _HeadsTurn) -> EngineRequest:
         request = super().engine_request(turn, prompt_ids, seed, reading)
@@ -213,7 +241,7 @@ class MultiHeadGenerator(TransformersGenerator):
         writes_decision = decides_first(turn.prompt.version)
         if reading.decider is not None or writes_decision:
             def after(state):
-                decision = self._decide(turn, self._read(reading, state), reading.decider)
+                decision = self._decide(turn, self._read(reading, state), reading.decider, reading.matched)
                 if not decision.speak:
                     return False
                 return self._decision_ids(decision) if writes_decision else True
@@ -246,12 +274,12 @@ class MultiHeadGenerator(TransformersGenerator):
     def _low_rank(self) -> dict:
         return self.bundle.low_rank
 
-    def _decide(self, turn, heads, decider: Decider | None) -> Decision:
+    def _decide(self, turn, heads, decider: Decider | None, matched=None) -> Decision:
         """The pipeline's decision, or outside a pipeline the persona's rules on the heads'
         proposals."""
         assert self.heads is not None
         empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
-        provisional = turn.replace(generation=self.heads.apply(empty, heads))
+        provisional = turn.replace(generation=self.heads.apply(empty, heads, matched))
         if decider is not None:
             return decider(provisional)
         from persona_agents.rules import enforce
@@ -272,8 +300,9 @@ class MultiHeadGenerator(TransformersGenerator):
         if result.state is None:
             raise StepError(f"NPC '{self.persona.id}': engine '{self.engine.name}' returned no <STATE> row.")
         heads = self._read(reading, result.state)
-        return turn.replace(generation=self.heads.apply(turn.generation, heads)).with_meta(
-            adapter=self.options.adapter, thresholds_version=self.bundle.meta.get("thresholds_version"))
+        meta = {"events_read_by_matcher": sorted(reading.matched)} if reading.matched else {}
+        return turn.replace(generation=self.heads.apply(turn.generation, heads, reading.matched)).with_meta(
+            adapter=self.options.adapter, thresholds_version=self.bundle.meta.get("thresholds_version"), **meta)
 
 
 @dataclass
@@ -283,6 +312,7 @@ class _HeadsTurn:
     decider: Decider | None
     evidence: object
     heads: object = None  # the heads' output, once read
+    matched: dict | None = None  # the event matcher's probabilities for the events it decides
 
 
 @hookimpl

@@ -152,8 +152,11 @@ def after_rules(fired: Sequence[Sequence[bool]], examples: Sequence[Example],
 
 
 def score(pred: Predictions, examples: Sequence[Example], flags: Sequence[str], thresholds: dict[str,
-    float]) -> dict[str, Any]:
-    fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in pred.flag_probs]
+    float], fired: Sequence[Sequence[bool]] | None = None) -> dict[str, Any]:
+    """The figures; `fired` overrides which events fired (default: each probability
+    against its flag's threshold)."""
+    if fired is None:
+        fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in pred.flag_probs]
     report: dict[str, Any] = {"n_examples": len(examples), **flag_metrics(fired, examples, flags),
                               **delta_metrics(pred.deltas, examples), "lm_loss": _r(pred.lm_loss)}
     for name in flags:
@@ -185,11 +188,44 @@ def example_evidence(bundle, examples: Sequence[Example], without_lines: bool = 
                            exclude_same=exclude_same, without_lines=without_lines)
 
 
+def matcher_fired(adapter_dir, bundle, examples: Sequence[Example], flags: Sequence[str],
+                  fired: list[list[bool]], probs: list[list[float]], game_events: Sequence[str],
+                  read_events: str, without_lines: bool) -> dict[str, int] | None:
+    """Where the adapter has an event matcher (multihead/matcher.py), the events it decides
+    (as the multihead step does, `read_events`) replace the heads' in `fired` and `probs`,
+    in place. Returns how many turns each event was read by the matcher, or None."""
+    from .matcher import build_pairs, events_read_by_matcher, heads_npcs, load_matcher
+
+    found = load_matcher(adapter_dir) if read_events != "heads" else None
+    if found is None:
+        return None
+    model, meta = found
+    known = heads_npcs(bundle.meta, meta)
+    from ..lore.embedder import load_embedder
+
+    def events_of(persona):
+        # "Persona only" is a persona whose writer gave no example lines.
+        persona = persona.model_copy(update={"lines": []}) if without_lines else persona
+        return events_read_by_matcher(persona, game_events, bundle.flags, known, read_events)
+
+    pairs = build_pairs(examples, load_embedder(meta.get("embedder", "embedded")), events_of,
+                        with_lines=not without_lines)
+    counts: dict[str, int] = {}
+    for p, i, name in zip(model.probabilities(pairs.features), pairs.turn, pairs.event):
+        k = flags.index(name)
+        fired[i][k], probs[i][k] = bool(p >= meta["threshold"]), float(p)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int = 8, base_lm_loss: bool = True,
-                     without_lines: bool = False) -> dict[str, Any]:
+                     without_lines: bool = False, game_events: Sequence[str] | None = None,
+                     read_events: str = "auto") -> dict[str, Any]:
     """Load an adapter (unmerged, so the base can be scored too) and evaluate `examples`.
-    `without_lines`: the heads get no few-shot evidence, as for personas without authored
-    lines (the "persona only" figure)."""
+    `without_lines`: the heads (and the event matcher) get no few-shot evidence, as for
+    personas without authored lines (the "persona only" figure). `game_events`: the
+    game's events (default: the adapter's); `read_events`: who decides them, as the
+    multihead step's option of that name."""
     from .artifacts import load_adapter
 
     bundle = load_adapter(adapter_dir, merge=False)
@@ -204,15 +240,27 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
         predictions = predictions.rescore(bundle.heads, evidence)
     # Events labelled in the data that the adapter was never trained on (a studio's own):
     # scored as never predicted, so they count as misses rather than vanish from the figures.
-    unknown = list(dict.fromkeys(f for e in examples for f in e.flags if f not in bundle.flags))
+    game_events = list(game_events) if game_events is not None else list(bundle.flags)
+    unknown = list(dict.fromkeys([*(n for n in game_events if n not in bundle.flags),
+                                  *(f for e in examples for f in e.flags if f not in bundle.flags)]))
     flags, thresholds = list(bundle.flags) + unknown, {**bundle.thresholds, **{n: 2.0 for n in unknown}}
     if unknown:
         predictions = Predictions([row + [0.0] * len(unknown) for row in predictions.flag_probs], predictions.deltas,
                                   predictions.lm_loss, predictions.states)
-    report = score(predictions, examples, flags, thresholds)
+    fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in predictions.flag_probs]
+    matched = matcher_fired(adapter_dir, bundle, examples, flags, fired, predictions.flag_probs, game_events,
+                            read_events, without_lines)
+    report = score(predictions, examples, flags, thresholds, fired)
+    # Events of the game no labelled turn has and nothing fired: no figure to give.
+    for name in unknown:
+        if not report["per_flag"][name]["support"] and not any(row[flags.index(name)] for row in fired):
+            report["per_flag"].pop(name)
+            report.get("after_rules", {}).get("per_flag", {}).pop(name, None)
     report["baseline"] = majority_baseline(examples, flags)
-    if unknown:
-        report["events_unknown_to_adapter"] = {n: sum(n in e.flags for e in examples) for n in unknown}
+    labelled_unknown = [n for n in unknown if any(n in e.flags for e in examples)]
+    if labelled_unknown:
+        report["events_unknown_to_adapter"] = {n: sum(n in e.flags for e in examples) for n in labelled_unknown}
+    report["events_read_by_matcher"] = matched or {}
     if base_lm_loss:
         with bundle.model.disable_adapter():
             report["baseline"]["lm_loss"] = _r(predict(model, dataset, pad, batch_size, heads=False,

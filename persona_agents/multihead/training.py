@@ -38,8 +38,11 @@ from .vector_cache import StateVectorCache
 log = logging.getLogger("persona_agents.multihead")
 
 
-def _data_record(paths: Sequence[str | Path], examples: int) -> dict[str, Any]:
-    return {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths], "examples": examples}
+def _data_record(paths: Sequence[str | Path], examples: Sequence) -> dict[str, Any]:
+    """The files and how many turns they gave, and whose turns: the multihead step leaves
+    an NPC the heads were not fitted on to the event matcher (multihead/matcher.py)."""
+    return {"files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths], "examples": len(examples),
+            "npcs": sorted({e.turn.persona.id for e in examples})}
 
 
 def _warn_thin(examples, flags) -> None:
@@ -268,8 +271,8 @@ def train_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
                            "refusal_lines": sum(bool(e.refused) for e in reply_examples)},
         "retrieve_lore": bool(config.retrieve_lore and personas),
         "training": {
-            "data": _data_record(data, len(train_examples)),
-            "validation": _data_record(_files(validation), len(val_examples)) if validation else None,
+            "data": _data_record(data, train_examples),
+            "validation": _data_record(_files(validation), val_examples) if validation else None,
             "epochs": config.num_train_epochs, "max_steps": config.max_steps, "steps": trainer.state.global_step,
             "learning_rate": config.learning_rate, "heads_learning_rate": config.heads_learning_rate,
             "batch_size": config.per_device_train_batch_size, "grad_accum": config.gradient_accumulation_steps,
@@ -353,10 +356,10 @@ def refit_adapter(data: Sequence[str | Path], out: str | Path, config: MultiHead
     if refit is not None and refit.part == "deltas":
         # The heads' refit data and calibration set stay recorded as they were.
         meta["training"]["deltas_refit_data"] = {
-            "train": _data_record(data, len(train_examples)),
-            "validation": _data_record(_files(validation), len(val_examples)) if validation else None}
+            "train": _data_record(data, train_examples),
+            "validation": _data_record(_files(validation), val_examples) if validation else None}
         return write_metadata(out, meta)
     if refit is not None:
-        meta["training"]["heads_refit_data"] = _data_record(data, len(train_examples))
-    meta["training"]["validation"] = _data_record(_files(validation), len(val_examples)) if validation else None
+        meta["training"]["heads_refit_data"] = _data_record(data, train_examples)
+    meta["training"]["validation"] = _data_record(_files(validation), val_examples) if validation else None
     return write_metadata(out, meta)

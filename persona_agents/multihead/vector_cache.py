@@ -38,7 +38,8 @@ CACHE_ENV = "PERSONA_AGENTS_VECTOR_CACHE"
 
 
 #: Files of an adapter folder that do not change its model: a heads refit rewrites them.
-NOT_THE_MODEL = frozenset({"heads.safetensors", "multihead.json", "README.md"})
+#: The event matcher (matcher.py) reads no <STATE> vector either.
+NOT_THE_MODEL = frozenset({"heads.safetensors", "multihead.json", "README.md", "matcher.safetensors", "matcher.json"})
 
 
 def adapter_fingerprint(adapter_dir: Path, meta: dict) -> str:

@@ -1,0 +1,314 @@
+"""Events read by meaning: a small scorer that knows no NPC and no event by name (issue 26).
+
+The state heads learn each event of each NPC from its labelled turns: on an NPC they never
+saw they fall to about 0.6 F1, and an event outside their vocabulary (a studio's own
+`waive_fee`) they cannot fire at all. The matcher scores one (player line, event) pair at
+a time from what the studio wrote about the event, so what it learnt carries to any NPC
+and any event:
+
+- the player's line and the NPC's last line (the ask may answer an offer), each against
+  the event's meaning for this NPC (the rule's `means`, else the game's description);
+- the few-shot evidence of `evidence.py`: how close the line comes to the writer's example
+  player lines for this event, and how far ahead of the other events' examples it is.
+
+Sentences are embedded with the lore embedder (all-MiniLM-L6-v2, normalised vectors).
+The matcher is fitted on pairs from many NPCs' labelled turns (`fit_matcher`), saved in
+the adapter folder beside the heads (`matcher.safetensors`, `matcher.json`), and read at
+inference by `heads_reader` for NPCs the heads were not fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..persona import Persona
+from .evidence import EventEvidence
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "matcher.safetensors"
+META_FILE = "matcher.json"
+#: The scalar features after the four vector blocks (see `pair_features`).
+SCALARS = ("cos_line_means", "cos_context_means", "example_best", "has_examples", "example_margin",
+           "example_is_top", "none_best", "has_none_examples")
+
+
+def event_meaning(persona: Persona, event: str, descriptions: Mapping[str, str] | None = None) -> str:
+    """What the event means for this NPC, as the prompt shows it: `event: means`, with the
+    game's description of the event where the persona's rule has no `means`."""
+    rule = persona.flag_rules.get(event)
+    means = (rule.means if rule is not None and rule.means else None) or (descriptions or {}).get(event) \
+        or event.replace("_", " ")
+    return f"{event.replace('_', ' ')}: {means}"
+
+
+class PersonaEvents:
+    """One persona's events for the matcher: their meanings embedded once, and the evidence
+    bank of its authored example lines."""
+
+    def __init__(self, persona: Persona, events: Sequence[str], embedder, with_lines: bool = True,
+                 descriptions: Mapping[str, str] | None = None):
+        self.events = list(events)
+        self.meanings = embedder.encode([event_meaning(persona, e, descriptions) for e in self.events], batch_size=64) \
+            if self.events else np.zeros((0, 1), dtype="float32")
+        self.bank = EventEvidence(persona, self.events, embedder) if with_lines and self.events else None
+
+    def pair_features(self, line: np.ndarray, context: np.ndarray | None, utterance: str,
+                      exclude_same: bool = False) -> np.ndarray:
+        """(events x features): one row per event of this persona, for one player line.
+        `context` is the NPC's last line embedded (None on a first turn)."""
+        n = len(self.events)
+        if context is None:
+            context = np.zeros_like(line)
+        if self.bank is not None:
+            evidence = self.bank.features(utterance, line, exclude_same=exclude_same)
+        else:
+            evidence = np.zeros(2 * n + 2, dtype="float32")
+        best, present = evidence[: n + 1], evidence[n + 1:]
+        rows = np.zeros((n, feature_size(line.shape[0])), dtype="float32")
+        dim = line.shape[0]
+        for k in range(n):
+            meaning = self.meanings[k]
+            others = np.delete(best, k)  # the other events' and the "no event" examples
+            top = float(others.max()) if others.size else 0.0
+            rows[k, :dim] = line * meaning
+            rows[k, dim:2 * dim] = context * meaning
+            rows[k, 2 * dim:3 * dim] = meaning
+            rows[k, 3 * dim:4 * dim] = line
+            rows[k, 4 * dim:] = [float(line @ meaning), float(context @ meaning), best[k], present[k],
+                                 best[k] - top if present[k] else 0.0, float(present[k] and best[k] >= top),
+                                 best[n], present[n]]
+        return rows
+
+
+def feature_size(dim: int) -> int:
+    return 4 * dim + len(SCALARS)
+
+
+class EventMatcher(torch.nn.Module):
+    """(pairs x features) -> one logit per pair."""
+
+    def __init__(self, dim: int, hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.dim, self.hidden = dim, hidden
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(feature_size(dim), hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(self(torch.from_numpy(features))).numpy()
+
+
+@dataclass
+class PairSet:
+    """Pairs of labelled turns and their NPC's events: features, labels and where each
+    pair came from (turn index, event name)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    turn: np.ndarray
+    event: list[str]
+
+
+def _context_line(turn) -> str:
+    return turn.history[-1].npc if turn.history else ""
+
+
+def build_pairs(examples: Sequence, embedder, events_of, exclude_same: bool = False,
+                with_lines: bool = True, without_lines_share: float = 0.0, seed: int = 42) -> PairSet:
+    """Pairs (turn, event) for every event `events_of(persona)` gives the turn's NPC.
+    `exclude_same`: a training record's own wording is left out of its evidence.
+    `without_lines_share`: that share of the turns (seeded) is read as if the persona had
+    no example lines, so the matcher also learns to read an event's meaning alone."""
+    rng = np.random.default_rng(seed)
+    utterances = [e.turn.utterance for e in examples]
+    lines = embedder.encode(utterances, batch_size=64) if examples else np.zeros((0, 1), "float32")
+    contexts_text = [_context_line(e.turn) for e in examples]
+    wanted = sorted({c for c in contexts_text if c})
+    vectors = dict(zip(wanted, embedder.encode(wanted, batch_size=64))) if wanted else {}
+    personas: dict[tuple[int, bool], PersonaEvents] = {}
+    feats: list[np.ndarray] = []
+    labels: list[float] = []
+    turns: list[int] = []
+    names: list[str] = []
+    for i, example in enumerate(examples):
+        persona = example.turn.persona
+        lines_here = with_lines and not (without_lines_share and rng.random() < without_lines_share)
+        reader = personas.get((id(persona), lines_here))
+        if reader is None:
+            reader = personas[(id(persona), lines_here)] = PersonaEvents(persona, events_of(persona), embedder,
+                                                                         lines_here)
+        if not reader.events:
+            continue
+        context = vectors.get(contexts_text[i])
+        feats.append(reader.pair_features(lines[i], context, utterances[i], exclude_same=exclude_same))
+        labels.extend(float(name in example.flags) for name in reader.events)
+        turns.extend([i] * len(reader.events))
+        names.extend(reader.events)
+    dim = lines.shape[1] if len(examples) else 1
+    return PairSet(np.concatenate(feats) if feats else np.zeros((0, feature_size(dim)), "float32"),
+                   np.array(labels, dtype="float32"), np.array(turns, dtype=np.int64), names)
+
+
+@dataclass
+class MatcherFit:
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 256
+    patience: int = 6
+    seed: int = 42
+
+
+def fit_matcher(train: PairSet, validation: PairSet, settings: MatcherFit = MatcherFit(),
+                progress: bool = False) -> tuple[EventMatcher, dict]:
+    """The matcher fitted on `train` pairs, the epoch with the lowest validation loss kept."""
+    torch.manual_seed(settings.seed)
+    dim = (train.features.shape[1] - len(SCALARS)) // 4
+    model = EventMatcher(dim)
+    x, y = torch.from_numpy(train.features), torch.from_numpy(train.labels)
+    vx, vy = torch.from_numpy(validation.features), torch.from_numpy(validation.labels)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(settings.seed)
+    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), settings.batch_size):
+            rows = order[start:start + settings.batch_size]
+            optimiser.zero_grad()
+            loss_fn(model(x[rows]), y[rows]).backward()
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(model(vx), vy)) if len(vx) else 0.0
+        if progress:
+            log.info("matcher epoch %d: validation loss %.4f", epoch, val_loss)
+        if val_loss < best - 1e-4:
+            best, best_epoch, waited = val_loss, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, {"best_epoch": best_epoch, "validation_loss": round(best, 5), "train_pairs": len(x),
+                   "validation_pairs": len(vx)}
+
+
+def best_threshold(probs: np.ndarray, labels: np.ndarray, allowed: np.ndarray | None = None) -> float:
+    """The one threshold (for every event: the matcher knows none by name) with the best
+    micro-F1 over the pairs, counting only pairs the rules allow when `allowed` is given."""
+    if allowed is not None:
+        probs, labels = probs[allowed], labels[allowed]
+    best_t, best_f1 = 0.5, -1.0
+    for t in np.arange(0.05, 0.96, 0.01):
+        fired = probs >= t
+        tp = float((fired & (labels > 0.5)).sum())
+        fp = float((fired & (labels < 0.5)).sum())
+        fn = float((~fired & (labels > 0.5)).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        if f1 > best_f1:
+            best_t, best_f1 = float(t), f1
+    return round(best_t, 2)
+
+
+def events_read_by_matcher(persona: Persona, game_events: Sequence[str], adapter_flags: Sequence[str],
+                           heads_npcs: Sequence[str], mode: str = "auto") -> list[str]:
+    """The events of this NPC the matcher decides, the others being the heads':
+
+    - `auto`: on an NPC the heads were not fitted on (they learn NPCs from their labelled
+      turns, and fall to about 0.6 F1 on others), the events its writer gave example
+      player lines for (`lines:` with `examples`); on every NPC, the events the adapter
+      has no head for (a studio's own events). An event without examples stays with the
+      heads where they know it: the matcher learnt to lean on the examples, and reads
+      almost nothing from a meaning alone;
+    - `matcher`: every event; `heads`: none (events unknown to the adapter never fire).
+
+    The NPC's events are the game's events its persona has a rule for (all of them for a
+    persona without rules, as the heads propose them)."""
+    if mode not in READ_MODES:
+        raise ValueError(f"read_events '{mode}': choose one of {', '.join(READ_MODES)}")
+    own = [name for name in game_events if name in persona.flag_rules or not persona.flag_rules]
+    if mode == "heads":
+        return []
+    if mode == "matcher":
+        return own
+    unseen = persona.id not in set(heads_npcs)
+    exemplified = {name for line in persona.lines if line.examples for name in line.events}
+    return [name for name in own if name not in adapter_flags or (unseen and name in exemplified)]
+
+
+def heads_npcs(adapter_meta: Mapping, matcher_meta: Mapping) -> list[str]:
+    """The NPCs the adapter's heads were fitted on: as `train` recorded them in
+    multihead.json (so a later heads refit on a studio's NPCs counts), else as the matcher
+    recorded them when it was fitted."""
+    training = adapter_meta.get("training") or {}
+    for record in (training.get("heads_refit_data"), training.get("data")):
+        if record and "npcs" in record:
+            return list(record["npcs"])
+    return list(matcher_meta.get("heads_npcs", []))
+
+
+#: How a multihead step reads events: see `events_read_by_matcher`.
+READ_MODES = ("auto", "heads", "matcher")
+
+
+class NpcMatcher:
+    """The matcher for one NPC at inference: its events, meanings and example bank ready."""
+
+    def __init__(self, model: EventMatcher, threshold: float, persona: Persona, events: Sequence[str], embedder,
+                 descriptions: Mapping[str, str] | None = None):
+        self.model, self.threshold, self.events = model, float(threshold), list(events)
+        self.embedder = embedder
+        self.reader = PersonaEvents(persona, self.events, embedder, descriptions=descriptions)
+
+    def probabilities(self, utterance: str, npc_last_line: str = "") -> dict[str, float]:
+        """Each event's probability for one player line (embeds: call it on the turn's thread)."""
+        if not self.events:
+            return {}
+        texts = [utterance] + ([npc_last_line] if npc_last_line else [])
+        vectors = self.embedder.encode(texts)
+        rows = self.reader.pair_features(vectors[0], vectors[1] if npc_last_line else None, utterance)
+        return {name: round(float(p), 6) for name, p in zip(self.events, self.model.probabilities(rows))}
+
+
+def save_matcher(folder: Path, model: EventMatcher, threshold: float, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+    meta = {"dim": model.dim, "hidden": model.hidden, "threshold": threshold, "scalars": list(SCALARS), **info}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def load_matcher(folder: Path) -> tuple[EventMatcher, dict] | None:
+    """The adapter's matcher and its metadata, or None when the adapter has none."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file() or not (folder / META_FILE).is_file():
+        return None
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    if meta.get("scalars") != list(SCALARS):
+        raise ValueError(f"{folder / META_FILE}: the matcher was saved with features {meta.get('scalars')}, this "
+                         f"version reads {list(SCALARS)}. Fix: refit it with `python training/generalist/"
+                         f"fit_matcher.py --adapter {folder}`")
+    model = EventMatcher(int(meta["dim"]), int(meta["hidden"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    model.eval()
+    return model, meta

@@ -1,0 +1,229 @@
+"""The event matcher (issue 26): events read by their meaning and the writers' example lines,
+for NPCs the heads never saw and events the adapter has no head for."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from persona_agents.multihead.matcher import (
+    SCALARS,
+    EventMatcher,
+    MatcherFit,
+    NpcMatcher,
+    PairSet,
+    PersonaEvents,
+    best_threshold,
+    events_read_by_matcher,
+    feature_size,
+    fit_matcher,
+    load_matcher,
+    save_matcher,
+)
+from persona_agents.persona import Persona
+
+from .conftest import REPO
+
+ADAPTER = REPO / "training" / "adapters" / "smollm2-npc-v3"
+KEEPER = "keeper_lighthouse"
+
+
+def _persona(npc_id: str = "keeper", rules: dict | None = None, lines: list | None = None) -> Persona:
+    default_rules = {"rent_room": {"means": "lets the player sleep in the lamp room for five coins"},
+                     "end_conversation": {}}
+    return Persona.model_validate({
+        "id": npc_id, "name": "Ysolde", "role": "lighthouse keeper", "traits": ["watchful"], "speaking_style": "curt",
+        "pipeline": {"prompt": ["sectioned"], "generate": ["multihead"]}, "backstory": "Keeps the lamp at Gull Point.",
+        "flag_rules": rules if rules is not None else default_rules, "lines": lines or []})
+
+
+class FixedEmbedder:
+    """Orthogonal unit vectors by word: enough to check the features' arithmetic."""
+
+    words = ["room", "sleep", "night", "bye", "storm", "rent", "end", "conversation", "lets", "the"]
+
+    def encode(self, texts, batch_size=32):
+        out = np.zeros((len(texts), len(self.words)), dtype="float32")
+        for i, text in enumerate(texts):
+            for word in text.lower().replace(":", " ").replace("_", " ").split():
+                if word in self.words:
+                    out[i, self.words.index(word)] += 1.0
+            norm = np.linalg.norm(out[i])
+            out[i] = out[i] / norm if norm else out[i]
+        return out
+
+
+def test_who_reads_which_event():
+    lines = [{"id": "bed", "text": "Five coins.", "events": ["rent_room"], "examples": ["a bed, please"]},
+             {"id": "bye", "text": "Go.", "events": ["end_conversation"], "examples": []}]
+    persona = _persona(lines=lines)
+    game = ["give_item", "rent_room", "end_conversation", "ring_bell"]
+    flags = ["give_item", "rent_room", "end_conversation"]
+    # An NPC the heads never saw: the events its writer gave example player lines for;
+    # end_conversation (no examples) stays with the heads.
+    assert events_read_by_matcher(persona, game, flags, ["brann"], "auto") == ["rent_room"]
+    assert events_read_by_matcher(_persona(), game, flags, ["brann"], "auto") == []
+    # An NPC the heads know: only events the adapter has no head for.
+    ringer = _persona(rules={"rent_room": {}, "ring_bell": {"means": "rings the storm bell"}}, lines=lines)
+    assert events_read_by_matcher(ringer, game, flags, ["keeper"], "auto") == ["ring_bell"]
+    # An event no head knows goes to the matcher, examples or not.
+    assert events_read_by_matcher(ringer, game, flags, ["brann"], "auto") == ["rent_room", "ring_bell"]
+    assert events_read_by_matcher(ringer, game, flags, ["keeper"], "matcher") == ["rent_room", "ring_bell"]
+    assert events_read_by_matcher(ringer, game, flags, [], "heads") == []
+    # A persona without rules: every game event, as the heads propose them.
+    assert events_read_by_matcher(_persona(rules={}), game, flags, [], "matcher") == game
+    assert events_read_by_matcher(_persona(rules={}), game, flags, [], "auto") == ["ring_bell"]
+    with pytest.raises(ValueError, match="auto, heads, matcher"):
+        events_read_by_matcher(persona, game, flags, [], "both")
+
+
+def test_pair_features_carry_meaning_evidence_and_leave_out_the_players_own_words():
+    embedder = FixedEmbedder()
+    lines = [{"id": "room", "text": "Five coins.", "events": ["rent_room"], "examples": ["a room for the night"]},
+             {"id": "bye", "text": "Go.", "events": ["end_conversation"], "examples": ["bye storm"]}]
+    reader = PersonaEvents(_persona(lines=lines), ["rent_room", "end_conversation"], embedder)
+    line = embedder.encode(["a room for the night"])[0]
+    rows = reader.pair_features(line, None, "a room for the night")
+    dim = line.shape[0]
+    assert rows.shape == (2, feature_size(dim))
+    scalars = dict(zip(SCALARS, rows[0, 4 * dim:]))
+    assert scalars["example_best"] == pytest.approx(1.0)
+    assert scalars["example_is_top"] == 1.0 and scalars["example_margin"] == pytest.approx(1.0)
+    assert scalars["cos_line_means"] > 0  # "room" and "the" in the meaning
+    assert dict(zip(SCALARS, rows[1, 4 * dim:]))["example_is_top"] == 0.0
+    # The record's own wording is left out (a player never quotes the writer).
+    same = dict(zip(SCALARS, reader.pair_features(line, None, "A room  for the NIGHT", exclude_same=True)[0, 4 * dim:]))
+    assert same["example_best"] == 0.0
+    # Persona only: no example evidence at all.
+    bare = PersonaEvents(_persona(lines=lines), ["rent_room", "end_conversation"], embedder, with_lines=False)
+    assert not bare.pair_features(line, None, "a room for the night")[:, 4 * dim + 2:].any()
+
+
+def test_fit_threshold_save_and_load_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, feature_size(6))).astype("float32")
+    labels = (features[:, 0] > 0.5).astype("float32")  # learnable from one feature
+    pairs = PairSet(features, labels, np.arange(400), ["e"] * 400)
+    model, info = fit_matcher(pairs, pairs, MatcherFit(epochs=30, patience=30, batch_size=32))
+    probs = model.probabilities(features)
+    assert ((probs >= 0.5) == (labels > 0.5)).mean() > 0.9
+    threshold = best_threshold(probs, labels)
+    assert 0.05 <= threshold <= 0.95
+    save_matcher(tmp_path, model, threshold, {"heads_npcs": ["a"]})
+    loaded, meta = load_matcher(tmp_path)
+    assert meta["threshold"] == threshold and meta["heads_npcs"] == ["a"]
+    assert np.allclose(loaded.probabilities(features), probs)
+    assert load_matcher(tmp_path / "nowhere") is None
+    meta_file = tmp_path / "matcher.json"
+    meta_file.write_text(meta_file.read_text().replace('"cos_line_means"', '"something_else"'))
+    with pytest.raises(ValueError, match="fit_matcher.py"):
+        load_matcher(tmp_path)
+    assert isinstance(EventMatcher(6), EventMatcher)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    found = load_matcher(ADAPTER)
+    assert found is not None, f"{ADAPTER} has no event matcher: run training/generalist/fit_matcher.py"
+    from persona_agents.lore.embedder import load_embedder
+
+    return found, load_embedder("embedded")
+
+
+def test_the_committed_matcher_reads_a_new_npcs_own_event_by_its_meaning(shipped):
+    """A persona written here, with an event no adapter knows: the fitted matcher fires it on
+    a line that asks for it in words the writer never used, and not on small talk."""
+    (model, meta), embedder = shipped
+    persona = _persona(rules={
+        "rent_room": {"means": "lets the player sleep in the lamp room for five coins"},
+        "ring_bell": {"means": "rings the storm bell to warn the harbour when the player reports a ship in danger"},
+        "end_conversation": {}}, lines=[
+        # Small talk near the events' topics: without it the sea alone would ring the bell.
+        {"id": "chat", "text": "Mind the lamp.", "events": [],
+         "examples": ["Hello there.", "Do many ships come by here?", "How long have you lived up here?",
+                      "The sea looks rough today.", "What do you do all day?"]},
+        {"id": "bell", "text": "The bell it is!", "events": ["ring_bell"],
+         "examples": ["A boat is sinking off the point!", "Sound the alarm, there's a wreck!",
+                      "Ring the bell, a ship hit the rocks!", "Warn the harbour, a ship is in trouble",
+                      "quick a ship is going down"]},
+        {"id": "bed", "text": "Five coins, and mind the stairs.", "events": ["rent_room"],
+         "examples": ["Can I sleep here tonight?", "Got a bed for a traveller?", "I need a place to stay",
+                      "how much for a room", "May I lodge here till morning?"]}])
+    descriptions = {"end_conversation": "the NPC ends the conversation: walks away, refuses to talk further"}
+    matcher = NpcMatcher(model, meta["threshold"], persona, ["rent_room", "ring_bell", "end_conversation"], embedder,
+                         descriptions)
+    fired = {line: {e for e, p in matcher.probabilities(line).items() if p >= matcher.threshold} for line in (
+        "Help! I saw a fishing boat smash into the reef!",
+        "Any chance I could bunk in your tower for the night?",
+        "What a lovely evening, the sea is calm.")}
+    assert fired["Help! I saw a fishing boat smash into the reef!"] == {"ring_bell"}
+    assert fired["Any chance I could bunk in your tower for the night?"] == {"rent_room"}
+    assert fired["What a lovely evening, the sea is calm."] == set()
+
+
+def _game_with_new_npc(root: Path, read_events: str) -> Path:
+    """The sample world plus a lighthouse keeper the adapter never saw, with her own event."""
+    shutil.copytree(REPO / "npcs", root / "npcs")
+    shutil.copytree(REPO / "plugins", root / "plugins")
+    npcs = root / "npcs"
+    game = yaml.safe_load((npcs / "_game.yaml").read_text(encoding="utf-8"))
+    game["events"]["ring_bell"] = {"description": "the NPC rings the storm bell to warn the harbour"}
+    (npcs / "_game.yaml").write_text(yaml.safe_dump(game, sort_keys=False), encoding="utf-8")
+    persona = yaml.safe_load((npcs / "hermit_forest.yaml").read_text(encoding="utf-8"))
+    persona.update(id=KEEPER, name="Ysolde", role="lighthouse keeper at Gull Point")
+    persona["flag_rules"] = {"ring_bell": {"means": "rings the storm bell when the player reports a ship in danger"},
+                             "end_conversation": {}}
+    persona["lines"] = [
+        {"id": "bell", "text": "The bell, then! Every boat in the bay will hear it.", "events": ["ring_bell"],
+         "examples": ["A boat is sinking off the point!", "Sound the alarm, there's a wreck!",
+                      "Ring the bell, a ship hit the rocks!", "Warn the harbour, a ship is in trouble",
+                      "quick a ship is going down"]},
+        {"id": "hello", "text": "Mind the lamp, stranger.", "events": [], "examples": ["Hello there.", "Nice view."]}]
+    persona.get("pipeline", {}).pop("retrieve", None)  # no lore written for her
+    (npcs / f"{KEEPER}.yaml").write_text(yaml.safe_dump(persona, sort_keys=False), encoding="utf-8")
+    defaults = npcs / "_defaults.yaml"
+    data = yaml.safe_load(defaults.read_text(encoding="utf-8"))
+    data["generation"] = {**data.get("generation", {}), "temperature": 0.0, "max_new_tokens": 8}
+    data["pipeline"]["generate"] = [{"name": "multihead", "options": {
+        "adapter": str(ADAPTER), "engine": "fast", "read_events": read_events}}]
+    defaults.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return npcs
+
+
+@pytest.mark.model
+def test_a_new_npc_fires_its_own_event_through_the_game(tmp_path):
+    from persona_agents.manager import AgentManager
+
+    line = "Help! A fishing boat just smashed into the reef below!"
+    auto = AgentManager(_game_with_new_npc(tmp_path / "auto", "auto")).turn(KEEPER, line, player_id="p", seed=1)
+    assert "ring_bell" in [f.name for f in auto.flags]
+    # Her other event has no example lines: the heads keep it.
+    assert auto.meta["events_read_by_matcher"] == ["ring_bell"]
+    # The heads alone cannot fire an event the adapter never learnt.
+    heads = AgentManager(_game_with_new_npc(tmp_path / "heads", "heads")).turn(KEEPER, line, player_id="p", seed=1)
+    assert "ring_bell" not in [f.name for f in heads.flags]
+    assert "events_read_by_matcher" not in heads.meta
+
+
+def test_the_sample_npcs_stay_with_their_heads():
+    """The six sample NPCs are among the heads' NPCs and their game has no event the
+    adapters lack: the matcher decides nothing for them (their figures are the heads')."""
+    import json
+
+    from persona_agents.game import load_game
+    from persona_agents.multihead.matcher import heads_npcs
+    from persona_agents.multihead.data import load_personas_for_data
+
+    game = load_game(REPO / "npcs")
+    for adapter in (ADAPTER, REPO / "training" / "adapters" / "smollm2-npc"):
+        meta = json.loads((adapter / "multihead.json").read_text())
+        _, matcher_meta = load_matcher(adapter)
+        known = heads_npcs(meta, matcher_meta)
+        assert len(known) == 50
+        for persona in load_personas_for_data(REPO / "npcs").values():
+            assert persona.id in known
+            assert events_read_by_matcher(persona, list(game.events), meta["flags"], known, "auto") == []
