@@ -24,6 +24,10 @@ another; c8: each client plays its own conversation), so later turns carry histo
 (`training/adapters/smollm2-npc-v3`), whose turns reuse the last turn's cache up to its
 newest exchange (issue 29); the default, 1, is the sample NPCs as shipped.
 
+It also prints `generate_share_c1=` (the generate stage's share of a c1 turn) and
+`scaling_c8_bound=` (1 / that share): what `scaling_c8` could reach if the rest of a turn
+were fully hidden by concurrency and concurrent prompt passes shared nothing.
+
 `--quick` (a smoke run that only shows the bench still works, not a figure to read): 2
 turns one after another, 8 from 8 concurrent clients, 2 streamed; 1 torch thread unless
 --torch-threads is given, and OMP_WAIT_POLICY=PASSIVE unless set (on a busy shared CPU,
@@ -53,12 +57,14 @@ LINES = ["Good morning! Can you fix my sword?", "What news from the road?", "Hav
          "What do you sell?"]
 
 
-def turn(base: str, npc: str, player: str, i: int) -> tuple[float, int]:
+def turn(base: str, npc: str, player: str, i: int) -> tuple[float, int, float]:
+    """(seconds, reply tokens decoded, seconds of the generate stage) of one turn."""
     body = {"player_id": player, "utterance": LINES[i % len(LINES)], "seed": 100 + i}
     started = time.perf_counter()
     response = httpx.post(f"{base}/v1/npcs/{npc}/turns", json=body, timeout=300)
     response.raise_for_status()
-    return time.perf_counter() - started, response.json()["meta"]["new_tokens"]
+    meta = response.json()["meta"]
+    return time.perf_counter() - started, meta["new_tokens"], meta["timings_ms"]["generate"] / 1000.0
 
 
 def streamed_ttft(base: str, npc: str, player: str, i: int) -> tuple[float, float]:
@@ -142,10 +148,18 @@ def main() -> None:
     print(f"npc={npc} prompt_version={args.prompt_version} conversation_turns={conv} "
           f"turns_c1={args.turns_c1} turns_c8={args.turns_c8} stream_turns={args.stream_turns} "
           f"torch_threads={args.torch_threads or 'default'} mode={'quick' if args.quick else 'full'}")
-    print(f"new_tokens_mean_c1={statistics.mean(t for _, t in c1):.1f} "
-          f"new_tokens_mean_c8={statistics.mean(t for _, t in c8):.1f}")
-    print(f"latency_ms_p50_c1={statistics.median(s for s, _ in c1) * 1000:.0f} "
-          f"latency_ms_p50_c8={statistics.median(s for s, _ in c8) * 1000:.0f}")
+    print(f"new_tokens_mean_c1={statistics.mean(t for _, t, _ in c1):.1f} "
+          f"new_tokens_mean_c8={statistics.mean(t for _, t, _ in c8):.1f}")
+    print(f"latency_ms_p50_c1={statistics.median(s for s, _, _ in c1) * 1000:.0f} "
+          f"latency_ms_p50_c8={statistics.median(s for s, _, _ in c8) * 1000:.0f}")
+    # What the scaling can reach: at c1 the generate stage (prompt pass, decision, decode
+    # on the compute thread) takes this share of a turn. Were the rest of the turn fully
+    # overlapped by concurrency and the generate stage not shared at all, c8 could reach
+    # at most 1 / share times c1; shared decode steps move it up a little, the two cores
+    # the rest of the turn also needs move it down.
+    share = sum(g for _, _, g in c1) / sum(s for s, _, _ in c1)
+    print(f"generate_ms_mean_c1={statistics.mean(g for _, _, g in c1) * 1000:.0f} "
+          f"generate_share_c1={share:.2f} scaling_c8_bound={1 / share:.2f}")
     print(f"stream_total_ms_p50={statistics.median(total for _, total in ttfts) * 1000:.0f}")
     print(f"turns_per_s_c1={c1_rate:.2f}")
     print(f"turns_per_s_c8={c8_rate:.2f}")
