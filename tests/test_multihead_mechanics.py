@@ -254,6 +254,8 @@ def test_training_saves_a_small_adapter_that_loads_back_identically(tiny_model_d
     assert meta["flags"] == list(DEFAULT_FLAGS) and set(meta["thresholds"]) == set(DEFAULT_FLAGS)
     assert meta["calibrated_on"] == "validation" and meta["metrics"]["n_examples"] == 3
     assert meta["training"]["data"]["files"][0]["sha256"] and meta["prompt_format"] == "sectioned"
+    # Whose turns the heads learnt: the multihead step leaves other NPCs to the event matcher.
+    assert meta["training"]["data"]["npcs"] == sorted({r["npc_id"] for r in records})
     logged = [h for h in meta["training"]["last_logged"]] if meta["training"]["last_logged"] else []
     assert {"lm_loss", "delta_loss", "flag_loss"} <= set(logged)
     checkpoint = out / "checkpoints" / "checkpoint-2" / "model.safetensors"

@@ -14,7 +14,9 @@ and any event:
 Sentences are embedded with the lore embedder (all-MiniLM-L6-v2, normalised vectors).
 The matcher is fitted on pairs from many NPCs' labelled turns (`fit_matcher`), saved in
 the adapter folder beside the heads (`matcher.safetensors`, `matcher.json`), and read at
-inference by `heads_reader` for NPCs the heads were not fitted on.
+inference by the multihead step's `HeadsReader` (reader.py) for the events
+`events_read_by_matcher` hands it: on NPCs the heads were not fitted on, those with
+example lines; on every NPC, those no head knows.
 """
 
 from __future__ import annotations
@@ -208,23 +210,6 @@ def fit_matcher(train: PairSet, validation: PairSet, settings: MatcherFit = Matc
     model.eval()
     return model, {"best_epoch": best_epoch, "validation_loss": round(best, 5), "train_pairs": len(x),
                    "validation_pairs": len(vx)}
-
-
-def best_threshold(probs: np.ndarray, labels: np.ndarray, allowed: np.ndarray | None = None) -> float:
-    """The one threshold (for every event: the matcher knows none by name) with the best
-    micro-F1 over the pairs, counting only pairs the rules allow when `allowed` is given."""
-    if allowed is not None:
-        probs, labels = probs[allowed], labels[allowed]
-    best_t, best_f1 = 0.5, -1.0
-    for t in np.arange(0.05, 0.96, 0.01):
-        fired = probs >= t
-        tp = float((fired & (labels > 0.5)).sum())
-        fp = float((fired & (labels < 0.5)).sum())
-        fn = float((~fired & (labels > 0.5)).sum())
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        if f1 > best_f1:
-            best_t, best_f1 = float(t), f1
-    return round(best_t, 2)
 
 
 def events_read_by_matcher(persona: Persona, game_events: Sequence[str], adapter_flags: Sequence[str],
