@@ -104,7 +104,7 @@ adapter-v2: setup
 # events by their meaning and its writers' example lines. It reads no <STATE> vector, so
 # one fit (about a minute) serves both adapters whose heads were fitted on the same turns.
 adapter-matcher: setup
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python training/generalist/fit_matcher.py \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents fit-matcher --npcs-dir training/generalist/npcs \
 		--adapter training/adapters/smollm2-npc-v3 --also-into training/adapters/smollm2-npc
 
 adapter-v3: setup

@@ -17,7 +17,7 @@ from .cli_review import review
 from .cli_serve import serve
 from .cli_state import state
 from .cli_test import test_plans
-from .cli_train import evaluate, train
+from .cli_train import evaluate, fit_matcher_cmd, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +35,7 @@ main.add_command(serve)
 main.add_command(test_plans)
 main.add_command(train)
 main.add_command(evaluate)
+main.add_command(fit_matcher_cmd)
 main.add_command(review)
 main.add_command(import_group)
 main.add_command(export_group)

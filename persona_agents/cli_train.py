@@ -325,3 +325,40 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_line
         click.echo(json.dumps(report, ensure_ascii=False))
     else:
         click.echo(format_report(report))
+
+
+@click.command("fit-matcher")
+@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Adapter folder (default: {DEFAULT_ADAPTER} in the project, beside the NPC folder); the matcher "
+                   "is fitted on the turns its heads were fitted on and saved into it.")
+@click.option("--also-into", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Another adapter folder whose heads were fitted on the same turns: the same matcher goes there too.")
+@click.option("--dev-npcs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A JSONL file of labelled turns: its NPCs are left out of the fit and scored instead (a "
+                   "development figure; nothing is saved).")
+@click.option("--without-lines-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of the training turns read as if the persona had no example lines.")
+@click.option("--quick", is_flag=True, hidden=True, help="A few turns and epochs: the code paths only.")
+@npcs_dir_option
+@friendly_errors
+def fit_matcher_cmd(adapter, also_into, dev_npcs, without_lines_share, quick, npcs_dir):
+    """Fit the adapter's event matcher: events read by their meaning and the writers' example lines, for NPCs
+    the heads never saw and events the adapter has no head for (about a minute)."""
+    _quiet_threads()
+    setup_logging()
+    from .multihead.matcher import save_matcher
+    from .multihead.matcher_fit import check_same_heads_data, fit_adapter_matcher
+
+    adapter = adapter or Path(npcs_dir).parent / DEFAULT_ADAPTER
+    check_same_heads_data(adapter, also_into)
+    left_out: list[str] = []
+    if dev_npcs is not None:
+        left_out = sorted({json.loads(line)["npc_id"] for line in dev_npcs.read_text(encoding="utf-8").splitlines()
+                           if line.strip()})
+    run = fit_adapter_matcher(adapter, npcs_dir, left_out, quick=quick, without_lines_share=without_lines_share)
+    click.echo(json.dumps(run.summary, indent=2))
+    if run.model is None:
+        return
+    for folder in (adapter, *also_into):
+        save_matcher(folder, run.model, run.summary["threshold"], run.record)
+        click.echo(f"Saved the event matcher into {folder}")

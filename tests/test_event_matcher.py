@@ -118,7 +118,7 @@ def test_fit_save_and_load_round_trip(tmp_path):
     assert load_matcher(tmp_path / "nowhere") is None
     meta_file = tmp_path / "matcher.json"
     meta_file.write_text(meta_file.read_text().replace('"cos_line_means"', '"something_else"'))
-    with pytest.raises(ValueError, match="fit_matcher.py"):
+    with pytest.raises(ValueError, match="persona-agents fit-matcher"):
         load_matcher(tmp_path)
     assert isinstance(EventMatcher(6), EventMatcher)
 
@@ -126,7 +126,7 @@ def test_fit_save_and_load_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def shipped():
     found = load_matcher(ADAPTER)
-    assert found is not None, f"{ADAPTER} has no event matcher: run training/generalist/fit_matcher.py"
+    assert found is not None, f"{ADAPTER} has no event matcher: run `make adapter-matcher`"
     from persona_agents.lore.embedder import load_embedder
 
     return found, load_embedder("embedded")

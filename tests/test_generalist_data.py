@@ -94,18 +94,37 @@ def test_the_held_out_folds_run_on_cached_vectors(tmp_path):
     assert json.loads(out.read_text()) == results  # seeded: the same figures from the cached vectors
 
 
-def test_the_matcher_fit_runs_and_saves_nothing_in_quick_mode():
-    """training/generalist/fit_matcher.py --quick (issue 26's event matcher): folds,
-    threshold, final fit and the development figure on NPCs left out, on a few turns;
-    the committed matcher is left as it is."""
-    matcher = REPO / "training" / "adapters" / "smollm2-npc-v3" / "matcher.safetensors"
-    before = hashlib.sha256(matcher.read_bytes()).hexdigest()
-    done = subprocess.run([sys.executable, str(GENERALIST / "fit_matcher.py"), "--adapter",
-                           "training/adapters/smollm2-npc-v3", "--dev-npcs",
-                           str(GENERALIST / "data" / "writer_d.jsonl"), "--quick"],
+def test_fit_matcher_runs_scores_left_out_npcs_and_saves_into_a_copy(tmp_path):
+    """`persona-agents fit-matcher` (issue 26's event matcher) on a few turns (--quick):
+    with --dev-npcs it scores the NPCs left out and saves nothing; without, it saves a
+    matcher that loads into the adapter folder given (a copy, never the committed one)."""
+    import shutil
+
+    from persona_agents.multihead.matcher import load_matcher
+
+    copy = tmp_path / "adapter"
+    shutil.copytree(REPO / "training" / "adapters" / "smollm2-npc-v3", copy)
+    for name in ("matcher.safetensors", "matcher.json"):
+        (copy / name).unlink()
+    base = [sys.executable, "-m", "persona_agents", "fit-matcher", "--npcs-dir", str(GENERALIST / "npcs"),
+            "--adapter", str(copy), "--quick"]
+    done = subprocess.run([*base, "--dev-npcs", str(GENERALIST / "data" / "writer_d.jsonl")],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])
     assert 0.1 <= summary["threshold"] <= 0.9 and len(summary["fold_best_epochs"]) == 4
     assert "knight_errant_crossroads" in summary["dev_npcs"] and 0.0 <= summary["dev_f1_after_rules"] <= 1.0
-    assert hashlib.sha256(matcher.read_bytes()).hexdigest() == before
+    assert load_matcher(copy) is None  # development mode saves nothing
+    done = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    model, meta = load_matcher(copy)
+    assert "knight_errant_crossroads" in meta["heads_npcs"] and meta["training"]["turns"] > 0
+    # An adapter whose heads learnt other turns cannot share it.
+    other = tmp_path / "other"
+    shutil.copytree(copy, other)
+    meta_file = other / "multihead.json"
+    other_meta = json.loads(meta_file.read_text())
+    other_meta["training"]["heads_refit_data"]["files"] = other_meta["training"]["heads_refit_data"]["files"][:1]
+    meta_file.write_text(json.dumps(other_meta))
+    done = subprocess.run([*base, "--also-into", str(other)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1 and "--also-into" in done.stderr + done.stdout

@@ -12,7 +12,8 @@ and any event:
   player lines for this event, and how far ahead of the other events' examples it is.
 
 Sentences are embedded with the lore embedder (all-MiniLM-L6-v2, normalised vectors).
-The matcher is fitted on pairs from many NPCs' labelled turns (`fit_matcher`), saved in
+The matcher is fitted on pairs from many NPCs' labelled turns (`fit_matcher`; the whole
+recipe in matcher_fit.py, `persona-agents fit-matcher`), saved in
 the adapter folder beside the heads (`matcher.safetensors`, `matcher.json`), and read at
 inference by the multihead step's `HeadsReader` (reader.py) for the events
 `events_read_by_matcher` hands it: on NPCs the heads were not fitted on, those with
@@ -291,8 +292,8 @@ def load_matcher(folder: Path) -> tuple[EventMatcher, dict] | None:
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     if meta.get("scalars") != list(SCALARS):
         raise ValueError(f"{folder / META_FILE}: the matcher was saved with features {meta.get('scalars')}, this "
-                         f"version reads {list(SCALARS)}. Fix: refit it with `python training/generalist/"
-                         f"fit_matcher.py --adapter {folder}`")
+                         f"version reads {list(SCALARS)}. Fix: refit it with `persona-agents fit-matcher "
+                         f"--adapter {folder}`")
     model = EventMatcher(int(meta["dim"]), int(meta["hidden"]))
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     model.eval()
