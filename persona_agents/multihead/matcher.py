@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..persona import Persona
+from .early_stopping import fit_epochs
 from .evidence import EventEvidence
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,14 @@ class MatcherFit:
     batch_size: int = 256
     patience: int = 6
     seed: int = 42
+    #: False: the last epoch is kept whatever the validation loss says (a fixed-epoch fit).
+    restore_best: bool = True
 
 
 def fit_matcher(train: PairSet, validation: PairSet, settings: MatcherFit = MatcherFit(),
                 progress: bool = False) -> tuple[EventMatcher, dict]:
-    """The matcher fitted on `train` pairs, the epoch with the lowest validation loss kept."""
+    """The matcher fitted on `train` pairs, the epoch with the lowest validation loss kept
+    (or the last, `settings.restore_best` False)."""
     torch.manual_seed(settings.seed)
     dim = (train.features.shape[1] - len(SCALARS)) // 4
     model = EventMatcher(dim)
@@ -185,32 +189,24 @@ def fit_matcher(train: PairSet, validation: PairSet, settings: MatcherFit = Matc
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(settings.seed)
-    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), settings.batch_size):
-            rows = order[start:start + settings.batch_size]
-            optimiser.zero_grad()
-            loss_fn(model(x[rows]), y[rows]).backward()
-            optimiser.step()
-        model.eval()
-        with torch.no_grad():
-            val_loss = float(loss_fn(model(vx), vy)) if len(vx) else 0.0
+
+    def step(rows: torch.Tensor) -> None:
+        optimiser.zero_grad()
+        loss_fn(model(x[rows]), y[rows]).backward()
+        optimiser.step()
+
+    def validate() -> float:
+        loss = float(loss_fn(model(vx), vy)) if len(vx) else 0.0
         if progress:
-            log.info("matcher epoch %d: validation loss %.4f", epoch, val_loss)
-        if val_loss < best - 1e-4:
-            best, best_epoch, waited = val_loss, epoch, 0
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= settings.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return model, {"best_epoch": best_epoch, "validation_loss": round(best, 5), "train_pairs": len(x),
-                   "validation_pairs": len(vx)}
+            log.info("matcher validation loss %.4f", loss)
+        return loss
+
+    stopped = fit_epochs(model, len(x), step, validate, lambda: {k: v.clone() for k, v in model.state_dict().items()},
+                         model.load_state_dict, epochs=settings.epochs, patience=settings.patience,
+                         batch_size=settings.batch_size, generator=generator, min_delta=1e-4,
+                         restore_best=settings.restore_best)
+    return model, {"best_epoch": stopped.best_epoch, "epochs_run": stopped.epochs_run,
+                   "validation_loss": round(stopped.best_loss, 5), "train_pairs": len(x), "validation_pairs": len(vx)}
 
 
 def events_read_by_matcher(persona: Persona, game_events: Sequence[str], adapter_flags: Sequence[str],

@@ -139,7 +139,8 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
     threshold = candidates[int(np.argmax(f1s))]
     fixed = max(1, int(statistics.median(epochs)))
     log.info("Matcher threshold %.2f (out-of-fold F1 after the rules %.3f), %d epochs", threshold, max(f1s), fixed)
-    model, info = fit_matcher(pairs, val_pairs, MatcherFit(epochs=fixed, patience=fixed + 1, seed=settings.seed))
+    model, info = fit_matcher(pairs, val_pairs, MatcherFit(epochs=fixed, patience=fixed + 1, seed=settings.seed,
+                                                           restore_best=False))
     summary: dict[str, Any] = {
         "threshold": threshold, "epochs": fixed, "fold_best_epochs": epochs,
         "out_of_fold_f1_after_rules": round(max(f1s), 4),

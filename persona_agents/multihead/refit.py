@@ -38,6 +38,7 @@ import torch
 
 from .. import rules
 from .collator import EncodedDataset
+from .early_stopping import fit_epochs
 from .evaluate import batch_starts
 from .heads import StateHeads, StateHeadsOutput
 
@@ -135,31 +136,25 @@ def refit_heads(heads: StateHeads, x: torch.Tensor, flags: torch.Tensor, deltas:
     fitted.shift.copy_(x.mean(0))
     fitted.scale.copy_(1.0 / (x.std(0) + 1e-4))
     opt = torch.optim.AdamW(fitted.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), float("inf"), 0, 0
-    for epoch in range(1, settings.epochs + 1):
-        fitted.train()
-        for batch in torch.randperm(len(x), generator=generator).split(settings.batch_size):
-            loss = _loss(fitted(x[batch], None if evidence is None else evidence[batch]), flags[batch],
-                         deltas[batch], settings, None if mask is None else mask[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if val is None:
-            continue
-        fitted.eval()
-        with torch.no_grad():
-            val_loss = float(_loss(fitted(val[0], val_evidence), val[1], val[2], settings, val_mask))
-        if val_loss < best_loss - 1e-5:
-            best, best_loss, best_epoch, since = copy.deepcopy(fitted.state_dict()), val_loss, epoch, 0
-        else:
-            since += 1
-            if since >= settings.patience:
-                break
-    if val is not None:
-        fitted.load_state_dict(best)
-    fitted.eval()
-    info = {"epochs_run": epoch, "best_epoch": best_epoch if val is not None else epoch,
-            "validation_loss": round(best_loss, 5) if val is not None else None, **settings.__dict__}
+
+    def step(batch: torch.Tensor) -> None:
+        loss = _loss(fitted(x[batch], None if evidence is None else evidence[batch]), flags[batch],
+                     deltas[batch], settings, None if mask is None else mask[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def validate() -> float:
+        assert val is not None
+        return float(_loss(fitted(val[0], val_evidence), val[1], val[2], settings, val_mask))
+
+    stopped = fit_epochs(fitted, len(x), step, validate if val is not None else None,
+                         lambda: copy.deepcopy(fitted.state_dict()), fitted.load_state_dict,
+                         epochs=settings.epochs, patience=settings.patience, batch_size=settings.batch_size,
+                         generator=generator, min_delta=1e-5)
+    epoch = stopped.epochs_run
+    info = {"epochs_run": epoch, "best_epoch": stopped.best_epoch,
+            "validation_loss": round(stopped.best_loss, 5) if val is not None else None, **settings.__dict__}
     log.info("Refitted the heads on %d <STATE> vectors: best epoch %s of %d.", len(x), info["best_epoch"], epoch)
     return fitted, info
 
@@ -192,10 +187,15 @@ def refit_deltas(heads: StateHeads, x: torch.Tensor, deltas: torch.Tensor,
     def loss_of(vectors: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return _delta_loss(torch.tanh(fitted.delta(fitted.delta_inner(vectors))), target, settings)
 
-    def val_loss() -> float:
-        fitted.eval()
-        with torch.no_grad():
-            return float(loss_of(*val)) if val is not None else 0.0
+    def step(batch: torch.Tensor) -> None:
+        loss = loss_of(x[batch], deltas[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def validate() -> float:
+        assert val is not None
+        return float(loss_of(*val))
 
     def readout_state() -> dict:
         return copy.deepcopy({k: v for k, v in fitted.state_dict().items() if k.startswith(("delta.", "delta_trunk."))})
@@ -203,30 +203,15 @@ def refit_deltas(heads: StateHeads, x: torch.Tensor, deltas: torch.Tensor,
     with torch.no_grad():  # the heads' own deltas on `val` (with its evidence, as scored), for the record
         before = float(_delta_loss(heads.eval()(val[0], val_evidence).deltas, val[1], settings)) \
             if val is not None else None
-    best, best_loss, best_epoch, since, epoch = readout_state(), float("inf"), 0, 0, 0
-    for epoch in range(1, settings.epochs + 1):
-        fitted.train()
-        for batch in torch.randperm(len(x), generator=generator).split(settings.batch_size):
-            loss = loss_of(x[batch], deltas[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if val is None:
-            continue
-        current = val_loss()
-        if current < best_loss - 1e-6:
-            best, best_loss, best_epoch, since = readout_state(), current, epoch, 0
-        else:
-            since += 1
-            if since >= settings.patience:
-                break
-    if val is not None:
-        fitted.load_state_dict(best, strict=False)
-    fitted.eval()
+    stopped = fit_epochs(fitted, len(x), step, validate if val is not None else None, readout_state,
+                         lambda state: fitted.load_state_dict(state, strict=False), epochs=settings.epochs,
+                         patience=settings.patience, batch_size=settings.batch_size, generator=generator,
+                         min_delta=1e-6)
+    epoch = stopped.epochs_run
     info = {"part": "deltas", "delta_inner_size": config.delta_inner_size, "epochs_run": epoch,
-            "best_epoch": best_epoch if val is not None else epoch,
+            "best_epoch": stopped.best_epoch,
             "validation_delta_loss_before": round(before, 6) if before is not None else None,
-            "validation_delta_loss": round(best_loss, 6) if val is not None else None,
+            "validation_delta_loss": round(stopped.best_loss, 6) if val is not None else None,
             **{k: v for k, v in settings.__dict__.items() if k not in {"flags_where_allowed", "part"}}}
     log.info("Refitted the deltas' own trunk on %d <STATE> vectors: best epoch %s of %d.",
              len(x), info["best_epoch"], epoch)
