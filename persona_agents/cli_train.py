@@ -336,12 +336,18 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_line
 @click.option("--dev-npcs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A JSONL file of labelled turns: its NPCs are left out of the fit and scored instead (a "
                    "development figure; nothing is saved).")
+@click.option("--dev-examples", default="", metavar="K,K,...",
+              help="With --dev-npcs: also score the NPCs left out with at most K example player lines per event "
+                   "(e.g. 1,2,3,5): how many a writer must give.")
+@click.option("--fewer-examples-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of the training turns read with each event cut to 1-5 example player lines.")
 @click.option("--without-lines-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of the training turns read as if the persona had no example lines.")
 @click.option("--quick", is_flag=True, hidden=True, help="A few turns and epochs: the code paths only.")
 @npcs_dir_option
 @friendly_errors
-def fit_matcher_cmd(adapter, also_into, dev_npcs, without_lines_share, quick, npcs_dir):
+def fit_matcher_cmd(adapter, also_into, dev_npcs, dev_examples, fewer_examples_share, without_lines_share, quick,
+                    npcs_dir):
     """Fit the adapter's event matcher: events read by their meaning and the writers' example lines, for NPCs
     the heads never saw and events the adapter has no head for (about a minute)."""
     _quiet_threads()
@@ -355,7 +361,16 @@ def fit_matcher_cmd(adapter, also_into, dev_npcs, without_lines_share, quick, np
     if dev_npcs is not None:
         left_out = sorted({json.loads(line)["npc_id"] for line in dev_npcs.read_text(encoding="utf-8").splitlines()
                            if line.strip()})
-    run = fit_adapter_matcher(adapter, npcs_dir, left_out, quick=quick, without_lines_share=without_lines_share)
+    try:
+        counts = [int(k) for k in dev_examples.split(",") if k.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{dev_examples!r}: give whole numbers separated by commas, e.g. 1,2,3,5",
+                                 param_hint="--dev-examples") from None
+    if counts and dev_npcs is None:
+        raise click.BadParameter("needs --dev-npcs: the examples are cut on the NPCs left out",
+                                 param_hint="--dev-examples")
+    run = fit_adapter_matcher(adapter, npcs_dir, left_out, quick=quick, without_lines_share=without_lines_share,
+                              dev_examples=counts, fewer_examples_share=fewer_examples_share)
     click.echo(json.dumps(run.summary, indent=2))
     if run.model is None:
         return

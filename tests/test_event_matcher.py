@@ -57,13 +57,14 @@ class FixedEmbedder:
 
 
 def test_who_reads_which_event():
-    lines = [{"id": "bed", "text": "Five coins.", "events": ["rent_room"], "examples": ["a bed, please"]},
-             {"id": "bye", "text": "Go.", "events": ["end_conversation"], "examples": []}]
+    beds = ["a bed, please", "room for the night?", "can I sleep here", "need a bunk", "lodging?"]
+    lines = [{"id": "bed", "text": "Five coins.", "events": ["rent_room"], "examples": beds},
+             {"id": "bye", "text": "Go.", "events": ["end_conversation"], "examples": ["bye", "I'm off"]}]
     persona = _persona(lines=lines)
     game = ["give_item", "rent_room", "end_conversation", "ring_bell"]
     flags = ["give_item", "rent_room", "end_conversation"]
-    # An NPC the heads never saw: the events its writer gave example player lines for;
-    # end_conversation (no examples) stays with the heads.
+    # An NPC the heads never saw: the events its writer gave five or more example player
+    # lines for; end_conversation (two) stays with the heads.
     assert events_read_by_matcher(persona, game, flags, ["brann"], "auto") == ["rent_room"]
     assert events_read_by_matcher(_persona(), game, flags, ["brann"], "auto") == []
     # An NPC the heads know: only events the adapter has no head for.
@@ -225,3 +226,16 @@ def test_the_sample_npcs_stay_with_their_heads():
         for persona in load_personas_for_data(REPO / "npcs").values():
             assert persona.id in known
             assert events_read_by_matcher(persona, list(game.events), meta["flags"], known, "auto") == []
+
+
+def test_examples_per_event_are_cut_for_the_curve_small_talk_kept():
+    from persona_agents.multihead.matcher import with_examples_per_event
+
+    lines = [{"id": "a", "text": "A.", "events": ["rent_room"], "examples": ["r1", "r2", "r3"]},
+             {"id": "b", "text": "B.", "events": ["rent_room"], "examples": ["r4", "r5"]},
+             {"id": "c", "text": "C.", "events": ["end_conversation"], "examples": ["e1", "e2"]},
+             {"id": "d", "text": "D.", "events": [], "examples": ["s1", "s2", "s3"]}]
+    cut = with_examples_per_event(_persona(lines=lines), 2)
+    assert [line.examples for line in cut.lines] == [["r1", "r2"], [], ["e1", "e2"], ["s1", "s2", "s3"]]
+    assert [line.examples for line in with_examples_per_event(_persona(lines=lines), 4).lines][:2] == [
+        ["r1", "r2", "r3"], ["r4"]]

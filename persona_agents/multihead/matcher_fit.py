@@ -16,6 +16,7 @@ figure for NPCs never seen, kept apart from any held-out set; nothing is saved t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -80,12 +81,13 @@ def heads_training_files(meta: dict, adapter: Path) -> tuple[list[dict], list[di
 
 
 def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] = (), quick: bool = False,
-                        without_lines_share: float = 0.0) -> MatcherRun:
+                        without_lines_share: float = 0.0, dev_examples: Sequence[int] = (),
+                        fewer_examples_share: float = 0.0) -> MatcherRun:
     from ..game import load_game
     from ..lore.embedder import load_embedder
     from .artifacts import read_metadata
     from .data import file_sha256, load_examples, load_personas_for_data
-    from .matcher import MatcherFit, build_pairs, fit_matcher
+    from .matcher import MatcherFit, build_pairs, fit_matcher, with_examples_per_event
 
     started = time.time()
     meta = read_metadata(adapter)
@@ -121,7 +123,8 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
     log.info("Embedding %d training, %d validation and %d development turns...", len(train), len(validation),
              len(dev))
     # A training record's own wording is left out of its evidence: players never quote the writer.
-    pairs = build_pairs(train, embedder, events_of, exclude_same=True, without_lines_share=without_lines_share)
+    pairs = build_pairs(train, embedder, events_of, exclude_same=True, without_lines_share=without_lines_share,
+                        fewer_examples_share=fewer_examples_share)
     val_pairs = build_pairs(validation, embedder, events_of, exclude_same=True)
     fold_of = {npc: k % FOLDS for k, npc in enumerate(ids)}
     pair_fold = np.array([fold_of[train[i].turn.persona.id] for i in pairs.turn])
@@ -155,11 +158,21 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
                                                 flags), 4),
             dev_persona_only_f1_after_rules=round(_scored_f1(bare, model.probabilities(bare.features), threshold,
                                                              dev, flags), 4))
+        by_k = {}
+        for k in dev_examples:
+            personas_cut: dict[str, Any] = {}  # one copy per persona: build_pairs embeds once per persona
+            cut = [dataclasses.replace(e, turn=e.turn.replace(persona=personas_cut.setdefault(
+                e.turn.persona.id, with_examples_per_event(e.turn.persona, k)))) for e in dev]
+            cut_pairs = build_pairs(cut, embedder, events_of)
+            by_k[str(k)] = round(_scored_f1(cut_pairs, model.probabilities(cut_pairs.features), threshold, cut,
+                                            flags), 4)
+        if by_k:
+            summary["dev_f1_after_rules_by_examples_per_event"] = by_k
     summary["seconds"] = round(time.time() - started, 1)
     if left_out:
         return MatcherRun(summary)
     record = {**summary, "embedder": "embedded", "heads_npcs": heads_npcs, "events_fitted": flags,
-              "without_lines_share": without_lines_share,
+              "without_lines_share": without_lines_share, "fewer_examples_share": fewer_examples_share,
               "training": {"files": [{"path": f["path"], "sha256": file_sha256(_resolve(f["path"], npcs_dir))}
                                      for f in files], "pairs": info["train_pairs"], "turns": len(train)}}
     return MatcherRun(summary, record, model)
