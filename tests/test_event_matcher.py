@@ -239,3 +239,11 @@ def test_examples_per_event_are_cut_for_the_curve_small_talk_kept():
     assert [line.examples for line in cut.lines] == [["r1", "r2"], [], ["e1", "e2"], ["s1", "s2", "s3"]]
     assert [line.examples for line in with_examples_per_event(_persona(lines=lines), 4).lines][:2] == [
         ["r1", "r2", "r3"], ["r4"]]
+
+
+def test_leaving_out_npcs_the_heads_never_saw_is_a_clear_error():
+    from persona_agents.errors import TrainingConfigError
+    from persona_agents.multihead.matcher_fit import fit_adapter_matcher
+
+    with pytest.raises(TrainingConfigError, match="none of the NPCs to leave out \\(nobody_here\\)"):
+        fit_adapter_matcher(ADAPTER, REPO / "training" / "generalist" / "npcs", ["nobody_here"])

@@ -105,6 +105,10 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
     heads_npcs = sorted({e.turn.persona.id for e in train})
     left_out = set(dev_npcs)
     dev = [e for e in train + validation if e.turn.persona.id in left_out]
+    if left_out and not dev:
+        raise TrainingConfigError(f"none of the NPCs to leave out ({', '.join(sorted(left_out))}) has turns among the "
+                                  "adapter's training or validation turns. Fix: give --dev-npcs a file of NPCs the "
+                                  "heads were fitted on")
     train = [e for e in train if e.turn.persona.id not in left_out]
     validation = [e for e in validation if e.turn.persona.id not in left_out]
     if quick:  # spread over the files: every kind of NPC and event
