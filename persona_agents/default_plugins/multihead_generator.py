@@ -226,9 +226,10 @@ class MultiHeadGenerator(TransformersGenerator):
         # On the turn's thread: the decider lives in the pipeline's context, which the compute
         # thread does not see, and the evidence embeds the player's line.
         assert self.heads is not None
-        last = turn.history[-1].npc if turn.history else ""
-        return _HeadsTurn(current_decider(), self.heads.evidence(turn.utterance),
-                          matched=self.heads.match(turn.utterance, last))
+        from persona_agents.multihead.matcher import npc_last_line
+
+        evidence, matched = self.heads.turn_inputs(turn.utterance, npc_last_line(turn))
+        return _HeadsTurn(current_decider(), evidence, matched=matched)
 
     def engine_request(self, turn, prompt_ids, seed, reading: _HeadsTurn) -> EngineRequest:
         request = super().engine_request(turn, prompt_ids, seed, reading)

@@ -178,22 +178,23 @@ def majority_baseline(examples: Sequence[Example], flags: Sequence[str]) -> dict
 
 
 def example_evidence(bundle, examples: Sequence[Example], without_lines: bool = False,
-                     exclude_same: bool = False) -> torch.Tensor | None:
+                     exclude_same: bool = False, embedder=None) -> torch.Tensor | None:
     """The few-shot evidence rows of `examples`, for heads that read it (else None)."""
     if not bundle.heads.config.evidence_size:
         return None
     from .evidence import evidence_tensor
 
     return evidence_tensor(examples, bundle.flags, bundle.meta.get("evidence", {}).get("embedder", "embedded"),
-                           exclude_same=exclude_same, without_lines=without_lines)
+                           exclude_same=exclude_same, without_lines=without_lines, embedder=embedder)
 
 
 def matcher_fired(adapter_dir, bundle, examples: Sequence[Example], flags: Sequence[str],
                   fired: list[list[bool]], probs: list[list[float]], game_events: Sequence[str],
-                  read_events: str, without_lines: bool) -> dict[str, int] | None:
+                  read_events: str, without_lines: bool, embedder) -> dict[str, int] | None:
     """Where the adapter has an event matcher (multihead/matcher.py), the events it decides
     (as the multihead step does, `read_events`) replace the heads' in `fired` and `probs`,
-    in place. Returns how many turns each event was read by the matcher, or None."""
+    in place. `embedder`: a callable giving the sentence embedder (loaded once per eval).
+    Returns how many turns each event was read by the matcher, or None."""
     from .matcher import build_pairs, events_read_by_matcher, heads_npcs, load_matcher
 
     found = load_matcher(adapter_dir) if read_events != "heads" else None
@@ -201,14 +202,13 @@ def matcher_fired(adapter_dir, bundle, examples: Sequence[Example], flags: Seque
         return None
     model, meta = found
     known = heads_npcs(bundle.meta, meta)
-    from ..lore.embedder import load_embedder
 
     def events_of(persona):
         # "Persona only" is a persona whose writer gave no example lines.
         persona = persona.model_copy(update={"lines": []}) if without_lines else persona
         return events_read_by_matcher(persona, game_events, bundle.flags, known, read_events)
 
-    pairs = build_pairs(examples, load_embedder(meta.get("embedder", "embedded")), events_of,
+    pairs = build_pairs(examples, embedder(meta.get("embedder", "embedded")), events_of,
                         with_lines=not without_lines)
     counts: dict[str, int] = {}
     for p, i, name in zip(model.probabilities(pairs.features), pairs.turn, pairs.event):
@@ -234,7 +234,17 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
                              bundle.history_turns, strict=False, prompt_version=bundle.prompt_version)
     model = MultiHeadModel(bundle.model, bundle.heads)
     pad = bundle.tokenizer.pad_token_id if bundle.tokenizer.pad_token_id is not None else bundle.tokenizer.eos_token_id
-    evidence = example_evidence(bundle, examples, without_lines)
+    from ..lore.embedder import load_embedder
+
+    embedders: dict[str, Any] = {}
+
+    def embedder(ref: str):  # one load per name for the heads' evidence and the matcher
+        return embedders[ref] if ref in embedders else embedders.setdefault(ref, load_embedder(ref))
+
+    ref = bundle.meta.get("evidence", {}).get("embedder", "embedded")
+    evidence = example_evidence(bundle, examples, without_lines,
+                                embedder=None if without_lines or not bundle.heads.config.evidence_size
+                                else embedder(ref))
     predictions = predict(model, dataset, pad, batch_size, progress="Evaluating", keep_states=evidence is not None)
     if evidence is not None:
         predictions = predictions.rescore(bundle.heads, evidence)
@@ -249,7 +259,7 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
                                   predictions.lm_loss, predictions.states)
     fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in predictions.flag_probs]
     matched = matcher_fired(adapter_dir, bundle, examples, flags, fired, predictions.flag_probs, game_events,
-                            read_events, without_lines)
+                            read_events, without_lines, embedder)
     report = score(predictions, examples, flags, thresholds, fired)
     # Events of the game no labelled turn has and nothing fired: no figure to give.
     for name in unknown:

@@ -95,13 +95,14 @@ def evidence_matrix(examples: Sequence, events: Sequence[str], embedder, exclude
 
 
 def evidence_tensor(examples: Sequence, events: Sequence[str], embedder_ref: str = "embedded",
-                    exclude_same: bool = False, without_lines: bool = False):
-    """`evidence_matrix` as a torch tensor, with the embedder loaded by name (training's
-    heads refit and `eval` both call this)."""
+                    exclude_same: bool = False, without_lines: bool = False, embedder=None):
+    """`evidence_matrix` as a torch tensor, with the embedder loaded by name unless given
+    (training's heads refit and `eval` both call this)."""
     import torch
 
     from ..lore.embedder import load_embedder
 
-    embedder = None if without_lines else load_embedder(embedder_ref)
+    if embedder is None and not without_lines:
+        embedder = load_embedder(embedder_ref)
     return torch.from_numpy(evidence_matrix(examples, events, embedder, exclude_same=exclude_same,
                                             without_lines=without_lines))

@@ -143,7 +143,8 @@ def with_examples_per_event(persona, k: int):
     return persona.model_copy(update={"lines": lines})
 
 
-def _context_line(turn) -> str:
+def npc_last_line(turn) -> str:
+    """The NPC's line the player answers ("" on a first turn): the matcher's context."""
     return turn.history[-1].npc if turn.history else ""
 
 
@@ -159,7 +160,7 @@ def build_pairs(examples: Sequence, embedder, events_of, exclude_same: bool = Fa
     rng = np.random.default_rng(seed)
     utterances = [e.turn.utterance for e in examples]
     lines = embedder.encode(utterances, batch_size=64) if examples else np.zeros((0, 1), "float32")
-    contexts_text = [_context_line(e.turn) for e in examples]
+    contexts_text = [npc_last_line(e.turn) for e in examples]
     wanted = sorted({c for c in contexts_text if c})
     vectors = dict(zip(wanted, embedder.encode(wanted, batch_size=64))) if wanted else {}
     personas: dict[tuple[int, int], PersonaEvents] = {}
@@ -293,13 +294,15 @@ class NpcMatcher:
         self.embedder = embedder
         self.reader = PersonaEvents(persona, self.events, embedder, descriptions=descriptions)
 
-    def probabilities(self, utterance: str, npc_last_line: str = "") -> dict[str, float]:
-        """Each event's probability for one player line (embeds: call it on the turn's thread)."""
+    def probabilities(self, utterance: str, line: np.ndarray | None = None,
+                      npc_last_line: np.ndarray | None = None) -> dict[str, float]:
+        """Each event's probability for one player line; `line` and `npc_last_line` are their
+        vectors (`embedder`), the line's embedded here when not given."""
         if not self.events:
             return {}
-        texts = [utterance] + ([npc_last_line] if npc_last_line else [])
-        vectors = self.embedder.encode(texts)
-        rows = self.reader.pair_features(vectors[0], vectors[1] if npc_last_line else None, utterance)
+        if line is None:
+            line = self.embedder.encode([utterance])[0]
+        rows = self.reader.pair_features(line, npc_last_line, utterance)
         return {name: round(float(p), 6) for name, p in zip(self.events, self.model.probabilities(rows))}
 
 

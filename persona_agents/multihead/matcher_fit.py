@@ -87,7 +87,7 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
     from ..lore.embedder import load_embedder
     from .artifacts import read_metadata
     from .data import file_sha256, load_examples, load_personas_for_data
-    from .matcher import MatcherFit, build_pairs, fit_matcher, with_examples_per_event
+    from .matcher import MatcherFit, build_pairs, events_read_by_matcher, fit_matcher, with_examples_per_event
 
     started = time.time()
     meta = read_metadata(adapter)
@@ -120,8 +120,8 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
                                   "many NPCs' turns")
     settings = MatcherFit(epochs=3 if quick else 60, patience=3 if quick else 6)
 
-    def events_of(persona):
-        return [name for name in flags if name in persona.flag_rules or not persona.flag_rules]
+    def events_of(persona):  # every event of the NPC: the matcher learns them all
+        return events_read_by_matcher(persona, flags, flags, [], "matcher")
 
     embedder = load_embedder("embedded")
     log.info("Embedding %d training, %d validation and %d development turns...", len(train), len(validation),

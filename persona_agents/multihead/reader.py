@@ -25,21 +25,25 @@ class HeadsReader:
         #: NpcMatcher (multihead/matcher.py): the events this NPC reads by meaning, not by head.
         self.matcher = matcher
 
-    def match(self, utterance: str, npc_last_line: str = "") -> dict[str, float] | None:
-        """The matcher's probabilities for its events this turn, or None without one.
+    def turn_inputs(self, utterance: str, npc_last_line: str = "") -> tuple[Any, dict[str, float] | None]:
+        """What the heads and the matcher read besides `<STATE>` this turn: the few-shot
+        evidence row (None for heads that do not read it) and the matcher's probabilities
+        for its events (None without one). The player's line is embedded once for both.
         Embeds: call it on the turn's thread."""
-        if self.matcher is None or not self.matcher.events:
-            return None
-        return self.matcher.probabilities(utterance, npc_last_line)
+        bank, matcher = self._evidence_bank, self.matcher
+        if bank is None and matcher is None:
+            return None, None
+        texts = [utterance] + ([npc_last_line] if matcher is not None and npc_last_line else [])
+        vectors = (bank.embedder if bank is not None else matcher.embedder).encode(texts)
+        evidence = None
+        if bank is not None:
+            import torch
 
-    def evidence(self, utterance: str):
-        """The turn's few-shot evidence row (the player's line against the persona's example
-        lines), or None for heads that do not read it. Embeds: call it on the turn's thread."""
-        if self._evidence_bank is None:
-            return None
-        import torch
-
-        return torch.from_numpy(self._evidence_bank.features(utterance))[None]
+            evidence = torch.from_numpy(bank.features(utterance, vectors[0]))[None]
+        matched = None
+        if matcher is not None:
+            matched = matcher.probabilities(utterance, vectors[0], vectors[1] if len(texts) > 1 else None)
+        return evidence, matched
 
     def read(self, state_row, evidence=None) -> Any:
         """The heads' output (flag_probs, deltas) for one `<STATE>` row. Torch: run it on
