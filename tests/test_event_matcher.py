@@ -17,6 +17,8 @@ from persona_agents.multihead.matcher import (
     NpcMatcher,
     PairSet,
     PersonaEvents,
+    blend,
+    event_readers,
     events_read_by_matcher,
     feature_size,
     fit_matcher,
@@ -67,9 +69,14 @@ def test_who_reads_which_event():
     # lines for; end_conversation (two) stays with the heads.
     assert events_read_by_matcher(persona, game, flags, ["brann"], "auto") == ["rent_room"]
     assert events_read_by_matcher(_persona(), game, flags, ["brann"], "auto") == []
-    # An NPC the heads know: only events the adapter has no head for.
+    # An NPC the heads know: the matcher alone reads only events the adapter has no head
+    # for; an event with five or more examples is read by the heads and the matcher together.
     ringer = _persona(rules={"rent_room": {}, "ring_bell": {"means": "rings the storm bell"}}, lines=lines)
     assert events_read_by_matcher(ringer, game, flags, ["keeper"], "auto") == ["ring_bell"]
+    assert event_readers(ringer, game, flags, ["keeper"], "auto") == {"rent_room": "both", "ring_bell": "matcher"}
+    assert event_readers(persona, game, flags, ["keeper"], "auto") == {"rent_room": "both"}
+    assert event_readers(persona, game, flags, ["brann"], "auto") == {"rent_room": "matcher"}
+    assert event_readers(ringer, game, flags, ["keeper"], "heads") == {}
     # An event no head knows goes to the matcher, examples or not.
     assert events_read_by_matcher(ringer, game, flags, ["brann"], "auto") == ["rent_room", "ring_bell"]
     assert events_read_by_matcher(ringer, game, flags, ["keeper"], "matcher") == ["rent_room", "ring_bell"]
@@ -208,9 +215,10 @@ def test_a_new_npc_fires_its_own_event_through_the_game(tmp_path):
     assert "events_read_by_matcher" not in heads.meta
 
 
-def test_the_sample_npcs_stay_with_their_heads():
+def test_the_sample_npcs_are_read_by_their_heads_and_the_matcher_together():
     """The six sample NPCs are among the heads' NPCs and their game has no event the
-    adapters lack: the matcher decides nothing for them (their figures are the heads')."""
+    adapters lack: the matcher decides nothing alone for them, and reads with the heads
+    the events their writers gave five or more example player lines for."""
     import json
 
     from persona_agents.game import load_game
@@ -226,6 +234,49 @@ def test_the_sample_npcs_stay_with_their_heads():
         for persona in load_personas_for_data(REPO / "npcs").values():
             assert persona.id in known
             assert events_read_by_matcher(persona, list(game.events), meta["flags"], known, "auto") == []
+            readers = event_readers(persona, list(game.events), meta["flags"], known, "auto")
+            assert readers and set(readers.values()) == {"both"}
+            assert "end_conversation" in readers
+
+
+def test_both_readers_add_their_margins_in_log_odds():
+    import math
+
+    p, threshold = blend(0.5, 0.5, 0.18, 0.18)
+    assert math.isclose(threshold, 1 / (1 + math.exp(-(0 + math.log(0.18 / 0.82)) / 2)))
+    # Each at its own threshold: exactly at the blended threshold.
+    assert math.isclose(p, threshold)
+    # The heads sure of it (0.95 over 0.5) outvote the matcher just under its threshold ...
+    p, threshold = blend(0.95, 0.5, 0.15, 0.18)
+    assert p >= threshold
+    # ... but not a matcher sure it is not asked (0.01).
+    p, threshold = blend(0.95, 0.5, 0.01, 0.18)
+    assert p < threshold
+
+
+def test_the_heads_reader_decides_a_blended_event_by_both():
+    from types import SimpleNamespace
+
+    import torch
+
+    from persona_agents.multihead.reader import HeadsReader
+    from persona_agents.turn import Generation
+
+    bundle = SimpleNamespace(flags=["give_item", "end_conversation", "ring_bell"],
+                             thresholds={"give_item": 0.5, "end_conversation": 0.6, "ring_bell": 0.5})
+    matcher = SimpleNamespace(threshold=0.2, blended=frozenset({"end_conversation"}))
+    reader = HeadsReader(bundle, ["give_item", "end_conversation"], matcher=matcher)
+    heads = SimpleNamespace(flag_probs=torch.tensor([[0.7, 0.4, 0.0]]), deltas=torch.tensor([[-0.3, -0.2]]))
+    empty = Generation(text="", model="m", new_tokens=0, finished=True)
+    # The heads alone would not end the talk (0.4 < 0.6); the matcher sure of it (0.9) tips it.
+    out = reader.apply(empty, heads, {"end_conversation": 0.9})
+    assert out.flags == ("give_item", "end_conversation")
+    assert out.flag_probs["end_conversation"] == pytest.approx(blend(0.4, 0.6, 0.9, 0.2)[0], abs=1e-6)
+    # A matcher unsure (0.05) keeps it from firing; give_item stays the heads' alone.
+    assert reader.apply(empty, heads, {"end_conversation": 0.05}).flags == ("give_item",)
+    # An event the matcher reads alone takes its probability and threshold.
+    matcher.blended = frozenset()
+    assert reader.apply(empty, heads, {"end_conversation": 0.25}).flags == ("give_item", "end_conversation")
 
 
 def test_examples_per_event_are_cut_for_the_curve_small_talk_kept():

@@ -38,7 +38,10 @@ def test_the_held_out_set_is_checked_and_shares_nothing_with_training():
     assert check_files([heldout / "data" / "new_npcs.jsonl"], [heldout / "npcs"]).errors == []
     assert check_files([heldout / "data" / "sample_voices.jsonl"], [REPO / "npcs"]).errors == []
     training = records(*sorted((GENERALIST / "data").glob("*.jsonl")), REPO / "training/data/train.jsonl")
-    held = records(*sorted((heldout / "data").glob("*.jsonl")))
+    # The development set (sample NPCs in another writer's voices) is kept apart the same way.
+    dev = GENERALIST / "dev" / "sample_voices_e.jsonl"
+    assert check_files([dev], [REPO / "npcs"]).errors == []
+    held = records(*sorted((heldout / "data").glob("*.jsonl")), dev)
     assert not {r["npc_id"] for r in records(heldout / "data" / "new_npcs.jsonl")} & {r["npc_id"] for r in training}
     said = {" ".join(r["player_utterance"].lower().split()) for r in training}
     # Lines of three words or more: two authors may both write "Ore." or "hi there".

@@ -86,10 +86,11 @@ class MultiHeadGenerator(TransformersGenerator):
             "states come back as one row; `single`: one request, one row per prompt token SGLang computes.")
         read_events: Literal["auto", "heads", "matcher"] = Field(
             "auto", description="Who decides which events the player's line asks for: `auto`: the adapter's event "
-            "matcher (reads each event's meaning and the writers' example lines; multihead/matcher.py) for an NPC "
-            "the heads were not fitted on and for events the adapter has no head for, the heads otherwise; "
-            "`heads`: the heads only; `matcher`: the matcher for every event. An adapter without a matcher "
-            "uses its heads.")
+            "matcher (reads each event's meaning and the writers' example lines; multihead/matcher.py) decides the "
+            "events with five or more example player lines on an NPC the heads were not fitted on, and with the "
+            "heads together on an NPC they were fitted on; the matcher decides the events the adapter has no head "
+            "for; the heads the rest. `heads`: the heads only; `matcher`: the matcher for every event. An adapter "
+            "without a matcher uses its heads.")
 
         @model_validator(mode="after")
         def _sglang_needs_url(self):
@@ -185,30 +186,34 @@ class MultiHeadGenerator(TransformersGenerator):
 
             embedder = self.runtime.embedders.get(self.bundle.meta.get("evidence", {}).get("embedder", "embedded"))
             evidence_bank = EventEvidence(self.persona, self.bundle.flags, embedder)
-        self.heads = HeadsReader(self.bundle, declared, evidence_bank, self._load_matcher(path, game))
+        matcher, event_deltas = self._load_matcher(path, game)
+        self.heads = HeadsReader(self.bundle, declared, evidence_bank, matcher, event_deltas)
         tok = self.bundle.tokenizer
         self._state_id = tok.convert_tokens_to_ids(self.bundle.meta.get("state_token", "<STATE>"))
         self._rag_id = tok.convert_tokens_to_ids("<RAG>")
 
     def _load_matcher(self, path: Path, game):
         """The adapter's event matcher for this NPC's events it decides (`read_events`), or
-        None (no matcher in the adapter, or nothing for it to decide)."""
-        from persona_agents.multihead.matcher import NpcMatcher, events_read_by_matcher, heads_npcs, load_matcher
+        None (no matcher in the adapter, or nothing for it to decide); and each event's
+        typical deltas fitted with it (multihead/event_deltas.py; empty without a matcher)."""
+        from persona_agents.multihead.matcher import NpcMatcher, event_readers, heads_npcs, load_matcher
 
         found = self.runtime.models.shared(("matcher", str(path.resolve()), adapter_stamp(path)),
                                            lambda: load_matcher(path))
         if found is None:
-            return None
+            return None, {}
         model, meta = found
-        events = events_read_by_matcher(self.persona, list(game.events), self.bundle.flags,
-                                        heads_npcs(self.bundle.meta, meta), self.options.read_events)
-        if not events:
-            return None
+        event_deltas = meta.get("event_deltas", {})
+        readers = event_readers(self.persona, list(game.events), self.bundle.flags,
+                                heads_npcs(self.bundle.meta, meta), self.options.read_events)
+        if not readers:
+            return None, event_deltas
         embedder = self.runtime.embedders.get(meta.get("embedder", "embedded"))
         # The game's description where a rule has no `means`, as the prompt step (and the
         # matcher's training turns) write it.
         descriptions = {name: spec.description for name, spec in game.events.items()}
-        return NpcMatcher(model, meta["threshold"], self.persona, events, embedder, descriptions)
+        return NpcMatcher(model, meta["threshold"], self.persona, list(readers), embedder, descriptions,
+                          blended=[name for name, who in readers.items() if who == "both"]), event_deltas
 
     def run(self, turn):
         if turn.prompt.format != "sectioned":
@@ -280,7 +285,7 @@ class MultiHeadGenerator(TransformersGenerator):
         proposals."""
         assert self.heads is not None
         empty = Generation(text="", model=self.loaded.name, new_tokens=0, finished=True)
-        provisional = turn.replace(generation=self.heads.apply(empty, heads, matched))
+        provisional = turn.replace(generation=self.heads.apply(empty, heads, matched, self._allowed(turn)))
         if decider is not None:
             return decider(provisional)
         from persona_agents.rules import enforce
@@ -289,6 +294,12 @@ class MultiHeadGenerator(TransformersGenerator):
         proposed = provisional.replace(flags=tuple(FiredFlag(name) for name in generation.flags),
                                        deltas=generation.deltas)
         return Decision(True, enforce(proposed, self.persona))
+
+    def _allowed(self, turn) -> set[str] | None:
+        """The events the persona's rules allow in this turn's state (None: no rules, all)."""
+        from persona_agents.rules import allowed_flags
+
+        return set(allowed_flags(turn)) if self.persona.flag_rules else None
 
     def _decision_ids(self, decision: Decision) -> list[int]:
         """The decision of version 2 (and the lines to ground the reply in), as tokens that
@@ -301,8 +312,15 @@ class MultiHeadGenerator(TransformersGenerator):
         if result.state is None:
             raise StepError(f"NPC '{self.persona.id}': engine '{self.engine.name}' returned no <STATE> row.")
         heads = self._read(reading, result.state)
-        meta = {"events_read_by_matcher": sorted(reading.matched)} if reading.matched else {}
-        return turn.replace(generation=self.heads.apply(turn.generation, heads, reading.matched)).with_meta(
+        meta = {}
+        if reading.matched:
+            blended = self.heads.matcher.blended
+            alone = sorted(name for name in reading.matched if name not in blended)
+            both = sorted(name for name in reading.matched if name in blended)
+            meta = {**({"events_read_by_matcher": alone} if alone else {}),
+                    **({"events_read_by_heads_and_matcher": both} if both else {})}
+        generation = self.heads.apply(turn.generation, heads, reading.matched, self._allowed(turn))
+        return turn.replace(generation=generation).with_meta(
             adapter=self.options.adapter, thresholds_version=self.bundle.meta.get("thresholds_version"), **meta)
 
 

@@ -189,33 +189,65 @@ def example_evidence(bundle, examples: Sequence[Example], without_lines: bool = 
 
 
 def matcher_fired(adapter_dir, bundle, examples: Sequence[Example], flags: Sequence[str],
-                  fired: list[list[bool]], probs: list[list[float]], game_events: Sequence[str],
-                  read_events: str, without_lines: bool, embedder) -> dict[str, int] | None:
+                  thresholds: dict[str, float], fired: list[list[bool]], probs: list[list[float]],
+                  game_events: Sequence[str], read_events: str, without_lines: bool,
+                  embedder) -> dict[str, dict[str, int]] | None:
     """Where the adapter has an event matcher (multihead/matcher.py), the events it decides
-    (as the multihead step does, `read_events`) replace the heads' in `fired` and `probs`,
-    in place. `embedder`: a callable giving the sentence embedder (loaded once per eval).
-    Returns how many turns each event was read by the matcher, or None."""
-    from .matcher import build_pairs, events_read_by_matcher, heads_npcs, load_matcher
+    (as the multihead step does, `read_events`: alone, or together with the heads) replace
+    the heads' in `fired` and `probs`, in place. `embedder`: a callable giving the sentence
+    embedder (loaded once per eval). Returns how many turns each event was read by the
+    matcher alone (`"matcher"`) and by both (`"both"`), or None."""
+    from .matcher import blend, build_pairs, event_readers, heads_npcs, load_matcher
 
     found = load_matcher(adapter_dir) if read_events != "heads" else None
     if found is None:
         return None
     model, meta = found
     known = heads_npcs(bundle.meta, meta)
+    readers: dict[str, dict[str, str]] = {}
 
     def events_of(persona):
         # "Persona only" is a persona whose writer gave no example lines.
         persona = persona.model_copy(update={"lines": []}) if without_lines else persona
-        return events_read_by_matcher(persona, game_events, bundle.flags, known, read_events)
+        readers[persona.id] = event_readers(persona, game_events, bundle.flags, known, read_events)
+        return list(readers[persona.id])
 
     pairs = build_pairs(examples, embedder(meta.get("embedder", "embedded")), events_of,
                         with_lines=not without_lines)
-    counts: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {"matcher": {}, "both": {}}
     for p, i, name in zip(model.probabilities(pairs.features), pairs.turn, pairs.event):
         k = flags.index(name)
-        fired[i][k], probs[i][k] = bool(p >= meta["threshold"]), float(p)
-        counts[name] = counts.get(name, 0) + 1
+        who = readers[examples[i].turn.persona.id][name]
+        if who == "both":
+            p, threshold = blend(probs[i][k], thresholds[name], float(p), meta["threshold"])
+        else:
+            threshold = meta["threshold"]
+        fired[i][k], probs[i][k] = bool(p >= threshold), float(p)
+        counts[who][name] = counts[who].get(name, 0) + 1
     return counts
+
+
+def bound_deltas(adapter_dir, predictions: Predictions, examples: Sequence[Example], flags: Sequence[str],
+                 fired: Sequence[Sequence[bool]]) -> int:
+    """As the multihead step does: the events that fire and the rules allow bound the
+    heads' deltas by each event's typical delta (event_deltas.py, fitted with the adapter's
+    event matcher; nothing without one), in place. Returns how many turns changed."""
+    from .event_deltas import deltas_after_events
+    from .matcher import load_matcher
+
+    found = load_matcher(adapter_dir)
+    typical = found[1].get("event_deltas", {}) if found else {}
+    if not typical:
+        return 0
+    kept = after_rules(fired, examples, flags) or fired
+    changed = 0
+    for i, row in enumerate(kept):
+        before = list(predictions.deltas[i])
+        after = [*deltas_after_events(before[0], before[1], [name for name, on in zip(flags, row) if on], typical),
+                 *before[2:]]
+        if after != before:
+            predictions.deltas[i], changed = after, changed + 1
+    return changed
 
 
 def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int = 8, base_lm_loss: bool = True,
@@ -258,8 +290,9 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
         predictions = Predictions([row + [0.0] * len(unknown) for row in predictions.flag_probs], predictions.deltas,
                                   predictions.lm_loss, predictions.states)
     fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in predictions.flag_probs]
-    matched = matcher_fired(adapter_dir, bundle, examples, flags, fired, predictions.flag_probs, game_events,
-                            read_events, without_lines, embedder)
+    matched = matcher_fired(adapter_dir, bundle, examples, flags, thresholds, fired, predictions.flag_probs,
+                            game_events, read_events, without_lines, embedder)
+    bounded = bound_deltas(adapter_dir, predictions, examples, flags, fired)
     report = score(predictions, examples, flags, thresholds, fired)
     # Events of the game no labelled turn has and nothing fired: no figure to give.
     for name in unknown:
@@ -270,7 +303,9 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
     labelled_unknown = [n for n in unknown if any(n in e.flags for e in examples)]
     if labelled_unknown:
         report["events_unknown_to_adapter"] = {n: sum(n in e.flags for e in examples) for n in labelled_unknown}
-    report["events_read_by_matcher"] = matched or {}
+    report["events_read_by_matcher"] = (matched or {}).get("matcher", {})
+    report["events_read_by_heads_and_matcher"] = (matched or {}).get("both", {})
+    report["deltas_bounded_by_events"] = bounded
     if base_lm_loss:
         with bundle.model.disable_adapter():
             report["baseline"]["lm_loss"] = _r(predict(model, dataset, pad, batch_size, heads=False,

@@ -175,7 +175,11 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
     summary["seconds"] = round(time.time() - started, 1)
     if left_out:
         return MatcherRun(summary)
+    from .event_deltas import typical_deltas
+
     record = {**summary, "embedder": "embedded", "heads_npcs": heads_npcs, "events_fitted": flags,
+              # What an event's turn typically does to trust and relationship (event_deltas.py).
+              "event_deltas": typical_deltas(train),
               "without_lines_share": without_lines_share, "fewer_examples_share": fewer_examples_share,
               "training": {"files": [{"path": f["path"], "sha256": file_sha256(_resolve(f["path"], npcs_dir))}
                                      for f in files], "pairs": info["train_pairs"], "turns": len(train)}}

@@ -10,13 +10,14 @@ turn, a small MLP.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from persona_agents.turn import Deltas, Generation
 
 
 class HeadsReader:
-    def __init__(self, bundle, declared: Sequence[str], evidence_bank=None, matcher=None):
+    def __init__(self, bundle, declared: Sequence[str], evidence_bank=None, matcher=None,
+                 event_deltas: Mapping[str, Sequence[float]] | None = None):
         self.bundle = bundle  # persona_agents.multihead.artifacts.AdapterBundle (its heads and thresholds)
         #: The events this NPC's game declares, of those the adapter predicts (a generalist knows more).
         self.declared = list(declared)
@@ -24,6 +25,9 @@ class HeadsReader:
         self._evidence_bank = evidence_bank  # EventEvidence, for heads that read few-shot evidence
         #: NpcMatcher (multihead/matcher.py): the events this NPC reads by meaning, not by head.
         self.matcher = matcher
+        #: Each event's typical (trust, relationship) delta: the events that happen bound the
+        #: heads' deltas (event_deltas.py).
+        self.event_deltas = dict(event_deltas or {})
 
     def turn_inputs(self, utterance: str, npc_last_line: str = "") -> tuple[Any, dict[str, float] | None]:
         """What the heads and the matcher read besides `<STATE>` this turn: the few-shot
@@ -50,19 +54,33 @@ class HeadsReader:
         the compute thread."""
         return self.bundle.heads(state_row.reshape(1, -1).float().cpu(), evidence)
 
-    def apply(self, generation: Generation, heads, matched: dict[str, float] | None = None) -> Generation:
+    def apply(self, generation: Generation, heads, matched: dict[str, float] | None = None,
+              allowed: Collection[str] | None = None) -> Generation:
         """The generation with the heads' deltas, declared events' probabilities and the
-        events at or above their thresholds; the events in `matched` (the matcher's
-        probabilities) are decided by the matcher's one threshold instead."""
+        events at or above their thresholds. The events in `matched` (the matcher's
+        probabilities) are decided by the matcher's one threshold instead, or, for those the
+        matcher shares with the heads (`NpcMatcher.blended`), by both (`matcher.blend`). The
+        deltas are bounded by the events that fire and the persona's rules allow in this
+        state (`allowed`; None: every event), as `event_deltas.deltas_after_events` says."""
+        from persona_agents.multihead.event_deltas import deltas_after_events
+        from persona_agents.multihead.matcher import blend
+
         probs = {name: round(float(heads.flag_probs[0][i]), 6) for name, i in zip(self.declared, self._index)}
         thresholds = dict(self.bundle.thresholds)
-        if matched:
-            probs.update(matched)
-            thresholds.update({name: self.matcher.threshold for name in matched})
-        trust, relationship = (round(float(d), 4) for d in heads.deltas[0])
+        for name, p in (matched or {}).items():
+            assert self.matcher is not None
+            if name in self.matcher.blended and name in probs:
+                both, threshold = blend(probs[name], thresholds[name], p, self.matcher.threshold)
+                probs[name], thresholds[name] = round(both, 6), threshold
+            else:
+                probs[name], thresholds[name] = p, self.matcher.threshold
+        flags = tuple(name for name, p in probs.items() if p >= thresholds[name])
+        trust, relationship = (float(d) for d in heads.deltas[0])
+        happening = [name for name in flags if allowed is None or name in allowed]
+        trust, relationship = deltas_after_events(trust, relationship, happening, self.event_deltas)
         return dataclasses.replace(
             generation,
-            deltas=Deltas(trust=trust, relationship=relationship),
+            deltas=Deltas(trust=round(trust, 4), relationship=round(relationship, 4)),
             flag_probs=probs,
-            flags=tuple(name for name, p in probs.items() if p >= thresholds[name]),
+            flags=flags,
         )
