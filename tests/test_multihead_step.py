@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from persona_agents.errors import AdapterError, StepError
 from persona_agents.flags import DEFAULT_FLAGS
 from persona_agents.manager import AgentManager
+from persona_agents.multihead.matcher import blend
 
 from .conftest import REPO
 
@@ -36,7 +37,17 @@ def test_mother_turn_has_deltas_probabilities_and_flags_that_follow_thresholds(s
     assert (response.deltas.trust, response.deltas.relationship) != (0.0, 0.0)
     assert list(response.flag_probs) == list(DEFAULT_FLAGS)
     assert all(0.0 <= p <= 1.0 for p in response.flag_probs.values())
-    proposed = {name for name, p in response.flag_probs.items() if p >= thresholds[name]}
+    # Silvia is among the heads' NPCs: the events her writers gave five or more example
+    # player lines for are read by the heads and the event matcher together, against the
+    # two thresholds' mean in log-odds (multihead/matcher.py, `blend`).
+    both = set(response.meta["events_read_by_heads_and_matcher"])
+    assert "end_conversation" in both and "events_read_by_matcher" not in response.meta
+    matcher_threshold = json.loads((ADAPTER / "matcher.json").read_text())["threshold"]
+
+    def threshold(name):
+        return blend(0.5, thresholds[name], 0.5, matcher_threshold)[1] if name in both else thresholds[name]
+
+    proposed = {name for name, p in response.flag_probs.items() if p >= threshold(name)}
     # The game's rules (postprocess) may refuse a proposed flag; none appears from nowhere.
     assert {f.name for f in response.flags} | {f.name for f in response.flags_rejected} == proposed
     assert response.meta["adapter"] == "training/adapters/smollm2-npc"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import statistics
 from typing import Iterable, Mapping, Sequence
 
-#: Labelled turns an event needs before its median bounds anything.
+#: Labelled turns an event needs before its quartile bounds anything.
 MIN_TURNS = 20
 
 
