@@ -188,19 +188,18 @@ def example_evidence(bundle, examples: Sequence[Example], without_lines: bool = 
                            exclude_same=exclude_same, without_lines=without_lines, embedder=embedder)
 
 
-def matcher_fired(adapter_dir, bundle, examples: Sequence[Example], flags: Sequence[str],
+def matcher_fired(found, bundle, examples: Sequence[Example], flags: Sequence[str],
                   thresholds: dict[str, float], fired: list[list[bool]], probs: list[list[float]],
                   game_events: Sequence[str], read_events: str, without_lines: bool,
                   embedder) -> dict[str, dict[str, int]] | None:
-    """Where the adapter has an event matcher (multihead/matcher.py), the events it decides
+    """Where the adapter has an event matcher (`found`: load_matcher's answer), the events it decides
     (as the multihead step does, `read_events`: alone, or together with the heads) replace
     the heads' in `fired` and `probs`, in place. `embedder`: a callable giving the sentence
     embedder (loaded once per eval). Returns how many turns each event was read by the
     matcher alone (`"matcher"`) and by both (`"both"`), or None."""
-    from .matcher import blend, build_pairs, event_readers, heads_npcs, load_matcher
+    from .matcher import blend, build_pairs, event_readers, heads_npcs
 
-    found = load_matcher(adapter_dir) if read_events != "heads" else None
-    if found is None:
+    if found is None or read_events == "heads":
         return None
     model, meta = found
     known = heads_npcs(bundle.meta, meta)
@@ -227,15 +226,14 @@ def matcher_fired(adapter_dir, bundle, examples: Sequence[Example], flags: Seque
     return counts
 
 
-def bound_deltas(adapter_dir, predictions: Predictions, examples: Sequence[Example], flags: Sequence[str],
+def bound_deltas(found, predictions: Predictions, examples: Sequence[Example], flags: Sequence[str],
                  fired: Sequence[Sequence[bool]]) -> int:
     """As the multihead step does: the events that fire and the rules allow bound the
     heads' deltas by each event's typical delta (event_deltas.py, fitted with the adapter's
-    event matcher; nothing without one), in place. Returns how many turns changed."""
+    event matcher, `found`: load_matcher's answer; nothing without one), in place. Returns
+    how many turns changed."""
     from .event_deltas import deltas_after_events
-    from .matcher import load_matcher
 
-    found = load_matcher(adapter_dir)
     typical = found[1].get("event_deltas", {}) if found else {}
     if not typical:
         return 0
@@ -290,9 +288,12 @@ def evaluate_adapter(adapter_dir, examples: Sequence[Example], batch_size: int =
         predictions = Predictions([row + [0.0] * len(unknown) for row in predictions.flag_probs], predictions.deltas,
                                   predictions.lm_loss, predictions.states)
     fired = [[p[k] >= thresholds[name] for k, name in enumerate(flags)] for p in predictions.flag_probs]
-    matched = matcher_fired(adapter_dir, bundle, examples, flags, thresholds, fired, predictions.flag_probs,
+    from .matcher import load_matcher
+
+    found = load_matcher(adapter_dir)  # once, for the events it reads and the deltas' bounds
+    matched = matcher_fired(found, bundle, examples, flags, thresholds, fired, predictions.flag_probs,
                             game_events, read_events, without_lines, embedder)
-    bounded = bound_deltas(adapter_dir, predictions, examples, flags, fired)
+    bounded = bound_deltas(found, predictions, examples, flags, fired)
     report = score(predictions, examples, flags, thresholds, fired)
     # Events of the game no labelled turn has and nothing fired: no figure to give.
     for name in unknown:
