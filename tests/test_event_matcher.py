@@ -105,9 +105,33 @@ def test_pair_features_carry_meaning_evidence_and_leave_out_the_players_own_word
     # The record's own wording is left out (a player never quotes the writer).
     same = dict(zip(SCALARS, reader.pair_features(line, None, "A room  for the NIGHT", exclude_same=True)[0, 4 * dim:]))
     assert same["example_best"] == 0.0
-    # Persona only: no example evidence at all.
+    # Persona only: no example evidence at all (the meanings are still read).
     bare = PersonaEvents(_persona(lines=lines), ["rent_room", "end_conversation"], embedder, with_lines=False)
-    assert not bare.pair_features(line, None, "a room for the night")[:, 4 * dim + 2:].any()
+    example_scalars = [SCALARS.index(name) for name in ("example_best", "has_examples", "example_margin",
+                                                        "example_is_top", "none_best", "has_none_examples",
+                                                        "example_top_two_mean")]
+    assert not bare.pair_features(line, None, "a room for the night")[:, [4 * dim + k for k in example_scalars]].any()
+
+
+def test_two_close_examples_count_more_than_one_and_the_nearest_meaning_leads():
+    embedder = FixedEmbedder()
+    lines = [{"id": "room", "text": "Five coins.", "events": ["rent_room"],
+              "examples": ["a room for the night", "sleep night"]},
+             {"id": "bye", "text": "Go.", "events": ["end_conversation"], "examples": ["bye storm"]}]
+    reader = PersonaEvents(_persona(lines=lines), ["rent_room", "end_conversation"], embedder)
+    line = embedder.encode(["a room for the night"])[0]
+    dim = line.shape[0]
+    rows = reader.pair_features(line, None, "a room for the night")
+    room, bye = (dict(zip(SCALARS, row[4 * dim:])) for row in rows)
+    # room, night, the against sleep, night: one shared word of 3 and 2.
+    assert room["example_top_two_mean"] == pytest.approx((1.0 + 1 / np.sqrt(6)) / 2, abs=1e-5)
+    assert bye["example_top_two_mean"] == 0.0  # one example, nothing shared
+    # Each event's meaning against the other's: the line is nearer renting a room.
+    assert room["meaning_margin"] == pytest.approx(room["cos_line_means"] - bye["cos_line_means"], abs=1e-6)
+    assert room["meaning_margin"] > 0 and bye["meaning_margin"] == pytest.approx(-room["meaning_margin"], abs=1e-6)
+    # The player's own wording left out: the other example alone.
+    same = dict(zip(SCALARS, reader.pair_features(line, None, "a room for the night", exclude_same=True)[0, 4 * dim:]))
+    assert same["example_top_two_mean"] == pytest.approx(1 / np.sqrt(6) / 2, abs=1e-5)
 
 
 def test_fit_save_and_load_round_trip(tmp_path):
@@ -161,8 +185,8 @@ def test_the_committed_matcher_reads_a_new_npcs_own_event_by_its_meaning(shipped
                       "how much for a room", "May I lodge here till morning?"]}])
     descriptions = {"end_conversation": "the NPC ends the conversation: walks away, refuses to talk further"}
     matcher = NpcMatcher(model, meta["threshold"], persona, ["rent_room", "ring_bell", "end_conversation"], embedder,
-                         descriptions)
-    fired = {line: {e for e, p in matcher.probabilities(line).items() if p >= matcher.threshold} for line in (
+                         descriptions, event_thresholds=meta.get("event_thresholds"))
+    fired = {line: {e for e, p in matcher.probabilities(line).items() if p >= matcher.threshold_for(e)} for line in (
         "Help! I saw a fishing boat smash into the reef!",
         "Any chance I could bunk in your tower for the night?",
         "What a lovely evening, the sea is calm.")}
@@ -264,7 +288,11 @@ def test_the_heads_reader_decides_a_blended_event_by_both():
 
     bundle = SimpleNamespace(flags=["give_item", "end_conversation", "ring_bell"],
                              thresholds={"give_item": 0.5, "end_conversation": 0.6, "ring_bell": 0.5})
-    matcher = SimpleNamespace(threshold=0.2, blended=frozenset({"end_conversation"}))
+    # Events with thresholds of their own (matcher_fit.choose_event_thresholds): the matcher
+    # alone reads ring_bell against 0.7; a blended event takes the one threshold (0.2).
+    own = {"ring_bell": 0.7, "end_conversation": 0.95}
+    matcher = SimpleNamespace(threshold=0.2, blended=frozenset({"end_conversation"}),
+                              threshold_for=lambda name: own.get(name, 0.2))
     reader = HeadsReader(bundle, ["give_item", "end_conversation"], matcher=matcher)
     heads = SimpleNamespace(flag_probs=torch.tensor([[0.7, 0.4, 0.0]]), deltas=torch.tensor([[-0.3, -0.2]]))
     empty = Generation(text="", model="m", new_tokens=0, finished=True)
@@ -274,9 +302,25 @@ def test_the_heads_reader_decides_a_blended_event_by_both():
     assert out.flag_probs["end_conversation"] == pytest.approx(blend(0.4, 0.6, 0.9, 0.2)[0], abs=1e-6)
     # A matcher unsure (0.05) keeps it from firing; give_item stays the heads' alone.
     assert reader.apply(empty, heads, {"end_conversation": 0.05}).flags == ("give_item",)
+    # The matcher alone, against the event's own threshold: 0.6 is over the one threshold
+    # (0.2) but under ring_bell's own (0.7).
+    assert reader.apply(empty, heads, {"ring_bell": 0.6}).flags == ("give_item",)
+    assert reader.apply(empty, heads, {"ring_bell": 0.75}).flags == ("give_item", "ring_bell")
     # An event the matcher reads alone takes its probability and threshold.
     matcher.blended = frozenset()
-    assert reader.apply(empty, heads, {"end_conversation": 0.25}).flags == ("give_item", "end_conversation")
+    assert reader.apply(empty, heads, {"end_conversation": 0.9}).flags == ("give_item",)  # under its own 0.95
+    assert reader.apply(empty, heads, {"end_conversation": 0.96}).flags == ("give_item", "end_conversation")
+
+
+def test_an_event_with_its_own_threshold_keeps_it_and_the_others_share_one():
+    from persona_agents.multihead.matcher import event_threshold
+
+    meta = {"threshold": 0.2, "event_thresholds": {"give_hint": 0.52}}
+    assert event_threshold(meta, "give_hint") == 0.52 and event_threshold(meta, "waive_fee") == 0.2
+    assert event_threshold({"threshold": 0.3}, "give_hint") == 0.3  # a matcher fitted before them
+    reader = NpcMatcher(EventMatcher(10), 0.2, _persona(), ["rent_room"], FixedEmbedder(),
+                        event_thresholds={"rent_room": 0.4})
+    assert reader.threshold_for("rent_room") == 0.4 and reader.threshold_for("end_conversation") == 0.2
 
 
 def test_examples_per_event_are_cut_for_the_curve_small_talk_kept():

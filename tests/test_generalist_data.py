@@ -116,6 +116,7 @@ def test_fit_matcher_runs_scores_left_out_npcs_and_saves_into_a_copy(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):done.stdout.rindex("}") + 1])
     assert 0.1 <= summary["threshold"] <= 0.9 and len(summary["fold_best_epochs"]) == 4
+    assert all(0.1 <= t <= 0.9 for t in summary["event_thresholds"].values())
     assert "knight_errant_crossroads" in summary["dev_npcs"] and 0.0 <= summary["dev_f1_after_rules"] <= 1.0
     assert set(summary["dev_f1_after_rules_by_examples_per_event"]) == {"1", "5"}
     assert load_matcher(copy) is None  # development mode saves nothing

@@ -213,7 +213,8 @@ class MultiHeadGenerator(TransformersGenerator):
         # matcher's training turns) write it.
         descriptions = {name: spec.description for name, spec in game.events.items()}
         return NpcMatcher(model, meta["threshold"], self.persona, list(readers), embedder, descriptions,
-                          blended=[name for name, who in readers.items() if who == "both"]), event_deltas
+                          blended=[name for name, who in readers.items() if who == "both"],
+                          event_thresholds=meta.get("event_thresholds")), event_deltas
 
     def run(self, turn):
         if turn.prompt.format != "sectioned":

@@ -197,7 +197,7 @@ def matcher_fired(found, bundle, examples: Sequence[Example], flags: Sequence[st
     the heads' in `fired` and `probs`, in place. `embedder`: a callable giving the sentence
     embedder (loaded once per eval). Returns how many turns each event was read by the
     matcher alone (`"matcher"`) and by both (`"both"`), or None."""
-    from .matcher import blend, build_pairs, event_readers, heads_npcs
+    from .matcher import blend, build_pairs, event_readers, event_threshold, heads_npcs
 
     if found is None or read_events == "heads":
         return None
@@ -220,7 +220,7 @@ def matcher_fired(found, bundle, examples: Sequence[Example], flags: Sequence[st
         if who == "both":
             p, threshold = blend(probs[i][k], thresholds[name], float(p), meta["threshold"])
         else:
-            threshold = meta["threshold"]
+            threshold = event_threshold(meta, name)
         fired[i][k], probs[i][k] = bool(p >= threshold), float(p)
         counts[who][name] = counts[who].get(name, 0) + 1
     return counts

@@ -57,22 +57,43 @@ class EventEvidence:
         for column in set(columns):
             self.present[column] = 1.0
 
-    def features(self, utterance: str, vector: np.ndarray | None = None, exclude_same: bool = False) -> np.ndarray:
-        """The 2E + 2 evidence numbers for one player line. `exclude_same` leaves out
-        examples worded exactly as the line (training: a record whose player line is also
-        an example would teach the heads to trust a perfect match that real players never
-        give)."""
-        size = len(self.events) + 1
-        best = np.zeros(size, dtype="float32")
-        if len(self.texts):
-            if vector is None:
-                vector = self.embedder.encode([utterance])[0]
-            sims = self.vectors @ vector
-            if exclude_same:
-                key = _key(utterance)
-                sims = np.where(np.array([k == key for k in self.keys]), -1.0, sims)
-            np.maximum.at(best, self.columns, np.clip(sims, 0.0, 1.0).astype("float32"))
+    def similarities(self, utterance: str, vector: np.ndarray | None = None,
+                     exclude_same: bool = False) -> np.ndarray:
+        """The player's line against every example, clipped to [0, 1]. `exclude_same`
+        leaves out (scores 0) examples worded exactly as the line (training: a record whose
+        player line is also an example would teach the heads to trust a perfect match that
+        real players never give)."""
+        if not len(self.texts):
+            return np.zeros(0, dtype="float32")
+        if vector is None:
+            vector = self.embedder.encode([utterance])[0]
+        sims = self.vectors @ vector
+        if exclude_same:
+            key = _key(utterance)
+            sims = np.where(np.array([k == key for k in self.keys]), -1.0, sims)
+        return np.clip(sims, 0.0, 1.0).astype("float32")
+
+    def features(self, utterance: str, vector: np.ndarray | None = None, exclude_same: bool = False,
+                 sims: np.ndarray | None = None) -> np.ndarray:
+        """The 2E + 2 evidence numbers for one player line (`sims`: its `similarities`,
+        when already computed)."""
+        best = np.zeros(len(self.events) + 1, dtype="float32")
+        if sims is None:
+            sims = self.similarities(utterance, vector, exclude_same)
+        if len(sims):
+            np.maximum.at(best, self.columns, sims)
         return np.concatenate([best, self.present]).astype("float32")
+
+    def top_two_means(self, sims: np.ndarray) -> np.ndarray:
+        """(E + 1): for each event and for "no event", the mean of the line's two closest
+        examples (the closest alone where there is one; 0 where none): a line close to two
+        of a writer's examples is surer evidence than a line close to one (the event
+        matcher reads it)."""
+        means = np.zeros(len(self.events) + 1, dtype="float32")
+        for column in np.unique(self.columns):
+            top = np.sort(sims[self.columns == column])[::-1][:2]
+            means[column] = float(top.mean())
+        return means
 
 
 def evidence_matrix(examples: Sequence, events: Sequence[str], embedder, exclude_same: bool = True,

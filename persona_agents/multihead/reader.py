@@ -58,8 +58,10 @@ class HeadsReader:
               allowed: Collection[str] | None = None) -> Generation:
         """The generation with the heads' deltas, declared events' probabilities and the
         events at or above their thresholds. The events in `matched` (the matcher's
-        probabilities) are decided by the matcher's one threshold instead, or, for those the
-        matcher shares with the heads (`NpcMatcher.blended`), by both (`matcher.blend`). The
+        probabilities) are decided by the matcher's thresholds instead (`threshold_for`), or,
+        for those the matcher shares with the heads (`NpcMatcher.blended`), by both
+        (`matcher.blend`, with the matcher's one threshold: the heads' thresholds already
+        carry each event's calibration on the NPCs they know). The
         deltas are bounded by the events that fire and the persona's rules allow in this
         state (`allowed`; None: every event), as `event_deltas.deltas_after_events` says."""
         from persona_agents.multihead.event_deltas import deltas_after_events
@@ -73,7 +75,7 @@ class HeadsReader:
                 both, threshold = blend(probs[name], thresholds[name], p, self.matcher.threshold)
                 probs[name], thresholds[name] = round(both, 6), threshold
             else:
-                probs[name], thresholds[name] = p, self.matcher.threshold
+                probs[name], thresholds[name] = p, self.matcher.threshold_for(name)
         flags = tuple(name for name, p in probs.items() if p >= thresholds[name])
         trust, relationship = (float(d) for d in heads.deltas[0])
         happening = [name for name in flags if allowed is None or name in allowed]

@@ -28,11 +28,10 @@ def main() -> None:
             if line.strip():
                 record = json.loads(line)
                 conversations[record["npc_id"]][record["conversation_id"]].append(line)
-    rng = random.Random(SEED)
     train, validation = [], []
     for npc_id in sorted(conversations):
         ids = sorted(conversations[npc_id])
-        rng.shuffle(ids)
+        random.Random(f"{SEED}:{npc_id}").shuffle(ids)
         held = max(1, round(len(ids) * VALIDATION_SHARE))
         for index, cid in enumerate(ids):
             (validation if index < held else train).extend(conversations[npc_id][cid])
