@@ -104,8 +104,9 @@ adapter-v2: setup
 # (`lora_prompt_format_version` in multihead.json). About 45 min on 2 cores.
 # The event matcher (issue 26; persona_agents/multihead/matcher.py): reads a new NPC's
 # events by their meaning and its writers' example lines. It reads no <STATE> vector, so
-# one fit (7.5 min on 2 cores, 5,599 turns) serves both adapters whose heads were fitted on the same
-# turns: the files they came from, as they are now (training/generalist/README.md).
+# one fit (7.5 min on 2 cores for the shipped one's 5,599 turns; about 8.5 for the 6,863 the split holds
+# now) serves both adapters whose heads were fitted on the same turns: the files they came from, as they
+# are now (training/generalist/README.md).
 adapter-matcher: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents fit-matcher --npcs-dir training/generalist/npcs \
 		--adapter training/adapters/smollm2-npc-v3 --also-into training/adapters/smollm2-npc

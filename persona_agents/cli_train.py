@@ -349,7 +349,7 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_line
 def fit_matcher_cmd(adapter, also_into, dev_npcs, dev_examples, fewer_examples_share, without_lines_share, quick,
                     npcs_dir):
     """Fit the adapter's event matcher: events read by their meaning and the writers' example lines, for NPCs
-    the heads never saw and events the adapter has no head for (minutes: 7.5 on 2 cores for 5,599 turns)."""
+    the heads never saw and events the adapter has no head for (minutes: 7.5-8.5 on 2 cores for 5,600-6,900 turns)."""
     _quiet_threads()
     setup_logging()
     from .multihead.matcher import save_matcher
