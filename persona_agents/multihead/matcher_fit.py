@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import TrainingConfigError
+from ..lore.embedded_mpnet import EMBEDDED_MPNET
+
+#: The sentence model a matcher is fitted with unless told (`fit-matcher --embedder`).
+MATCHER_EMBEDDER = EMBEDDED_MPNET
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +120,7 @@ def heads_training_files(meta: dict, adapter: Path) -> tuple[list[dict], list[di
 
 def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] = (), quick: bool = False,
                         without_lines_share: float = 0.0, dev_examples: Sequence[int] = (),
-                        fewer_examples_share: float = 0.0) -> MatcherRun:
+                        fewer_examples_share: float = 0.0, embedder: str = MATCHER_EMBEDDER) -> MatcherRun:
     from ..game import load_game
     from ..lore.embedder import load_embedder
     from .artifacts import read_metadata
@@ -156,13 +161,14 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
     def events_of(persona):  # every event of the NPC: the matcher learns them all
         return events_read_by_matcher(persona, flags, flags, [], "matcher")
 
-    embedder = load_embedder("embedded")
+    embedder_ref = embedder
+    counted = SentencesCounted(load_embedder(embedder_ref))
     log.info("Embedding %d training, %d validation and %d development turns...", len(train), len(validation),
              len(dev))
     # A training record's own wording is left out of its evidence: players never quote the writer.
-    pairs = build_pairs(train, embedder, events_of, exclude_same=True, without_lines_share=without_lines_share,
+    pairs = build_pairs(train, counted, events_of, exclude_same=True, without_lines_share=without_lines_share,
                         fewer_examples_share=fewer_examples_share)
-    val_pairs = build_pairs(validation, embedder, events_of, exclude_same=True)
+    val_pairs = build_pairs(validation, counted, events_of, exclude_same=True)
     fold_of = {npc: k % FOLDS for k, npc in enumerate(ids)}
     pair_fold = np.array([fold_of[train[i].turn.persona.id] for i in pairs.turn])
     out_of_fold = np.zeros(len(pairs.labels), dtype="float32")
@@ -190,8 +196,8 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
         "validation_f1_after_rules": round(_scored_f1(val_pairs, model.probabilities(val_pairs.features), threshold,
                                                       validation, flags, own), 4)}
     if left_out:
-        dev_pairs = build_pairs(dev, embedder, events_of)
-        bare = build_pairs(dev, embedder, events_of, with_lines=False)
+        dev_pairs = build_pairs(dev, counted, events_of)
+        bare = build_pairs(dev, counted, events_of, with_lines=False)
         summary.update(
             dev_npcs=sorted({e.turn.persona.id for e in dev}), dev_turns=len(dev),
             dev_f1_after_rules=round(_scored_f1(dev_pairs, model.probabilities(dev_pairs.features), threshold, dev,
@@ -203,7 +209,7 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
             personas_cut: dict[str, Any] = {}  # one copy per persona: build_pairs embeds once per persona
             cut = [dataclasses.replace(e, turn=e.turn.replace(persona=personas_cut.setdefault(
                 e.turn.persona.id, with_examples_per_event(e.turn.persona, k)))) for e in dev]
-            cut_pairs = build_pairs(cut, embedder, events_of)
+            cut_pairs = build_pairs(cut, counted, events_of)
             by_k[str(k)] = round(_scored_f1(cut_pairs, model.probabilities(cut_pairs.features), threshold, cut,
                                             flags, own), 4)
         if by_k:
@@ -213,13 +219,41 @@ def fit_adapter_matcher(adapter: Path, npcs_dir: Path, dev_npcs: Sequence[str] =
         return MatcherRun(summary)
     from .event_deltas import typical_deltas
 
-    record = {**summary, "embedder": "embedded", "heads_npcs": heads_npcs, "events_fitted": flags,
+    record = {**summary, "embedder": embedder_ref, "heads_npcs": heads_npcs, "events_fitted": flags,
               # What an event's turn typically does to trust and relationship (event_deltas.py).
               "event_deltas": typical_deltas(train),
               "without_lines_share": without_lines_share, "fewer_examples_share": fewer_examples_share,
               "training": {"files": [{"path": f["path"], "sha256": file_sha256(_resolve(f["path"], npcs_dir))}
                                      for f in files], "pairs": info["train_pairs"], "turns": len(train)}}
     return MatcherRun(summary, record, model)
+
+
+class SentencesCounted:
+    """An embedder that shows how many sentences it has embedded (a progress bar on stderr):
+    with all-mpnet-base-v2 a fit spends most of its 25 minutes embedding, at about 20
+    sentences a second on 2 cores, and the number of sentences is only known once every
+    persona's example lines are read."""
+
+    def __init__(self, inner, chunk: int = 256):
+        from tqdm import tqdm
+
+        self.inner, self.chunk = inner, chunk
+        self.bar = tqdm(desc=f"Embedding sentences ({inner.name})", unit=" sentences", file=sys.stderr,
+                        mininterval=2.0)
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        if len(texts) <= self.chunk:
+            self.bar.update(len(texts))
+            return self.inner.encode(texts, batch_size=batch_size)
+        parts = []
+        for i in range(0, len(texts), self.chunk):  # in chunks, so that the bar moves
+            parts.append(self.inner.encode(texts[i:i + self.chunk], batch_size=batch_size))
+            self.bar.update(len(parts[-1]))
+        return np.concatenate(parts)
 
 
 def check_same_heads_data(adapter: Path, others: Sequence[Path]) -> None:

@@ -32,21 +32,25 @@ class HeadsReader:
     def turn_inputs(self, utterance: str, npc_last_line: str = "") -> tuple[Any, dict[str, float] | None]:
         """What the heads and the matcher read besides `<STATE>` this turn: the few-shot
         evidence row (None for heads that do not read it) and the matcher's probabilities
-        for its events (None without one). The player's line is embedded once for both.
-        Embeds: call it on the turn's thread."""
+        for its events (None without one). The player's line is embedded once for both
+        where they read the same sentence model. Embeds: call it on the turn's thread."""
         bank, matcher = self._evidence_bank, self.matcher
         if bank is None and matcher is None:
             return None, None
-        texts = [utterance] + ([npc_last_line] if matcher is not None and npc_last_line else [])
-        vectors = (bank.embedder if bank is not None else matcher.embedder).encode(texts)
-        evidence = None
+        evidence, vectors = None, None
         if bank is not None:
             import torch
 
+            texts = [utterance] + ([npc_last_line] if matcher is not None and npc_last_line
+                                   and matcher.embedder is bank.embedder else [])
+            vectors = bank.embedder.encode(texts)
             evidence = torch.from_numpy(bank.features(utterance, vectors[0]))[None]
         matched = None
         if matcher is not None:
-            matched = matcher.probabilities(utterance, vectors[0], vectors[1] if len(texts) > 1 else None)
+            if vectors is None or bank is None or matcher.embedder is not bank.embedder:
+                texts = [utterance] + ([npc_last_line] if npc_last_line else [])
+                vectors = matcher.embedder.encode(texts)
+            matched = matcher.probabilities(utterance, vectors[0], vectors[1] if len(vectors) > 1 else None)
         return evidence, matched
 
     def read(self, state_row, evidence=None) -> Any:
