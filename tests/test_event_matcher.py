@@ -342,3 +342,43 @@ def test_leaving_out_npcs_the_heads_never_saw_is_a_clear_error():
 
     with pytest.raises(TrainingConfigError, match="none of the NPCs to leave out \\(nobody_here\\)"):
         fit_adapter_matcher(ADAPTER, REPO / "training" / "generalist" / "npcs", ["nobody_here"])
+
+
+class RecordingEmbedder(FixedEmbedder):
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, texts, batch_size=32):
+        self.calls.append(list(texts))
+        return super().encode(texts, batch_size)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_matcher_reads_the_turn_with_its_own_sentence_model(shared):
+    """The heads' evidence and the matcher may read different sentence models (the matcher
+    all-mpnet-base-v2, the evidence all-MiniLM-L6-v2): each gets the player's line in its
+    own vectors, and the matcher the NPC's last line too; one model embeds both lines once."""
+    from types import SimpleNamespace
+
+    from persona_agents.multihead.evidence import EventEvidence
+    from persona_agents.multihead.reader import HeadsReader
+
+    beds = ["a bed, please", "room for the night?", "can I sleep here", "need a bunk", "lodging?"]
+    persona = _persona(lines=[{"id": "bed", "text": "Five coins.", "events": ["rent_room"], "examples": beds}])
+    heads_model, matcher_model = RecordingEmbedder(), RecordingEmbedder()
+    if shared:
+        matcher_model = heads_model
+    bank = EventEvidence(persona, ["rent_room", "end_conversation"], heads_model)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    matcher = NpcMatcher(EventMatcher(len(FixedEmbedder.words)).eval(), 0.3, persona, ["rent_room"], matcher_model)
+    heads_model.calls.clear()
+    matcher_model.calls.clear()
+    reader = HeadsReader(SimpleNamespace(flags=["rent_room"]), [], bank, matcher)
+    evidence, matched = reader.turn_inputs("a room for the night", "Welcome, storm or no storm.")
+    assert matcher_model.calls == [["a room for the night", "Welcome, storm or no storm."]]
+    if not shared:
+        assert heads_model.calls == [["a room for the night"]]
+    own = matcher_model.encode(["a room for the night", "Welcome, storm or no storm."])
+    assert matched == matcher.probabilities("a room for the night", own[0], own[1])
+    assert evidence is not None and evidence.shape[0] == 1

@@ -17,8 +17,9 @@ and any event:
 
 Sentences are embedded with the matcher's own sentence model, named in `matcher.json`
 (`embedder`): all-mpnet-base-v2 since 2026-12-07 (`lore/embedded_mpnet.py`; on NPCs it
-never saw it reads events better than the lore's all-MiniLM-L6-v2, at about 50 ms a line
-on 2 cores against 10; training/generalist/README.md). Normalised vectors.
+never saw it reads events better than the lore's all-MiniLM-L6-v2, at 89 ms a turn for the
+player's and the NPC's lines on 2 cores against 16; training/generalist/README.md).
+Normalised vectors.
 The matcher is fitted on pairs from many NPCs' labelled turns (`fit_matcher`; the whole
 recipe in matcher_fit.py, `persona-agents fit-matcher`), saved in
 the adapter folder beside the heads (`matcher.safetensors`, `matcher.json`), and read at
