@@ -79,7 +79,9 @@ def test_the_real_model_reads_meaning_as_sentence_transformers_does():
 
     embedder = load_embedder(EMBEDDED_MPNET)
     assert embedder.dimension == 768 and embedder.name == EMBEDDED_MPNET
-    texts = ["Can I get a room for the night?", "a rooom fer the nite pls", "The bell rings at dawn.", ""]
+    assert embedder.model.lean  # LeanMPNet: no transformers import at a start (lean_bert.py)
+    texts = ["Can I get a room for the night?", "a rooom fer the nite pls", "The bell rings at dawn.", "",
+             "A line longer than the model reads, about the path behind the waterfall. " * 40]
     ours = embedder.encode(texts, batch_size=3)
     folder, _ = mpnet_path()
     reference = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(

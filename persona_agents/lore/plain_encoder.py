@@ -51,11 +51,12 @@ def plain_stack(folder: Path) -> dict[str, Any] | None:
 
 class PlainSentenceEncoder:
     """The three-module stack; `encode` takes sentence-transformers' arguments (those the
-    lore code passes) and returns float32 numpy rows. A plain BERT runs in `LeanBert`
-    (no transformers import, see lean_bert.py); other encoders in transformers' AutoModel."""
+    lore code passes) and returns float32 numpy rows. A plain BERT or MPNet runs in
+    `LeanBert` or `LeanMPNet` (no transformers import, see lean_bert.py); other encoders in
+    transformers' AutoModel."""
 
     def __init__(self, folder: Path, settings: dict[str, Any]):
-        from .lean_bert import LeanBert, LeanBertTokenizer, lean_bert_reason
+        from .lean_bert import LeanBertTokenizer, lean_bert_reason, lean_encoder
 
         self.settings = settings
         self.lean = lean_bert_reason(folder) is None
@@ -63,7 +64,7 @@ class PlainSentenceEncoder:
         self.model: Any
         self.tokenizer: Any
         if self.lean:
-            self.model = LeanBert(folder)
+            self.model = lean_encoder(folder)
             positions, hidden = self.model.max_position_embeddings, self.model.hidden_size
             tokenizer_config = folder / "tokenizer_config.json"
             tokenizer_limit = _read(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None
