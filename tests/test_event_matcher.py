@@ -369,7 +369,7 @@ def test_the_matcher_reads_the_turn_with_its_own_sentence_model(shared):
     if shared:
         matcher_model = heads_model
     bank = EventEvidence(persona, ["rent_room", "end_conversation"], heads_model)
-    torch = pytest.importorskip("torch")
+    import torch
     torch.manual_seed(0)
     matcher = NpcMatcher(EventMatcher(len(FixedEmbedder.words)).eval(), 0.3, persona, ["rent_room"], matcher_model)
     heads_model.calls.clear()
